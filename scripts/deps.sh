@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install, idempotently, everything pycni's tests and demo need on a Debian 12 machine:
+# Docker 26.1 engine + docker-compose from Debian 13 (pinned so nothing else moves to trixie),
+# the CNI reference plugins, iptables, busybox-static; then .venv with pycni editable + test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null || need_apt+=(iptables)
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && dpkg -s busybox-static >/dev/null 2>&1 \
+    || need_apt+=(busybox-static)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v modprobe >/dev/null || need_apt+=(kmod)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    # The Debian 13 source uses the same mirror URI as the first stanza of the system's sources.
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+    if [ ! -f /etc/apt/sources.list.d/pycni-trixie.sources ]; then
+        cat >/etc/apt/sources.list.d/pycni-trixie.sources <<SRC
+Types: deb
+URIs: ${uri}
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    cat >/etc/apt/preferences.d/pycni-trixie <<'PIN'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: docker.io docker-cli docker-compose docker-buildx
+Pin: release n=trixie
+Pin-Priority: 990
+PIN
+    echo "deps: installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.pycni-deps
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi

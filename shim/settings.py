@@ -1,0 +1,59 @@
+"""Everything pycni can be configured with, in one place.
+
+Defaults match what Docker and the CNI ecosystem expect on a Linux host; each can be overridden by
+an environment variable (the names cnitool and libcni use, where one exists) or a CLI flag.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
+DEFAULT_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_CACHE_DIR = "/var/lib/cni"
+DEFAULT_STATE_DIR = "/var/lib/pycni"
+DEFAULT_SOCKET = "/run/docker/plugins/pycni.sock"
+
+
+@dataclass(frozen=True)
+class Settings:
+    socket_path: str = DEFAULT_SOCKET
+    cni_path: tuple[str, ...] = tuple(DEFAULT_CNI_PATH.split(":"))
+    conf_dir: str = DEFAULT_CONF_DIR
+    cache_dir: str = DEFAULT_CACHE_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    # Upper bound on one plugin execution. The dhcp plugin and IPv6 DAD can take several seconds;
+    # a hung plugin must still never hang `docker run`.
+    plugin_timeout: float = 60.0
+    # Largest request body the API accepts (Docker's requests are a few KiB).
+    max_body: int = 1 << 20
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``PYCNI_*`` / ``CNI_PATH`` / ``NETCONFPATH`` variables, then overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if "CNI_PATH" in env:
+            values["cni_path"] = split_path(env["CNI_PATH"])
+        if "NETCONFPATH" in env:
+            values["conf_dir"] = env["NETCONFPATH"]
+        for key, name in (
+            ("PYCNI_SOCKET", "socket_path"),
+            ("PYCNI_CONF_DIR", "conf_dir"),
+            ("PYCNI_CACHE_DIR", "cache_dir"),
+            ("PYCNI_STATE_DIR", "state_dir"),
+        ):
+            if key in env:
+                values[name] = env[key]
+        if "PYCNI_PLUGIN_TIMEOUT" in env:
+            values["plugin_timeout"] = float(env["PYCNI_PLUGIN_TIMEOUT"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def split_path(value: str) -> tuple[str, ...]:
+    """Split a PATH-style string, dropping empty entries."""
+    return tuple(p for p in value.split(os.pathsep) if p)
