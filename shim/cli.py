@@ -8,9 +8,11 @@ class (see :mod:`shim.errors`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable, TypeVar
@@ -20,8 +22,17 @@ import click
 from . import __version__
 from .cni import CNI, RuntimeConf, find
 from .cni.invoke import parse_cni_args
-from .errors import InvalidRequest, PycniError
-from .settings import DEFAULT_CACHE_DIR, DEFAULT_CNI_PATH, DEFAULT_CONF_DIR, split_path
+from .errors import InvalidRequest, NotFound, PycniError
+from .settings import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_CNI_PATH,
+    DEFAULT_CONF_DIR,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+    Settings,
+    split_path,
+)
+from .state import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,6 +55,99 @@ def reports_errors(func: F) -> F:
 @click.version_option(__version__, prog_name="pycni")
 def main() -> None:
     """pycni: a Docker network driver that runs CNI plugins."""
+
+
+# --- pycni serve / ls / inspect ----------------------------------------------------------------
+
+
+@main.command()
+@click.option("--socket", "socket_path", default=None, help=f"Unix socket (default {DEFAULT_SOCKET}).")
+@click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
+@click.option("--conf-dir", default=None, help=f"CNI conf dir (default {DEFAULT_CONF_DIR}).")
+@click.option("--cni-path", default=None, help=f"Plugin dirs (default {DEFAULT_CNI_PATH}).")
+@click.option("--cache-dir", default=None, help=f"libcni cache (default {DEFAULT_CACHE_DIR}).")
+@click.option("--threads", default=8, show_default=True, help="Requests served at once.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@reports_errors
+def serve(
+    socket_path: str | None,
+    state_dir: str | None,
+    conf_dir: str | None,
+    cni_path: str | None,
+    cache_dir: str | None,
+    threads: int,
+    log_level: str,
+) -> None:
+    """Serve Docker's network driver API on a unix socket (Docker finds it there by itself)."""
+    from .server import run  # waitress is only needed here
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("pyroute2", "asyncio"):  # their debug output drowns pycni's own
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.from_env(
+        socket_path=socket_path,
+        state_dir=state_dir,
+        conf_dir=conf_dir,
+        cni_path=split_path(cni_path) if cni_path else None,
+        cache_dir=cache_dir,
+    )
+    run(settings, threads=threads)
+
+
+def _settings(state_dir: str | None) -> Settings:
+    return Settings.from_env(state_dir=state_dir)
+
+
+@main.command("ls")
+@click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
+@reports_errors
+def ls(state_dir: str | None) -> None:
+    """List pycni networks and their endpoints with their addresses."""
+    store = Store(_settings(state_dir).state_dir)
+    endpoints = store.endpoints()
+    networks = store.networks()
+    if not networks:
+        click.echo("no pycni networks")
+        return
+    click.echo(f"{'NETWORK':<14}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
+    for net in networks:
+        chain = "+".join(str(p.get("type")) for p in net.config.get("plugins", []))
+        mine = [e for e in endpoints if e.network_id == net.id]
+        click.echo(f"{net.id[:12]:<14}{net.mode:<13}{net.ipam:<8}{chain:<32}{len(mine)}")
+        for ep in mine:
+            addrs = ",".join(ep.addresses) or "-"
+            click.echo(f"  └ {ep.id[:12]}  {ep.phase:<9} {addrs}  {ep.mac}")
+
+
+@main.command()
+@click.argument("network")
+@click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
+@reports_errors
+def inspect(network: str, state_dir: str | None) -> None:
+    """Show a pycni network (id or id prefix): Docker's request, its CNI chain, its endpoints."""
+    store = Store(_settings(state_dir).state_dir)
+    matches = [n for n in store.networks() if n.id.startswith(network)]
+    if not matches:
+        raise NotFound(f"pycni has no network {network!r}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"{network!r} matches {len(matches)} networks; give more of the id")
+    net = matches[0]
+    data = dataclasses.asdict(net)
+    data["endpoints"] = [
+        {k: v for k, v in dataclasses.asdict(e).items() if k not in ("request",)}
+        for e in store.endpoints()
+        if e.network_id == net.id
+    ]
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 # --- pycni cni ----------------------------------------------------------------------------------

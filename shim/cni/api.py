@@ -240,11 +240,14 @@ class CNI:
     def version_info(self, plugin_type: str) -> VersionInfo:
         """Ask a plugin which spec versions it speaks (the VERSION verb)."""
         stdin = json.dumps({"cniVersion": CURRENT_VERSION}).encode()
-        plugin_path = self.exec.find_in_path(plugin_type, self.path)
-        out = self.exec.exec_plugin(
-            plugin_path, stdin, Args(command="VERSION", path=self._path).as_env(), self.timeout
-        )
-        return VersionInfo.from_json(decode_json(plugin_type, "VERSION", out))
+        try:
+            plugin_path = self.exec.find_in_path(plugin_type, self.path)
+            out = self.exec.exec_plugin(
+                plugin_path, stdin, Args(command="VERSION", path=self._path).as_env(), self.timeout
+            )
+            return VersionInfo.from_json(decode_json(plugin_type, "VERSION", out))
+        except CNIError as exc:
+            raise exc.label(plugin_type, "VERSION")
 
     def negotiate(self, net: NetworkConfigList) -> NetworkConfigList:
         """Settle the version a list runs at, asking each plugin with VERSION.

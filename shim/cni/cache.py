@@ -117,10 +117,9 @@ class ResultCache:
         target = self.path(network, container_id, ifname)
         try:
             with open(target, "rb") as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError):
+                return CachedAttachment.from_json(json.loads(f.read()))
+        except (OSError, ValueError, TypeError):  # TypeError: a field of the wrong JSON type
             return None
-        return CachedAttachment.from_json(data)
 
     def delete(self, network: str, container_id: str, ifname: str) -> None:
         _unlink(self.path(network, container_id, ifname))
@@ -140,7 +139,7 @@ class ResultCache:
             try:
                 with open(os.path.join(self.results_dir, name), "rb") as f:
                     entry = CachedAttachment.from_json(json.loads(f.read()))
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError):
                 continue
             if entry is None or not entry.ifname or not entry.network:
                 continue

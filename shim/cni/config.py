@@ -24,7 +24,8 @@ CONF_EXTENSIONS = (".conf", ".json")
 CONFLIST_EXTENSIONS = (".conflist",)
 
 # The spec's rules for identifiers (SPEC.md "Parameters"; libcni pkg/utils).
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# \Z, not $: Python's $ also matches before a trailing newline, Go's does not.
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 _IFNAME_BAD = re.compile(r"[/:\s]")
 MAX_IFNAME = 15
 
@@ -135,7 +136,7 @@ def _load_json(data: bytes | str, source: str) -> dict[str, Any]:
 
 
 def _pick_version(raw: dict[str, Any], source: str) -> tuple[str, tuple[str, ...]]:
-    """The version to run at: the newest of ``cniVersions`` pycni speaks, else ``cniVersion``.
+    """The version to run at: the newest pycni speaks of ``cniVersions`` + ``cniVersion``.
 
     ``cniVersions`` (spec 1.1.0) lists every version the config is valid for; a runtime picks the
     newest it supports.
@@ -150,7 +151,11 @@ def _pick_version(raw: dict[str, Any], source: str) -> tuple[str, tuple[str, ...
                 parse_version(v)
             except ValueError as exc:
                 raise ConfigError(str(exc), source=source, field="cniVersions") from exc
-        declared = tuple(sorted(set(versions), key=parse_version, reverse=True))
+        pool = set(versions)
+        if isinstance(raw.get("cniVersion"), str) and is_supported(raw["cniVersion"]):
+            # libcni sorts cniVersion in with cniVersions and runs at the newest of them all
+            pool.add(raw["cniVersion"])
+        declared = tuple(sorted(pool, key=parse_version, reverse=True))
         usable = [v for v in declared if is_supported(v)]
         if usable:
             return usable[0], declared
@@ -199,7 +204,9 @@ def _plugin(raw: Any, source: str, where: str) -> PluginConf:
     try:
         validate_plugin_type(plugin_type)
     except ConfigError as exc:
-        raise ConfigError(exc.message.split(": ", 1)[-1], source=source, field=f"{where}.type")
+        # drop the "network config: type: " that validate_plugin_type put in front
+        message = exc.message.split(": ", 2)[-1]
+        raise ConfigError(message, source=source, field=f"{where}.type") from exc
     caps = raw.get("capabilities")
     if caps is not None and not isinstance(caps, dict):
         raise ConfigError("must be an object", source=source, field=f"{where}.capabilities")

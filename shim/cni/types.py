@@ -46,6 +46,16 @@ def _decode_error(msg: str) -> CNIError:
     return CNIError(msg, code=CNIError.DECODING_FAILURE)
 
 
+def _optional_int(data: dict[str, Any], key: str) -> int | None:
+    """An optional integer field (``mtu``, ``table``, ...); anything else is a decoding error."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _decode_error(f"{key!r} must be an integer: {data!r}")
+    return value
+
+
 @dataclass
 class Interface:
     name: str
@@ -59,12 +69,11 @@ class Interface:
     def from_json(cls, data: Any) -> Interface:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise _decode_error(f"interface entry needs a string 'name': {data!r}")
-        mtu = data.get("mtu")
         return cls(
             name=data["name"],
             mac=str(data.get("mac", "")),
             sandbox=str(data.get("sandbox", "")),
-            mtu=int(mtu) if mtu is not None else None,
+            mtu=_optional_int(data, "mtu"),
             socket_path=str(data.get("socketPath", "")),
             pci_id=str(data.get("pciID", "")),
         )
@@ -148,7 +157,7 @@ class Route:
             gw = ipaddress.ip_address(data["gw"]) if data.get("gw") else None
         except ValueError as exc:
             raise _decode_error(f"bad route {data!r}: {exc}") from exc
-        extra = {k: int(data[k]) for k in cls._EXTRA if data.get(k) is not None}
+        extra = {k: _optional_int(data, k) for k in cls._EXTRA}
         return cls(dst=dst, gw=gw, **extra)
 
     def to_json(self, version: str) -> dict[str, Any]:
@@ -176,6 +185,10 @@ class DNS:
             return cls()
         if not isinstance(data, dict):
             raise _decode_error(f"dns must be an object: {data!r}")
+        for key in ("nameservers", "search", "options"):
+            # a bare string would otherwise become a list of its characters
+            if data.get(key) is not None and not isinstance(data[key], list):
+                raise _decode_error(f"dns field {key!r} must be a list: {data!r}")
         return cls(
             nameservers=[str(x) for x in data.get("nameservers") or []],
             domain=str(data.get("domain") or ""),

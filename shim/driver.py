@@ -1,0 +1,427 @@
+"""CNM → CNI: Docker's network driver verbs, carried out by running CNI chains.
+
+The staging-namespace mechanism, in one place:
+
+* **CreateEndpoint** makes a netns pycni owns (``pycni-`` + 12 hex of the endpoint id), runs the
+  chain's ADD into it (container id = endpoint id, ifname ``eth0``), takes the container-side
+  link out to the host under a temporary name (``pcn`` + 12 hex), and tells Docker the
+  address/MAC the chain chose where Docker had not chosen them itself. Docker (≤ 27) has no
+  container netns yet at this point, which is why the chain can't run in the container's own.
+* **Join** hands Docker that link (``SrcName``, ``DstPrefix: eth``), the gateway and the routes.
+  Docker moves it into the container, names it ``ethN`` and puts the addresses on it.
+* **DeleteEndpoint** puts the link back into the staging netns as ``eth0`` with its addresses
+  (where the plugins' DEL expects it), runs DEL in reverse with the cached result and ADD's
+  arguments, then removes the link, the netns, the cache file and the record.
+
+Each step of CreateEndpoint registers its undo on an ``ExitStack``; a failure part-way unwinds
+exactly what was done, and the error names the plugin that failed. Everything that must survive
+a restart is written to the :class:`~shim.state.Store` before it is relied on.
+
+No Flask and no subprocess here: CNI goes through :class:`~shim.cni.CNI` and links through the
+``links`` module (:mod:`shim.netlink`), both of which tests can replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from . import chains, netlink
+from .cni import CNI, AddFailed, RuntimeConf, find
+from .cni.config import NetworkConfigList, conflist_from_dict
+from .cni.types import Result
+from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
+from .protocol import (
+    CONNECTED,
+    NEXTHOP,
+    CreateEndpointRequest,
+    CreateNetworkRequest,
+    EndpointInterface,
+    EndpointRequest,
+    JoinRequest,
+    JoinResponse,
+    StaticRoute,
+)
+from .settings import Settings
+from .state import EndpointRecord, NetworkRecord, Store
+
+log = logging.getLogger(__name__)
+
+IFNAME = "eth0"
+NETNS_PREFIX = "pycni-"
+HOST_LINK_PREFIX = "pcn"
+
+
+def staging_netns(endpoint_id: str) -> str:
+    return NETNS_PREFIX + endpoint_id[:12]
+
+
+def host_link_name(endpoint_id: str) -> str:
+    return HOST_LINK_PREFIX + endpoint_id[:12]
+
+
+@dataclass(frozen=True)
+class EndpointAnswer:
+    """What CreateEndpoint tells Docker: only the fields Docker left empty."""
+
+    interface: EndpointInterface
+
+    def to_json(self) -> dict[str, Any]:
+        body = self.interface.to_json()
+        return {"Interface": body} if body else {}
+
+
+class Driver:
+    """pycni's networks and endpoints, on top of a CNI runtime and a state store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cni: CNI | None = None,
+        store: Store | None = None,
+        links: ModuleType | Any = netlink,
+    ) -> None:
+        self.settings = settings
+        self.cni = cni or CNI(
+            settings.cni_path, cache_dir=settings.cache_dir, timeout=settings.plugin_timeout
+        )
+        self.store = store or Store(settings.state_dir)
+        self.links = links
+        self.networks: dict[str, NetworkRecord] = {}
+        self.endpoints: dict[str, EndpointRecord] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.load()
+
+    def load(self) -> None:
+        """Read every record back: Docker never re-sends CreateNetwork after a restart."""
+        self.networks = {n.id: n for n in self.store.networks()}
+        self.endpoints = {e.id: e for e in self.store.endpoints()}
+        log.info("loaded %d networks, %d endpoints", len(self.networks), len(self.endpoints))
+
+    @contextlib.contextmanager
+    def _locked(self, network_id: str) -> Iterator[None]:
+        """Serialize changes within one network; different networks proceed in parallel."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(network_id, threading.Lock())
+        with lock:
+            yield
+
+    # --- networks --------------------------------------------------------------------------------
+
+    def capabilities(self) -> dict[str, str]:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    def create_network(self, req: CreateNetworkRequest, raw: dict[str, Any]) -> None:
+        options = req.driver_options
+        chains.check_options(options)
+        with self._locked(req.network_id):
+            if req.network_id in self.networks:
+                return  # Docker retried; the record is already there
+            if chains.OPT_NETWORK in options:
+                conf = find(self.settings.conf_dir, options[chains.OPT_NETWORK])
+                resolved = chains.from_conflist(req, conf)
+            else:
+                resolved = chains.zero_config(req)
+            # Every binary is in CNI_PATH and speaks the config's version (or a negotiated one).
+            config = self.cni.negotiate(resolved.config)
+            owned = []
+            if resolved.bridge and self.links.link_info(resolved.bridge) is None:
+                owned.append(resolved.bridge)
+            record = NetworkRecord(
+                id=req.network_id,
+                request=raw,
+                config=config.raw,
+                mode=resolved.mode,
+                ipam=resolved.ipam,
+                address_via=resolved.address_via,
+                owned_links=owned,
+            )
+            self.store.save_network(record)
+            self.networks[record.id] = record
+        log.info(
+            "network %s: %s, %s IPAM, chain %s",
+            req.network_id[:12],
+            resolved.mode,
+            resolved.ipam,
+            "+".join(config.plugin_types()),
+        )
+
+    def delete_network(self, network_id: str) -> None:
+        with self._locked(network_id):
+            record = self.networks.get(network_id)
+            if record is None:
+                return  # already gone: deleting twice is fine
+            leftovers = [e for e in self.endpoints.values() if e.network_id == network_id]
+            for endpoint in leftovers:
+                self._delete_endpoint(endpoint)
+            for name in record.owned_links:
+                # A bridge with no ports left is ours to remove; one still in use is not.
+                ports = self.links.bridge_ports(name)
+                if ports:
+                    log.warning("network %s: keeping %s, still in use by %s",
+                                network_id[:12], name, ", ".join(ports))
+                else:
+                    self.links.delete_link(name)
+            self.store.delete_network(network_id)
+            del self.networks[network_id]
+        with self._locks_guard:
+            self._locks.pop(network_id, None)
+        log.info("network %s deleted", network_id[:12])
+
+    def network(self, network_id: str) -> NetworkRecord:
+        try:
+            return self.networks[network_id]
+        except KeyError:
+            raise NotFound(f"pycni has no network {network_id[:12]}") from None
+
+    # --- endpoints -------------------------------------------------------------------------------
+
+    def endpoint(self, endpoint_id: str) -> EndpointRecord:
+        try:
+            return self.endpoints[endpoint_id]
+        except KeyError:
+            raise NotFound(f"pycni has no endpoint {endpoint_id[:12]}") from None
+
+    def create_endpoint(self, req: CreateEndpointRequest, raw: dict[str, Any]) -> EndpointAnswer:
+        net = self.network(req.network_id)
+        with self._locked(req.network_id):
+            stale = self.endpoints.get(req.endpoint_id)
+            if stale is not None:
+                # Docker retried an endpoint that half-exists: clean it, then make it anew.
+                log.warning("endpoint %s exists already; recreating it", req.endpoint_id[:12])
+                self._delete_endpoint(stale)
+            return self._create_endpoint(net, req, raw)
+
+    def _create_endpoint(
+        self, net: NetworkRecord, req: CreateEndpointRequest, raw: dict[str, Any]
+    ) -> EndpointAnswer:
+        eid = req.endpoint_id
+        chain = chains.for_endpoint(
+            net.config,
+            net.request,
+            net.address_via,
+            req.interface,
+            internal=CreateNetworkRequest.from_json(net.request).internal,
+        )
+        rec = EndpointRecord(
+            id=eid,
+            network_id=net.id,
+            netns=staging_netns(eid),
+            ifname=IFNAME,
+            host_ifname=host_link_name(eid),
+            request=raw,
+            config=chain.config.raw,
+            cni_args=[list(a) for a in chain.cni_args],
+            capability_args=chain.capability_args,
+        )
+        rt = self._runtime(rec)
+        with contextlib.ExitStack() as undo:
+            # The record goes first: a crash from here on leaves something reconcilable.
+            self.store.save_endpoint(rec)
+            undo.callback(self.store.delete_endpoint, eid)
+            self.links.create_netns(rec.netns)
+            undo.callback(self.links.remove_netns, rec.netns)
+            try:
+                result = self.cni.add(chain.config, rt)
+            except AddFailed as exc:
+                self._undo_failed_add(chain.config, rt, exc)
+                raise
+            undo.callback(self._quiet, self.cni.delete, chain.config, rt)
+            rec.result = result.to_json()
+            moved = self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
+            rec.mac = moved.mac
+            rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
+            undo.callback(self._quiet, self._restore, rec)
+            answer = self._answer(req.interface, result, rec)
+            rec.phase = "ready"
+            self.store.save_endpoint(rec)
+            self.endpoints[eid] = rec
+            undo.pop_all()
+        log.info(
+            "endpoint %s on %s: %s mac %s",
+            eid[:12],
+            net.id[:12],
+            ",".join(rec.addresses) or "no address",
+            rec.mac,
+        )
+        return answer
+
+    def _undo_failed_add(self, config: NetworkConfigList, rt: RuntimeConf, exc: AddFailed) -> None:
+        """DEL what a failed ADD managed to do, with the partial result as prevResult."""
+        try:
+            self.cni.delete(config, rt, result=exc.partial)
+        except PycniError as cleanup:
+            log.error("cleanup after failed ADD of %s: %s", rt.container_id[:12], cleanup)
+
+    def _answer(
+        self, asked: EndpointInterface, result: Result, rec: EndpointRecord
+    ) -> EndpointAnswer:
+        """Fill in what Docker left empty; refuse a chain that contradicts Docker's choice."""
+        ips = _container_ips(result, self._runtime(rec).netns)
+        v4 = next((ip.address for ip in ips if ip.family == 4), None)
+        v6 = next((ip.address for ip in ips if ip.family == 6), None)
+        for wanted, got in ((asked.address, v4), (asked.address_ipv6, v6)):
+            if wanted is not None and got is not None and wanted.ip != got.ip:
+                raise CNIError(
+                    f"the chain assigned {got} but Docker's IPAM assigned {wanted}; the chain's "
+                    "IPAM ignored the requested address",
+                    verb="ADD",
+                )
+        return EndpointAnswer(
+            EndpointInterface(
+                address=v4 if asked.address is None else None,  # type: ignore[arg-type]
+                address_ipv6=v6 if asked.address_ipv6 is None else None,  # type: ignore[arg-type]
+                mac_address=rec.mac if not asked.mac_address else "",
+            )
+        )
+
+    def join(self, req: JoinRequest) -> JoinResponse:
+        rec = self.endpoint(req.endpoint_id)
+        if rec.result is None:
+            raise InvalidRequest(f"endpoint {rec.id[:12]} was never wired; cannot join")
+        result = Result.from_json(rec.result)
+        with self._locked(rec.network_id):
+            rec.sandbox_key = req.sandbox_key
+            rec.phase = "joined"
+            self.store.save_endpoint(rec)
+        return _join_response(rec, result)
+
+    def leave(self, req: EndpointRequest) -> None:
+        rec = self.endpoints.get(req.endpoint_id)
+        if rec is None:
+            return
+        with self._locked(rec.network_id):
+            if rec.phase == "joined":
+                rec.phase = "ready"
+                self.store.save_endpoint(rec)
+
+    def delete_endpoint(self, req: EndpointRequest) -> None:
+        rec = self.endpoints.get(req.endpoint_id)
+        if rec is None:
+            return  # already gone: DEL semantics
+        with self._locked(rec.network_id):
+            if req.endpoint_id in self.endpoints:
+                self._delete_endpoint(rec)
+
+    def _delete_endpoint(self, rec: EndpointRecord) -> None:
+        """Undo an endpoint completely. Safe to repeat; keeps the record if DEL fails."""
+        rec.phase = "deleting"
+        self.store.save_endpoint(rec)
+        config = conflist_from_dict(rec.config, source=f"endpoint {rec.id[:12]}")
+        self.links.create_netns(rec.netns)  # exists unless the host rebooted
+        if rec.result is not None:
+            self._restore(rec)
+        self.cni.delete(config, self._runtime(rec))
+        # Plugins delete the interfaces they made; a stand-in or a leftover goes with the netns.
+        self.links.delete_link(rec.ifname, rec.netns)
+        self.links.remove_netns(rec.netns)
+        if self._host_link_is_ours(rec):
+            self.links.delete_link(rec.host_ifname)
+        self.store.delete_endpoint(rec.id)
+        self.endpoints.pop(rec.id, None)
+        log.info("endpoint %s deleted", rec.id[:12])
+
+    def _host_link_is_ours(self, rec: EndpointRecord) -> bool:
+        info = self.links.link_info(rec.host_ifname)
+        return info is not None and (not rec.mac or info.mac.lower() == rec.mac.lower())
+
+    def _restore(self, rec: EndpointRecord) -> str:
+        where: str = self.links.restore_for_delete(
+            rec.netns,
+            rec.ifname,
+            host_name=rec.host_ifname,
+            mac=rec.mac,
+            addresses=rec.addresses,
+            sandbox=rec.sandbox_key,
+        )
+        return where
+
+    def oper_info(self, req: EndpointRequest) -> dict[str, Any]:
+        rec = self.endpoint(req.endpoint_id)
+        net = self.network(rec.network_id)
+        info: dict[str, Any] = {
+            "cni.network": net.config.get("name"),
+            "cni.plugins": [p.get("type") for p in net.config.get("plugins", [])],
+            "cni.netns": self.links.netns_path(rec.netns),
+            "phase": rec.phase,
+        }
+        if rec.result:
+            result = Result.from_json(rec.result)
+            info["cni.interfaces"] = [i.to_json(result.cni_version) for i in result.interfaces]
+            info["cni.ips"] = [str(ip.address) for ip in result.ips]
+            info["cni.routes"] = [r.to_json(result.cni_version) for r in result.routes]
+        return info
+
+    def allocate_network(self) -> None:
+        raise Unsupported("pycni is a local-scope driver; swarm-scoped networks are not supported")
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _runtime(self, rec: EndpointRecord) -> RuntimeConf:
+        return RuntimeConf(
+            container_id=rec.id,
+            netns=self.links.netns_path(rec.netns),
+            ifname=rec.ifname,
+            args=tuple((k, v) for k, v in rec.cni_args),
+            capability_args=rec.capability_args,
+        )
+
+    @staticmethod
+    def _quiet(func: Any, *args: Any) -> None:
+        """Run an undo step; log, don't raise, so the remaining undo steps still run."""
+        try:
+            func(*args)
+        except PycniError as exc:
+            log.error("undo step %s failed: %s", getattr(func, "__name__", func), exc)
+
+
+def _container_ips(result: Result, sandbox: str) -> list[Any]:
+    """The result's addresses on the container-side interface (the one in our netns)."""
+    indexes = [n for n, i in enumerate(result.interfaces) if i.sandbox == sandbox]
+    if not indexes:
+        return list(result.ips)
+    return [ip for ip in result.ips if ip.interface is None or ip.interface in indexes]
+
+
+def _join_response(rec: EndpointRecord, result: Result) -> JoinResponse:
+    """Gateway and routes for Docker, from the CNI result.
+
+    A default route in the result becomes Docker's ``Gateway``/``GatewayIPv6`` and
+    ``DisableGatewayService`` (the chain gives the container its way out, so no docker_gwbridge
+    leg). Other routes become ``StaticRoutes``; routes to the interface's own subnets are left
+    out, as the kernel adds those with the address.
+    """
+    ips = [ipaddress.ip_interface(a) for a in rec.addresses]
+    gateways: dict[int, str] = {}
+    routes: list[StaticRoute] = []
+    for route in result.routes:
+        family = route.dst.version
+        if route.is_default:
+            gw = route.gw or next(
+                (ip.gateway for ip in result.ips if ip.family == family and ip.gateway), None
+            )
+            if gw is not None:
+                gateways.setdefault(family, str(gw))
+            continue
+        if any(ip.network == route.dst for ip in ips):
+            continue
+        if route.gw is not None:
+            routes.append(StaticRoute(str(route.dst), NEXTHOP, str(route.gw)))
+        else:
+            routes.append(StaticRoute(str(route.dst), CONNECTED))
+    return JoinResponse(
+        src_name=rec.host_ifname,
+        dst_prefix="eth",
+        gateway=gateways.get(4, ""),
+        gateway_ipv6=gateways.get(6, ""),
+        static_routes=tuple(routes),
+        disable_gateway_service=bool(gateways),
+    )

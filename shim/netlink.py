@@ -1,0 +1,300 @@
+"""Every netlink call pycni makes: namespaces, and moving links between them.
+
+All of it goes through pyroute2 sockets opened inside the namespace concerned (see
+:func:`_netns_socket`): the server's own threads never change namespace. pyroute2 and OS errors are translated into
+:class:`~shim.errors.NetlinkFailure` here and nowhere else.
+
+The staging dance these functions serve (see :mod:`shim.driver`):
+
+* CreateEndpoint: the CNI chain creates ``eth0`` in pycni's staging netns; :func:`move_to_host`
+  takes it out under a temporary name, which Docker then moves into the container at Join.
+* DeleteEndpoint: Docker has moved the link back to the host (or it is still in the sandbox, or
+  gone); :func:`restore_for_delete` puts it back into the staging netns as ``eth0`` with its
+  addresses, because bridge and ptp tear down their masquerade rules only for the addresses they
+  find on that interface at DEL time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .errors import NetlinkFailure
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = "/run/netns"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    mac: str
+    mtu: int
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+_NETLINK_ROUTE = 0
+
+
+def _ns_file(ns: str) -> str:
+    return ns if ns.startswith("/") else netns_path(ns)
+
+
+def _netns_socket(ns: str) -> socket.socket:
+    """A NETLINK_ROUTE socket that lives in netns ``ns``.
+
+    A socket belongs to the netns it was created in, whatever its user does later. So a helper
+    thread enters the netns (``setns`` changes only the calling thread's namespace), creates the
+    socket, returns to the original netns and ends. pyroute2's own ``IPRoute(netns=...)`` forks a
+    child that runs Python instead, which can deadlock in a multi-threaded server (a lock held by
+    another thread at fork time is never released in the child).
+    """
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            target = os.open(_ns_file(ns), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            os.close(own)
+            box["error"] = exc
+            return
+        try:
+            if _libc.setns(target, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                box["error"] = OSError(err, os.strerror(err))
+                return
+            try:
+                box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+            finally:
+                if _libc.setns(own, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
+                    box["error"] = OSError(ctypes.get_errno(), "cannot return to own netns")
+        finally:
+            os.close(target)
+            os.close(own)
+
+    worker = threading.Thread(target=work, name="pycni-netns")
+    worker.start()
+    worker.join()
+    if "error" in box:
+        if "sock" in box:
+            box["sock"].close()
+        raise box["error"]
+    sock: socket.socket = box["sock"]
+    return sock
+
+
+@contextmanager
+def _ipr(ns: str | None = None, what: str = "netlink") -> Iterator[IPRoute]:
+    """An IPRoute socket (in ``ns``, a netns name or path), with errors translated."""
+    try:
+        if ns:
+            ipr = IPRoute(fileno=_netns_socket(ns).detach())
+        else:
+            ipr = IPRoute()
+        with ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise NetlinkFailure(f"{what}: {os.strerror(exc.code)}") from exc
+    except OSError as exc:
+        raise NetlinkFailure(f"{what}: {exc.strerror or exc}") from exc
+
+
+def _ip_netns(*args: str) -> None:
+    """Run ``ip netns ARGS`` (iproute2 sets up /run/netns mounts the way every tool expects).
+
+    An exec'd binary is safe to start from a threaded server, unlike a forked Python child.
+    """
+    try:
+        proc = subprocess.run(
+            ["ip", "netns", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetlinkFailure(f"ip netns {' '.join(args)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise NetlinkFailure(f"ip netns {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def create_netns(name: str) -> str:
+    """Create the named netns (``ip netns add``) unless it exists; its path."""
+    if not netns_exists(name):
+        _ip_netns("add", name)
+    return netns_path(name)
+
+
+def remove_netns(name: str) -> None:
+    """Remove the named netns; already gone is fine (DEL semantics)."""
+    if netns_exists(name):
+        _ip_netns("delete", name)
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(netns_path(name))
+
+
+def list_netns(prefix: str = "") -> list[str]:
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def _lookup(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _info(ipr: IPRoute, index: int) -> LinkInfo:
+    link = ipr.get_links(index)[0]
+    return LinkInfo(
+        name=str(link.get("ifname")), mac=str(link.get("address")), mtu=int(link.get("mtu") or 0)
+    )
+
+
+def link_info(name: str, ns: str | None = None) -> LinkInfo | None:
+    with _ipr(ns, f"cannot look up link {name}") as ipr:
+        index = _lookup(ipr, name)
+        return _info(ipr, index) if index is not None else None
+
+
+def move_to_host(ns_name: str, ifname: str, host_name: str) -> LinkInfo:
+    """Take ``ifname`` out of the staging netns into ours, renamed ``host_name`` (and down)."""
+    with _ipr(ns_name, f"cannot move {ifname} out of {ns_name}") as ipr:
+        index = _lookup(ipr, ifname)
+        if index is None:
+            raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns_name}")
+        info = _info(ipr, index)
+        ipr.link("set", index=index, state="down")
+        ipr.link("set", index=index, ifname=host_name)
+        ipr.link("set", index=index, net_ns_pid=os.getpid())
+    return LinkInfo(name=host_name, mac=info.mac, mtu=info.mtu)
+
+
+def delete_link(name: str, ns: str | None = None) -> bool:
+    """Delete a link by name; ``False`` if there was none (or its netns is gone)."""
+    if ns and not os.path.exists(_ns_file(ns)):
+        return False
+    with _ipr(ns, f"cannot delete link {name}") as ipr:
+        index = _lookup(ipr, name)
+        if index is None:
+            return False
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False  # gone meanwhile
+            raise
+        return True
+
+
+def _find_by_mac(ns: str, mac: str) -> int | None:
+    with _ipr(ns, f"cannot list links in {ns}") as ipr:
+        for link in ipr.get_links():
+            if str(link.get("address", "")).lower() == mac.lower():
+                return int(link["index"])
+    return None
+
+
+def _add_addresses(ipr: IPRoute, index: int, addresses: Iterable[str]) -> None:
+    for cidr in addresses:
+        iface = ipaddress.ip_interface(cidr)
+        try:
+            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+
+def restore_for_delete(
+    ns_name: str,
+    ifname: str,
+    *,
+    host_name: str,
+    mac: str,
+    addresses: Iterable[str],
+    sandbox: str = "",
+) -> str:
+    """Make sure ``ifname`` with ``addresses`` is in the staging netns before CNI DEL.
+
+    Looks for the link where it can be, in order: already in the staging netns; in the host
+    under ``host_name`` (where Docker leaves it after the container is gone); still in the
+    container's sandbox (found by MAC). If it is nowhere (the container's netns died with it), a
+    veth stand-in carrying the same addresses lets the plugins' DEL find what to tear down.
+    Returns where the link was found: ``staging``, ``host``, ``sandbox`` or ``stand-in``.
+    """
+    addresses = list(addresses)
+    what = f"cannot restore {ifname} into {ns_name}"
+    with _ipr(ns_name, what) as ipr:
+        if _lookup(ipr, ifname) is not None:
+            return "staging"
+    found = "stand-in"
+    with _ipr(None, what) as host:
+        index = _lookup(host, host_name)
+        if index is not None and mac and _info(host, index).mac.lower() != mac.lower():
+            index = None  # same name, not our link: leave it alone
+        if index is not None:
+            host.link("set", index=index, state="down")
+            host.link("set", index=index, net_ns_fd=ns_name)
+            found = "host"
+    if found == "stand-in" and sandbox and mac and os.path.exists(sandbox):
+        try:
+            index = _find_by_mac(sandbox, mac)
+        except NetlinkFailure:
+            index = None
+        if index is not None:
+            with _ipr(sandbox, what) as sbox:
+                sbox.link("set", index=index, state="down")
+                sbox.link("set", index=index, net_ns_fd=ns_name)
+            found = "sandbox"
+    with _ipr(ns_name, what) as ipr:
+        if found == "stand-in":
+            ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": "pycni-standin"})
+            index = _lookup(ipr, ifname)
+        else:
+            # The link keeps its name from wherever it was; find it by MAC.
+            index = None
+            for link in ipr.get_links():
+                if str(link.get("address", "")).lower() == mac.lower():
+                    index = int(link["index"])
+            if index is None:
+                raise NetlinkFailure(f"{what}: link with MAC {mac} vanished during the move")
+            ipr.link("set", index=index, ifname=ifname)
+        assert index is not None
+        _add_addresses(ipr, index, addresses)
+        ipr.link("set", index=index, state="up")
+    log.debug("restored %s into %s from %s", ifname, ns_name, found)
+    return found
+
+
+def link_names(ns: str | None = None) -> list[str]:
+    with _ipr(ns, "cannot list links") as ipr:
+        return [str(link.get("ifname")) for link in ipr.get_links()]
+
+
+def bridge_ports(name: str) -> list[str]:
+    """Names of the links enslaved to bridge ``name`` (empty if it doesn't exist)."""
+    with _ipr(None, f"cannot list ports of {name}") as ipr:
+        index = _lookup(ipr, name)
+        if index is None:
+            return []
+        return [str(link.get("ifname")) for link in ipr.get_links() if link.get("master") == index]

@@ -1,0 +1,86 @@
+"""Serving the app on Docker's plugin socket with waitress.
+
+Docker discovers a plugin by the socket's name in ``/run/docker/plugins``. The socket is created
+mode 0600 (only root, like dockerd, may talk to it); a stale one left by a killed pycni is removed
+first; SIGTERM and SIGINT stop the server and remove the socket, so Docker sees "plugin not found"
+rather than "connection refused".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from types import FrameType
+
+from waitress.server import create_server
+
+from .app import create_app
+from .driver import Driver
+from .errors import PycniError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise PycniError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise PycniError(f"another process is already serving {path}")
+
+
+def run(settings: Settings, threads: int = 8) -> None:
+    path = settings.socket_path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _remove_stale_socket(path)
+    driver = Driver(settings)
+    app = create_app(settings, driver)
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+    try:
+        server = create_server(
+            app,
+            unix_socket=path,
+            unix_socket_perms="600",
+            threads=threads,
+            channel_timeout=300,
+            clear_untrusted_proxy_headers=True,
+        )
+    finally:
+        os.umask(old_umask)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("pycni serving %s (state %s, CNI_PATH %s)", path, settings.state_dir,
+             ":".join(settings.cni_path))
+    try:
+        server.run()
+    except SystemExit:
+        pass
+    finally:
+        server.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        log.info("pycni stopped")
+    sys.exit(0)
