@@ -50,7 +50,12 @@ class Resolved:
     mode: str  # "zero-config" | "conflist"
     ipam: str  # "docker" | "cni"
     address_via: str  # "config" | "ips" | "args" | ""
-    bridge: str = ""  # the bridge a zero-config network owns
+
+    def bridges(self) -> list[str]:
+        """Bridges the chain's bridge plugins create (the plugin's default name is cni0)."""
+        return [
+            str(p.raw.get("bridge") or "cni0") for p in self.config.plugins if p.type == "bridge"
+        ]
 
 
 def check_options(options: dict[str, str]) -> None:
@@ -114,7 +119,6 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
         mode="zero-config",
         ipam="docker",
         address_via="config",
-        bridge=bridge,
     )
 
 

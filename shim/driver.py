@@ -132,9 +132,9 @@ class Driver:
                 resolved = chains.zero_config(req)
             # Every binary is in CNI_PATH and speaks the config's version (or a negotiated one).
             config = self.cni.negotiate(resolved.config)
-            owned = []
-            if resolved.bridge and self.links.link_info(resolved.bridge) is None:
-                owned.append(resolved.bridge)
+            # A bridge the chain will create is this network's to remove; one that exists
+            # already (another network's, or the admin's) is not.
+            owned = [b for b in resolved.bridges() if self.links.link_info(b) is None]
             record = NetworkRecord(
                 id=req.network_id,
                 request=raw,

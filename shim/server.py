@@ -77,10 +77,13 @@ def run(settings: Settings, threads: int = 8) -> None:
     except SystemExit:
         pass
     finally:
-        server.close()
+        # Stop taking requests first (Docker then sees "plugin not found", not a hang), then let
+        # requests already running finish: a CreateEndpoint cut in half is work for gc.
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        server.close()
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=settings.plugin_timeout)
         log.info("pycni stopped")
     sys.exit(0)

@@ -1,0 +1,182 @@
+"""Fixtures shared by every tier.
+
+* unit: no root, no binaries; fakes only.
+* integration: real CNI plugins in namespaces the test makes (root, /usr/lib/cni).
+* e2e: a real dockerd, the docker CLI and a real ``pycni serve`` (root, engine).
+
+Integration and e2e tests skip when their prerequisites are missing on a developer machine, but
+fail under CI (``CI=true``): a CI run must never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import leaks
+
+REPO = Path(__file__).resolve().parent.parent
+CNI_BIN = "/usr/lib/cni"
+CNI_PATH = f"/opt/cni/bin:{CNI_BIN}"
+TEST_IMAGE = "pycni-test:busybox"
+
+
+def _missing_prerequisite(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("integration") or item.get_closest_marker("e2e"):
+        if os.geteuid() != 0:
+            return "needs root"
+        if not os.access(os.path.join(CNI_BIN, "bridge"), os.X_OK):
+            return f"needs the CNI reference plugins in {CNI_BIN} (make deps)"
+        if shutil.which("ip") is None:
+            return "needs iproute2 (make deps)"
+    if item.get_closest_marker("e2e") and shutil.which("dockerd") is None:
+        return "needs a Docker engine (make deps)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _prerequisites(request: pytest.FixtureRequest) -> None:
+    reason = _missing_prerequisite(request.node)
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI: {reason}")
+        pytest.skip(reason)
+
+
+def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command (list form, never a shell) and capture its text output."""
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def cni_path() -> str:
+    return CNI_PATH
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[], str]]:
+    """A factory of fresh network namespaces (``/run/netns/pycni-t-…``), all removed after."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"pycni-t-{secrets.token_hex(4)}"
+        run("ip", "netns", "add", name)
+        made.append(name)
+        return f"/run/netns/{name}"
+
+    yield make
+    for name in made:
+        run("ip", "netns", "delete", name, check=False)
+
+
+@pytest.fixture(scope="session")
+def shared_cni_chains() -> None:
+    """Create the iptables chains that portmap and firewall share between all containers.
+
+    The first ADD of portmap creates nat CNI-HOSTPORT-{DNAT,MASQ,SETMARK} with jumps from
+    PREROUTING/OUTPUT/POSTROUTING, and the first ADD of firewall creates filter CNI-FORWARD and
+    CNI-ADMIN with a jump from FORWARD. Both plugins keep them forever, by design, so they are
+    made once here, before any leak snapshot; everything per container is still audited.
+    """
+    if os.geteuid() != 0 or not os.access(f"{CNI_BIN}/portmap", os.X_OK):
+        return
+    from shim.cni import CNI, RuntimeConf
+    from shim.cni.config import conflist_from_dict
+
+    name = f"pycni-prime-{secrets.token_hex(3)}"
+    work = Path(f"/tmp/{name}")
+    work.mkdir()
+    run("ip", "netns", "add", name)
+    try:
+        conf = conflist_from_dict(
+            {
+                "cniVersion": "1.0.0",
+                "name": name,
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "pycni-prime0",
+                        "ipam": {
+                            "type": "host-local",
+                            "dataDir": str(work / "ipam"),
+                            "ranges": [[{"subnet": "10.203.255.0/30"}]],
+                        },
+                    },
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                    {"type": "firewall"},
+                ],
+            }
+        )
+        cni = CNI(CNI_PATH.split(":"), cache_dir=str(work / "cache"))
+        rt = RuntimeConf(
+            container_id=name,
+            netns=f"/run/netns/{name}",
+            capability_args={
+                "portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "tcp"}]
+            },
+        )
+        cni.add(conf, rt)
+        cni.delete(conf, rt)
+    finally:
+        run("ip", "netns", "delete", name, check=False)
+        run("ip", "link", "delete", "pycni-prime0", check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def leak_check(shared_cni_chains: None, request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Snapshot the host before the test and assert nothing leaked after it.
+
+    Yields a list the test may append ignore patterns to (regexes over ``"<kind>: <item>"``).
+    """
+    state_dir = getattr(request, "param", None) or os.environ.get("PYCNI_STATE_DIR", "/var/lib/pycni")
+    ignore: list[str] = []
+    before = leaks.snapshot(state_dir=state_dir)
+    yield ignore
+    after = leaks.snapshot(state_dir=state_dir)
+    leaks.assert_no_leaks(before, after, ignore)
+
+
+# --- e2e -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> object:
+    """The engine, started by scripts/engine.sh if needed (it also imports the test image)."""
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        pytest.skip("needs root and a Docker engine")
+    run("bash", str(REPO / "scripts" / "engine.sh"), timeout=180)
+    import docker
+
+    return docker.from_env()
+
+
+@pytest.fixture
+def test_image() -> str:
+    return TEST_IMAGE
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real docker CLI."""
+    return run("docker", *args, check=check, timeout=timeout)
+
+
+def docker_json(*args: str) -> object:
+    return json.loads(docker(*args).stdout)
+
+
+def python() -> str:
+    return sys.executable

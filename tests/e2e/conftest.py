@@ -1,0 +1,175 @@
+"""A real ``pycni serve`` for the e2e tier, and a tracker that removes what a test made."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CNI_PATH, REPO, docker
+
+SOCKET = "/run/docker/plugins/pycni.sock"
+
+FAIL_PLUGIN = """#!/bin/sh
+# A CNI plugin that refuses every ADD with a spec error; everything else succeeds.
+cat >/dev/null
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}' ;;
+ADD) echo '{"code":7,"msg":"pycni-test-fail refuses on purpose","details":"test plugin"}'; exit 1 ;;
+*) exit 0 ;;
+esac
+"""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def call(method: str, body: bytes = b"{}", path: str = SOCKET) -> tuple[int, bytes]:
+    """POST to the plugin socket as Docker does; (status, body)."""
+    conn = UnixHTTPConnection(path)
+    try:
+        conn.request("POST", "/" + method, body=body,
+                     headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+class PycniServer:
+    """``pycni serve`` as a child process on Docker's plugin socket."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.conf_dir = root / "net.d"
+        self.plugin_dir = root / "bin"
+        self.log_path = root / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        for d in (self.conf_dir, self.plugin_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "pycni"), "serve",
+                "--state-dir", str(self.state_dir),
+                "--conf-dir", str(self.conf_dir),
+                "--cni-path", f"{self.plugin_dir}:{CNI_PATH}",
+                "--log-level", "debug",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pycni serve exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if call("Plugin.Activate")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"pycni serve did not answer within 15s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"pycni serve ignored signal {sig}:\n{self.log()}") from None
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def write_conflist(self, name: str, conf: dict[str, object]) -> Path:
+        import json
+
+        path = self.conf_dir / f"50-{name}.conflist"
+        path.write_text(json.dumps({"name": name, **conf}, indent=1))
+        return path
+
+
+@pytest.fixture(scope="session")
+def pycni(docker_engine: object) -> Iterator[PycniServer]:
+    """The session's pycni server. Refuses to start over one someone else is running."""
+    if os.path.exists(SOCKET):
+        try:
+            call("Plugin.Activate")
+        except OSError:
+            os.unlink(SOCKET)  # stale
+        else:
+            pytest.fail(f"another pycni is serving {SOCKET}; stop it before running the e2e tests")
+    root = Path(tempfile.mkdtemp(prefix="pycni-e2e-"))
+    server = PycniServer(root)
+    fail = server.plugin_dir / "pycni-test-fail"
+    fail.write_text(FAIL_PLUGIN)
+    fail.chmod(0o755)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        code = server.stop()
+        assert code == 0, f"pycni serve exited {code} on SIGTERM"
+    assert not os.path.exists(SOCKET), "pycni serve left its socket behind"
+
+
+class Tracker:
+    """Remembers containers and networks a test made and removes them, even if it fails."""
+
+    def __init__(self) -> None:
+        self.containers: list[str] = []
+        self.networks: list[str] = []
+
+    def network(self, name: str, *args: str) -> str:
+        self.networks.append(name)
+        docker("network", "create", *args, name)
+        return name
+
+    def run(self, name: str, *args: str) -> str:
+        self.containers.append(name)
+        docker("run", "-d", "--name", name, *args)
+        return name
+
+    def cleanup(self) -> None:
+        for name in reversed(self.containers):
+            docker("rm", "-f", name, check=False)
+        for name in reversed(self.networks):
+            docker("network", "rm", name, check=False)
+
+
+@pytest.fixture
+def e2e(pycni: PycniServer, leak_check: list[str]) -> Iterator[Tracker]:
+    """Per-test: a tracker whose cleanup runs before the leak audit compares the host."""
+    tracker = Tracker()
+    yield tracker
+    tracker.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _state_dir_for_leak_audit(pycni: PycniServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYCNI_STATE_DIR", str(pycni.state_dir))
