@@ -4,6 +4,7 @@
 set -euo pipefail
 LOG=${PYCNI_DOCKERD_LOG:-/var/log/pycni-dockerd.log}
 IMAGE=${PYCNI_TEST_IMAGE:-pycni-test:busybox}
+IMAGE_VERSION=2   # bump when the image's contents change; an older one is re-imported
 
 answers() { timeout 5 docker info >/dev/null 2>&1; }
 
@@ -34,16 +35,19 @@ if ! answers; then
     fi
 fi
 
-if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+have=$(docker image inspect -f '{{index .Config.Labels "pycni.image.version"}}' "$IMAGE" 2>/dev/null || true)
+if [ "$have" != "$IMAGE_VERSION" ]; then
     # No registry is reachable: build a one-binary busybox root and import it.
     echo "engine: importing $IMAGE from busybox-static"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    mkdir -p "$tmp/root/bin"
+    mkdir -p "$tmp/root/bin" "$tmp/root/tmp" "$tmp/root/www"
+    chmod 1777 "$tmp/root/tmp"
     cp /bin/busybox "$tmp/root/bin/busybox"
     for applet in $(/bin/busybox --list); do
         [ "$applet" = busybox ] || ln -s busybox "$tmp/root/bin/$applet"
     done
-    tar -C "$tmp/root" -c . | docker import -c 'ENV PATH=/bin' - "$IMAGE" >/dev/null
+    tar -C "$tmp/root" -c . | docker import -c 'ENV PATH=/bin' \
+        -c "LABEL pycni.image.version=$IMAGE_VERSION" - "$IMAGE" >/dev/null
 fi
 echo "engine: docker $(docker version --format '{{.Server.Version}}') up, image $IMAGE present"

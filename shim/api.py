@@ -111,15 +111,15 @@ def leave() -> Response:
 
 @bp.post("/NetworkDriver.ProgramExternalConnectivity")
 def program_external_connectivity() -> Response:
-    """``{NetworkID, EndpointID, Options}`` → ``{}``"""
-    EndpointRequest.from_json(_body())
+    """``{NetworkID, EndpointID, Options: {com.docker.network.portmap: [...]}}`` → ``{}``"""
+    _driver().program_external(EndpointRequest.from_json(_body()))
     return _answer()
 
 
 @bp.post("/NetworkDriver.RevokeExternalConnectivity")
 def revoke_external_connectivity() -> Response:
     """``{NetworkID, EndpointID}`` → ``{}``"""
-    EndpointRequest.from_json(_body())
+    _driver().revoke_external(EndpointRequest.from_json(_body()))
     return _answer()
 
 

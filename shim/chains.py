@@ -250,7 +250,10 @@ def for_endpoint(
         else:  # host-local takes bare addresses
             args.append(("IP", ",".join(str(a.ip) for a in addresses)))
     if iface.mac_address:
+        # Docker sets this MAC itself when it moves the link in; telling the chain too keeps
+        # what plugins record (and see at DEL) consistent. bridge reads CNI_ARGS MAC=.
         caps["mac"] = iface.mac_address
+        args.append(("MAC", iface.mac_address))
     return EndpointChain(
         config=conflist_from_dict(raw, source="endpoint config"),
         cni_args=tuple(args),

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import chains, netlink
+from . import chains, netlink, ports
 from .cni import CNI, AddFailed, RuntimeConf, find
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .cni.types import Result
@@ -98,6 +98,8 @@ class Driver:
         self.endpoints: dict[str, EndpointRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # Host ports are one space across every network: choosing them is serialized globally.
+        self._ports_lock = threading.Lock()
         self.load()
 
     def load(self) -> None:
@@ -237,7 +239,9 @@ class Driver:
             undo.callback(self._quiet, self.cni.delete, chain.config, rt)
             rec.result = result.to_json()
             moved = self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
-            rec.mac = moved.mac
+            # Docker puts its own MAC (--mac-address) on the link at Join; that's the one to
+            # find it by later.
+            rec.mac = req.interface.mac_address or moved.mac
             rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
             undo.callback(self._quiet, self._restore, rec)
             answer = self._answer(req.interface, result, rec)
@@ -358,7 +362,65 @@ class Driver:
             info["cni.interfaces"] = [i.to_json(result.cni_version) for i in result.interfaces]
             info["cni.ips"] = [str(ip.address) for ip in result.ips]
             info["cni.routes"] = [r.to_json(result.cni_version) for r in result.routes]
+        published = rec.capability_args.get("portMappings")
+        if published:
+            info["ports"] = [str(ports.Mapping.from_cni(m)) for m in published]
         return info
+
+    # --- published ports -------------------------------------------------------------------------
+
+    def program_external(self, req: EndpointRequest) -> None:
+        """Publish the container's ports through the chain's ``portMappings`` plugins.
+
+        Docker calls this for the container's gateway endpoint only, so ports land on one
+        network, as with Docker's own bridge driver.
+        """
+        rec = self.endpoint(req.endpoint_id)
+        bindings = ports.parse(req.options)
+        if not bindings:
+            return
+        config = conflist_from_dict(rec.config, source=f"endpoint {rec.id[:12]}")
+        mappers = {p.type for p in config.plugins if p.capabilities.get("portMappings")}
+        if not mappers:
+            raise InvalidRequest(
+                f"network {rec.network_id[:12]}'s CNI chain ({'+'.join(config.plugin_types())}) "
+                "has no plugin with the portMappings capability (such as portmap): "
+                "ports can't be published"
+            )
+        with self._locked(rec.network_id), self._ports_lock:
+            if rec.capability_args.get("portMappings"):
+                return  # already programmed (Docker retried)
+            in_use = {m.key() for m in self._published(exclude=rec.id)}
+            mappings = ports.allocate(bindings, in_use)
+            rec.capability_args = {
+                **rec.capability_args,
+                "portMappings": [m.to_cni() for m in mappings],
+            }
+            self.cni.update_plugins(config, self._runtime(rec), "ADD", mappers)
+            self.store.save_endpoint(rec)
+        log.info("endpoint %s publishes %s", rec.id[:12], ", ".join(map(str, mappings)))
+
+    def revoke_external(self, req: EndpointRequest) -> None:
+        rec = self.endpoints.get(req.endpoint_id)
+        if rec is None or not rec.capability_args.get("portMappings"):
+            return
+        config = conflist_from_dict(rec.config, source=f"endpoint {rec.id[:12]}")
+        mappers = {p.type for p in config.plugins if p.capabilities.get("portMappings")}
+        with self._locked(rec.network_id):
+            # DEL with the same portMappings as ADD (portmap removes nothing otherwise), then
+            # forget them, so the endpoint's final DEL doesn't try again.
+            remaining = {k: v for k, v in rec.capability_args.items() if k != "portMappings"}
+            self.cni.update_plugins(config, self._runtime(rec), "DEL", mappers, record=remaining)
+            rec.capability_args = remaining
+            self.store.save_endpoint(rec)
+
+    def _published(self, exclude: str = "") -> list[ports.Mapping]:
+        return [
+            ports.Mapping.from_cni(m)
+            for e in self.endpoints.values()
+            if e.id != exclude
+            for m in e.capability_args.get("portMappings") or []
+        ]
 
     def allocate_network(self) -> None:
         raise Unsupported("pycni is a local-scope driver; swarm-scoped networks are not supported")

@@ -237,6 +237,44 @@ class CNI:
             raise CNIError("; ".join(errors), verb="GC")
         return removed
 
+    def update_plugins(
+        self,
+        net: NetworkConfigList,
+        rt: RuntimeConf,
+        verb: str,
+        types: set[str],
+        *,
+        record: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Run ADD or DEL for just the plugins of ``types``, on top of the cached result.
+
+        For what a runtime decides after the attachment exists — Docker publishes ports only once
+        it knows which network is the container's gateway. Afterwards the cache records
+        ``record`` (default ``rt.capability_args``) as the attachment's capability args, so a
+        later DEL of the whole list undoes exactly what is in place. ADD goes in list order, DEL
+        in reverse, as for the whole list.
+        """
+        validate_container_id(rt.container_id)
+        cached = self.cache.read(net.name, rt.container_id, rt.ifname)
+        if cached is None or not cached.result:
+            raise CNIError(
+                f"no cached result for {rt.container_id}/{rt.ifname} in network {net.name!r}",
+                verb=verb,
+            )
+        prev = Result.from_json(cached.result, default_version=net.cni_version)
+        plugins = [p for p in net.plugins if p.type in types]
+        if verb == "DEL":
+            plugins.reverse()
+        for plugin in plugins:
+            out = self._run(net, plugin, verb, rt, prev)
+            if verb == "ADD":
+                prev = Result.from_json(
+                    decode_json(plugin.type, verb, out), default_version=net.cni_version
+                )
+        cached.capability_args = dict(rt.capability_args if record is None else record)
+        cached.result = prev.convert(net.cni_version).to_json()
+        self.cache.write(cached)
+
     def version_info(self, plugin_type: str) -> VersionInfo:
         """Ask a plugin which spec versions it speaks (the VERSION verb)."""
         stdin = json.dumps({"cniVersion": CURRENT_VERSION}).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import os
 import signal
@@ -17,6 +18,24 @@ import pytest
 from tests.conftest import CNI_PATH, REPO, docker
 
 SOCKET = "/run/docker/plugins/pycni.sock"
+#: One e2e session (or benchmark) at a time per machine: they share dockerd, the plugin socket
+#: and the host state the leak audit compares.
+LOCK = "/run/lock/pycni-e2e.lock"
+
+
+def exclusive_engine(timeout: float = 1800) -> int:
+    """Take the machine-wide e2e lock (waiting for another session); returns the held fd."""
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"another e2e session held {LOCK} for {timeout:.0f}s")
+            time.sleep(1)
 
 FAIL_PLUGIN = """#!/bin/sh
 # A CNI plugin that refuses every ADD with a spec error; everything else succeeds.
@@ -118,6 +137,7 @@ class PycniServer:
 @pytest.fixture(scope="session")
 def pycni(docker_engine: object) -> Iterator[PycniServer]:
     """The session's pycni server. Refuses to start over one someone else is running."""
+    lock = exclusive_engine()
     if os.path.exists(SOCKET):
         try:
             call("Plugin.Activate")
@@ -136,6 +156,7 @@ def pycni(docker_engine: object) -> Iterator[PycniServer]:
         code = server.stop()
         assert code == 0, f"pycni serve exited {code} on SIGTERM"
     assert not os.path.exists(SOCKET), "pycni serve left its socket behind"
+    os.close(lock)
 
 
 class Tracker:

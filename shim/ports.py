@@ -1,0 +1,181 @@
+"""Docker's published ports (``-p``, ``-P``) as CNI ``portMappings``.
+
+Docker sends each binding as ``{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080,
+"HostPortEnd": 8080}`` (libnetwork ``types.PortBinding``) in the ``com.docker.network.portmap``
+option. For a remote driver Docker allocates nothing: ``HostPort`` 0 means "pick one", and
+``HostPortEnd`` above ``HostPort`` means "any one port of this range". pycni picks the ports and
+hands the portmap plugin the CNI form (``{"hostPort", "containerPort", "protocol", "hostIP"}``).
+
+The portmap plugin only writes DNAT rules — nothing listens on the host port — so a free port is
+one that no socket holds *and* no other pycni endpoint has published.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .errors import InvalidRequest
+from .protocol import PORT_MAP
+
+PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
+_TRIES = 200
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One Docker port binding, before a host port is chosen."""
+
+    protocol: str
+    container_port: int
+    host_ip: str
+    host_port: int
+    host_port_end: int
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A published port: the CNI ``portMappings`` entry."""
+
+    protocol: str
+    container_port: int
+    host_port: int
+    host_ip: str = ""
+
+    def key(self) -> tuple[str, str, int]:
+        return (self.protocol, self.host_ip, self.host_port)
+
+    def to_cni(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "hostPort": self.host_port,
+            "containerPort": self.container_port,
+            "protocol": self.protocol,
+        }
+        if self.host_ip:
+            out["hostIP"] = self.host_ip
+        return out
+
+    @classmethod
+    def from_cni(cls, data: dict[str, Any]) -> Mapping:
+        return cls(
+            protocol=str(data["protocol"]),
+            container_port=int(data["containerPort"]),
+            host_port=int(data["hostPort"]),
+            host_ip=str(data.get("hostIP") or ""),
+        )
+
+    def __str__(self) -> str:
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else (self.host_ip or "0.0.0.0")
+        return f"{host}:{self.host_port}->{self.container_port}/{self.protocol}"
+
+
+def _port(value: Any, what: str, allow_zero: bool) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"port binding {what} must be a number")
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise InvalidRequest(f"port binding {what} {value} is out of range")
+    return value
+
+
+def parse(options: dict[str, Any]) -> list[Binding]:
+    """The bindings in a CreateEndpoint/Join/ProgramExternalConnectivity options map."""
+    raw = options.get(PORT_MAP)
+    if not raw:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidRequest(f"{PORT_MAP} must be a list")
+    bindings = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{PORT_MAP} entries must be objects")
+        proto = item.get("Proto")
+        if proto not in PROTOCOLS:
+            raise InvalidRequest(f"port binding protocol {proto!r} is not tcp, udp or sctp")
+        host_ip = item.get("HostIP") or ""
+        if not isinstance(host_ip, str):
+            raise InvalidRequest("port binding HostIP must be a string")
+        if host_ip:
+            try:
+                host_ip = str(ipaddress.ip_address(host_ip))
+            except ValueError as exc:
+                raise InvalidRequest(f"port binding HostIP {host_ip!r} is not an address") from exc
+        host_port = _port(item.get("HostPort", 0), "HostPort", allow_zero=True)
+        end = _port(item.get("HostPortEnd") or host_port, "HostPortEnd", allow_zero=True)
+        if end < host_port:
+            raise InvalidRequest(f"port range {host_port}-{end} ends before it starts")
+        bindings.append(
+            Binding(
+                protocol=PROTOCOLS[proto],
+                container_port=_port(item.get("Port"), "Port", allow_zero=False),
+                host_ip=host_ip,
+                host_port=host_port,
+                host_port_end=end,
+            )
+        )
+    return bindings
+
+
+def _socket_free(protocol: str, host_ip: str, port: int) -> bool:
+    """Whether a socket could bind ``host_ip:port`` (nothing on the host holds it)."""
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    kind, proto = {
+        "tcp": (socket.SOCK_STREAM, 0),
+        "udp": (socket.SOCK_DGRAM, 0),
+        "sctp": (socket.SOCK_STREAM, getattr(socket, "IPPROTO_SCTP", 132)),
+    }[protocol]
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError:
+        return True  # no kernel support to probe with (sctp): rely on our own registry
+    try:
+        sock.bind((host_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def _taken(used: set[tuple[str, str, int]], protocol: str, host_ip: str, port: int) -> bool:
+    # A wildcard binding and a specific one on the same port collide too.
+    return any(
+        p == protocol and n == port and (not ip or not host_ip or ip == host_ip)
+        for p, ip, n in used
+    )
+
+
+def allocate(
+    bindings: Iterable[Binding], in_use: Iterable[tuple[str, str, int]]
+) -> list[Mapping]:
+    """Choose a host port for every binding; raise if an asked-for port is taken."""
+    used = set(in_use)
+    chosen: list[Mapping] = []
+    for b in bindings:
+        if b.host_port == 0:
+            candidates: Iterable[int] = random.sample(range(EPHEMERAL[0], EPHEMERAL[1] + 1), _TRIES)
+        else:
+            candidates = range(b.host_port, b.host_port_end + 1)
+        for port in candidates:
+            if not _taken(used, b.protocol, b.host_ip, port) and _socket_free(
+                b.protocol, b.host_ip, port
+            ):
+                mapping = Mapping(b.protocol, b.container_port, port, b.host_ip)
+                used.add(mapping.key())
+                chosen.append(mapping)
+                break
+        else:
+            want = (
+                "a free ephemeral port"
+                if b.host_port == 0
+                else f"port {b.host_port}"
+                + (f"-{b.host_port_end}" if b.host_port_end > b.host_port else "")
+            )
+            raise InvalidRequest(
+                f"cannot publish {b.container_port}/{b.protocol}: {want} on "
+                f"{b.host_ip or 'all addresses'} is already in use"
+            )
+    return chosen
