@@ -147,3 +147,17 @@ def free_network() -> Response:
     """Swarm-scope only: refused with a clear error."""
     _driver().allocate_network()
     return _answer()
+
+
+@bp.post("/Pycni.GC")
+def pycni_gc() -> Response:
+    """pycni's own admin call (``pycni gc``): ``{"DryRun": bool}`` → ``{"Actions": [...]}``.
+
+    Served in the plugin process so reconciliation takes the same per-network locks as Docker's
+    calls in flight.
+    """
+    body = request.get_json(force=True, silent=True) or {}
+    dry_run = body.get("DryRun", False) if isinstance(body, dict) else False
+    if not isinstance(dry_run, bool):
+        raise InvalidRequest("DryRun must be true or false")
+    return _answer({"Actions": _driver().gc(dry_run=dry_run)})

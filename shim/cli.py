@@ -150,6 +150,54 @@ def inspect(network: str, state_dir: str | None) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
+@click.option("--socket", "socket_path", default=None, help=f"Unix socket (default {DEFAULT_SOCKET}).")
+@reports_errors
+def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
+    """Remove what crashes or missed Docker calls left behind, and say what it was.
+
+    Asks the running ``pycni serve`` to do it (it holds the locks); with no server running,
+    does it in this process.
+    """
+    settings = Settings.from_env(state_dir=state_dir, socket_path=socket_path)
+    actions = _gc_via_server(settings.socket_path, dry_run)
+    if actions is None:
+        from .driver import Driver
+
+        actions = Driver(settings).gc(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for line in actions:
+        click.echo(line)
+    click.echo(f"gc: {verb} {len(actions)} leftover(s)" if actions else "gc: nothing to remove")
+
+
+def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
+    """The server's answer to /Pycni.GC, or None when no server listens on ``path``."""
+    import http.client
+    import socket as socket_mod
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(path)
+
+    conn = Conn("localhost", timeout=300)
+    try:
+        conn.request("POST", "/Pycni.GC", body=json.dumps({"DryRun": dry_run}))
+        response = conn.getresponse()
+        body = json.loads(response.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise PycniError(str(body.get("Err") or f"pycni serve answered {response.status}"))
+    return [str(a) for a in body.get("Actions") or []]
+
+
 # --- pycni cni ----------------------------------------------------------------------------------
 
 

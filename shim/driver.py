@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
+import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import chains, netlink, ports
+from . import chains, dockerview, netlink, ports
+from .cni.cache import CachedAttachment
 from .cni import CNI, AddFailed, RuntimeConf, find
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .cni.types import Result
@@ -56,6 +61,11 @@ log = logging.getLogger(__name__)
 IFNAME = "eth0"
 NETNS_PREFIX = "pycni-"
 HOST_LINK_PREFIX = "pcn"
+#: an endpoint Docker doesn't list is left alone this long (it may be between Create and Join)
+STALE_AFTER = 120.0
+_DOCKER_ID = re.compile(r"[0-9a-f]{64}")
+_STAGING = re.compile(NETNS_PREFIX + r"[0-9a-f]{12}")
+_HOST_LINK = re.compile(HOST_LINK_PREFIX + r"[0-9a-f]{12}")
 
 
 def staging_netns(endpoint_id: str) -> str:
@@ -238,11 +248,13 @@ class Driver:
                 raise
             undo.callback(self._quiet, self.cni.delete, chain.config, rt)
             rec.result = result.to_json()
+            rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
+            rec.mac = _container_mac(result, rt.netns)
+            self.store.save_endpoint(rec)  # a crash from here on knows what to tear down
             moved = self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
             # Docker puts its own MAC (--mac-address) on the link at Join; that's the one to
             # find it by later.
             rec.mac = req.interface.mac_address or moved.mac
-            rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
             undo.callback(self._quiet, self._restore, rec)
             answer = self._answer(req.interface, result, rec)
             rec.phase = "ready"
@@ -320,10 +332,23 @@ class Driver:
         rec.phase = "deleting"
         self.store.save_endpoint(rec)
         config = conflist_from_dict(rec.config, source=f"endpoint {rec.id[:12]}")
+        if rec.result is None:
+            # Crashed between ADD and saving its result: libcni's cache has it.
+            cached = self.cni.cached_result(config, self._runtime(rec))
+            if cached is not None:
+                rec.result = cached.to_json()
+                sandbox = self.links.netns_path(rec.netns)
+                rec.addresses = [str(ip.address) for ip in _container_ips(cached, sandbox)]
+                rec.mac = rec.mac or _container_mac(cached, sandbox)
         self.links.create_netns(rec.netns)  # exists unless the host rebooted
+        given: Result | None = None
         if rec.result is not None:
             self._restore(rec)
-        self.cni.delete(config, self._runtime(rec))
+        else:
+            # ADD never finished: no result anywhere. What the chain did is still on eth0 in the
+            # staging netns; DEL needs it as prevResult (firewall removes nothing without it).
+            given = self._result_from_netns(rec, config)
+        self.cni.delete(config, self._runtime(rec), result=given)
         # Plugins delete the interfaces they made; a stand-in or a leftover goes with the netns.
         self.links.delete_link(rec.ifname, rec.netns)
         self.links.remove_netns(rec.netns)
@@ -332,6 +357,20 @@ class Driver:
         self.store.delete_endpoint(rec.id)
         self.endpoints.pop(rec.id, None)
         log.info("endpoint %s deleted", rec.id[:12])
+
+    def _result_from_netns(self, rec: EndpointRecord, config: NetworkConfigList) -> Result | None:
+        mac, cidrs = self.links.addresses(rec.netns, rec.ifname)
+        if not cidrs:
+            return None
+        sandbox = self.links.netns_path(rec.netns)
+        return Result.from_json(
+            {
+                "cniVersion": config.cni_version,
+                "interfaces": [{"name": rec.ifname, "mac": mac, "sandbox": sandbox}],
+                "ips": [{"address": c, "interface": 0, "version": str(ipaddress.ip_interface(c).version)}
+                        for c in cidrs],
+            }
+        ).convert(config.cni_version)
 
     def _host_link_is_ours(self, rec: EndpointRecord) -> bool:
         info = self.links.link_info(rec.host_ifname)
@@ -366,6 +405,91 @@ class Driver:
         if published:
             info["ports"] = [str(ports.Mapping.from_cni(m)) for m in published]
         return info
+
+    # --- reconciliation --------------------------------------------------------------------------
+
+    def gc(self, dry_run: bool = False, view: dockerview.DockerView | None = None) -> list[str]:
+        """Find and remove what a crash or a missed Docker call left behind; what was done.
+
+        Compares pycni's records, its staging namespaces and temporary links, libcni's cache and
+        (when Docker answers) Docker's own view. Every leftover attachment is torn down the way
+        DeleteEndpoint would — link restored into its staging netns, DEL with the cached config,
+        namespace removed — so plugins release addresses and rules. An endpoint whose Docker
+        sandbox still exists is never touched, whatever Docker's API says while it restores.
+        """
+        actions: list[str] = []
+        if view is None:
+            view = dockerview.snapshot(self.settings.driver_name)
+        if view is not None:
+            for network_id in list(self.networks):
+                if network_id not in view.networks:
+                    actions.append(f"network {network_id[:12]}: unknown to Docker; removed")
+                    if not dry_run:
+                        self.delete_network(network_id)
+        now = time.time()
+        for rec in self.store.endpoints():
+            reason = self._stale(rec, view, now)
+            if reason is None:
+                continue
+            with self._locked(rec.network_id):
+                current = self.store.load_endpoint(rec.id)  # it may have moved on meanwhile
+                if current is None or self._stale(current, view, now) is None:
+                    continue
+                actions.append(f"endpoint {rec.id[:12]}: {reason}; torn down")
+                if not dry_run:
+                    self._delete_endpoint(current)
+        known = {e.id for e in self.store.endpoints()}
+        for entry in self.cni.cached_attachments():
+            if not _DOCKER_ID.fullmatch(entry.container_id) or entry.container_id in known:
+                continue
+            if not self.links.netns_exists(staging_netns(entry.container_id)) and not (
+                entry.netns.startswith(self.links.netns_path(NETNS_PREFIX))
+            ):
+                continue  # not one of pycni's attachments
+            actions.append(
+                f"CNI attachment {entry.network}/{entry.container_id[:12]}: no endpoint; DEL run"
+            )
+            if not dry_run:
+                self._delete_endpoint(_record_from_cache(entry))
+        known_ns = {e.netns for e in self.store.endpoints()}
+        for name in self.links.list_netns(NETNS_PREFIX):
+            if _STAGING.fullmatch(name) and name not in known_ns:
+                actions.append(f"netns {name}: no endpoint; removed")
+                if not dry_run:
+                    self.links.remove_netns(name)
+        known_links = {e.host_ifname for e in self.store.endpoints()}
+        for name in self.links.link_names():
+            if _HOST_LINK.fullmatch(name) and name not in known_links:
+                actions.append(f"link {name}: no endpoint; removed")
+                if not dry_run:
+                    self.links.delete_link(name)
+        for net in list(self.networks.values()):
+            config = conflist_from_dict(net.config, source=f"network {net.id[:12]}")
+            if config.cni_version != "1.1.0" or dry_run:
+                continue
+            valid = {(e.id, e.ifname) for e in self.endpoints.values() if e.network_id == net.id}
+            try:
+                self.cni.gc(config, valid)
+            except CNIError as exc:
+                actions.append(f"network {net.id[:12]}: CNI GC failed: {exc}")
+        for line in actions:
+            log.info("gc%s: %s", " (dry run)" if dry_run else "", line)
+        return actions
+
+    def _stale(
+        self, rec: EndpointRecord, view: dockerview.DockerView | None, now: float
+    ) -> str | None:
+        if rec.network_id not in self.networks:
+            return "its network is gone"
+        if rec.phase == "creating":
+            return "left half-made by an interrupted CreateEndpoint"
+        if rec.phase == "deleting":
+            return "left half-deleted by an interrupted DeleteEndpoint"
+        if view is None or rec.id in view.endpoints or now - rec.created < STALE_AFTER:
+            return None
+        if rec.sandbox_key and os.path.exists(rec.sandbox_key):
+            return None  # the container's namespace lives on: Docker may still be restoring
+        return "Docker no longer knows it"
 
     # --- published ports -------------------------------------------------------------------------
 
@@ -451,6 +575,30 @@ def _container_ips(result: Result, sandbox: str) -> list[Any]:
     if not indexes:
         return list(result.ips)
     return [ip for ip in result.ips if ip.interface is None or ip.interface in indexes]
+
+
+def _record_from_cache(entry: CachedAttachment) -> EndpointRecord:
+    """An endpoint record rebuilt from libcni's cache, to tear down an attachment we forgot."""
+    config = json.loads(entry.config) if entry.config else {}
+    return EndpointRecord(
+        id=entry.container_id,
+        network_id="",
+        netns=staging_netns(entry.container_id),
+        ifname=entry.ifname,
+        host_ifname=host_link_name(entry.container_id),
+        phase="deleting",
+        config=config,
+        cni_args=[list(a) for a in entry.cni_args],
+        capability_args=entry.capability_args,
+        result=entry.result,
+    )
+
+
+def _container_mac(result: Result, sandbox: str) -> str:
+    for iface in result.interfaces:
+        if iface.sandbox == sandbox and iface.mac:
+            return iface.mac
+    return ""
 
 
 def _join_response(rec: EndpointRecord, result: Result) -> JoinResponse:

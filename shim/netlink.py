@@ -286,6 +286,23 @@ def restore_for_delete(
     return found
 
 
+def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
+    """The MAC and global addresses (CIDR) of ``ifname`` in netns ``ns``; ("", []) if absent."""
+    if not os.path.exists(_ns_file(ns)):
+        return "", []
+    with _ipr(ns, f"cannot read addresses of {ifname}") as ipr:
+        index = _lookup(ipr, ifname)
+        if index is None:
+            return "", []
+        mac = _info(ipr, index).mac
+        found = []
+        for addr in ipr.get_addr(index=index):
+            ip = ipaddress.ip_interface(f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}")
+            if not ip.is_link_local:
+                found.append(str(ip))
+        return mac, found
+
+
 def link_names(ns: str | None = None) -> list[str]:
     with _ipr(ns, "cannot list links") as ipr:
         return [str(link.get("ifname")) for link in ipr.get_links()]

@@ -50,6 +50,11 @@ def run(settings: Settings, threads: int = 8) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _remove_stale_socket(path)
     driver = Driver(settings)
+    # Whatever a crash or a missed Docker call left behind is torn down before serving.
+    try:
+        driver.gc()
+    except PycniError as exc:
+        log.error("reconciliation at start failed: %s (pycni gc retries it)", exc)
     app = create_app(settings, driver)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
     try:

@@ -31,6 +31,12 @@ class Settings:
     max_body: int = 1 << 20
     extra: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def driver_name(self) -> str:
+        """Docker names a plugin after its socket file: pycni.sock → driver "pycni"."""
+        name = os.path.basename(self.socket_path)
+        return name[: -len(".sock")] if name.endswith(".sock") else name
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Settings from ``PYCNI_*`` / ``CNI_PATH`` / ``NETCONFPATH`` variables, then overrides."""

@@ -156,6 +156,17 @@ class Store:
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._delete("endpoints", endpoint_id)
 
+    def load_endpoint(self, endpoint_id: str) -> EndpointRecord | None:
+        try:
+            with open(self._path("endpoints", endpoint_id)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read endpoint record {endpoint_id}: {exc}") from exc
+        rec: EndpointRecord = _build(EndpointRecord, data)
+        return rec
+
     def endpoints(self) -> list[EndpointRecord]:
         return [_build(EndpointRecord, d) for d in self._read_all("endpoints")]
 

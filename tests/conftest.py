@@ -18,10 +18,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 from tests import leaks
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 REPO = Path(__file__).resolve().parent.parent
 CNI_BIN = "/usr/lib/cni"
@@ -42,13 +46,25 @@ def _missing_prerequisite(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _prerequisites(request: pytest.FixtureRequest) -> None:
-    reason = _missing_prerequisite(request.node)
+def unmet(reason: str) -> NoReturn:
+    """A prerequisite is missing: skip on a developer machine, fail under CI (``CI=true``)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must not skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_root() -> None:
+    """For code paths outside the integration/e2e markers that still need root."""
+    if os.geteuid() != 0:
+        unmet("needs root")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A hook rather than an autouse fixture: it runs before any fixture of the test, including
+    # session-scoped ones such as docker_engine, which would otherwise be set up first.
+    reason = _missing_prerequisite(item)
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: {reason}")
-        pytest.skip(reason)
+        unmet(reason)
 
 
 def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -144,9 +160,10 @@ def leak_check(shared_cni_chains: None, request: pytest.FixtureRequest) -> Itera
     """
     state_dir = getattr(request, "param", None) or os.environ.get("PYCNI_STATE_DIR", "/var/lib/pycni")
     ignore: list[str] = []
-    before = leaks.snapshot(state_dir=state_dir)
-    yield ignore
-    after = leaks.snapshot(state_dir=state_dir)
+    with leaks.exclusive():  # other pytest runs on this host would show up as leaks
+        before = leaks.snapshot(state_dir=state_dir)
+        yield ignore
+        after = leaks.snapshot(state_dir=state_dir)
     leaks.assert_no_leaks(before, after, ignore)
 
 
@@ -154,14 +171,15 @@ def leak_check(shared_cni_chains: None, request: pytest.FixtureRequest) -> Itera
 
 
 @pytest.fixture(scope="session")
-def docker_engine() -> object:
+def docker_engine() -> DockerClient:
     """The engine, started by scripts/engine.sh if needed (it also imports the test image)."""
     if os.geteuid() != 0 or shutil.which("dockerd") is None:
-        pytest.skip("needs root and a Docker engine")
+        unmet("needs root and a Docker engine (make deps)")
     run("bash", str(REPO / "scripts" / "engine.sh"), timeout=180)
-    import docker
+    import docker  # here, not at the top: the module's own ``docker`` is the CLI helper
 
-    return docker.from_env()
+    client: DockerClient = docker.from_env()
+    return client
 
 
 @pytest.fixture

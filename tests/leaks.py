@@ -8,28 +8,76 @@ the host exactly as it found it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
 
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw")
+#: Held from a test's first snapshot to its last, by every pytest process on the machine.
+AUDIT_LOCK = "/run/lock/pycni-leak-audit.lock"
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 900.0, path: str = AUDIT_LOCK) -> Iterator[None]:
+    """One audited test at a time on this host, across pytest processes.
+
+    The audit compares host-wide state, so two test runs at once (two engineers, or the
+    integration and e2e tiers in parallel) would see each other's links and rules as leaks. The
+    wait is bounded: after ``timeout`` seconds the test fails instead of hanging.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path} held by another test run for {timeout:g}s")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Host state, one set of human-readable items per kind (the field names are the kinds)."""
+
+    #: ``<net>/<ip> (<container id> <ifname>)`` for every host-local reservation
     reservations: frozenset[str] = field(default_factory=frozenset)
+    #: named network namespaces
     netns: frozenset[str] = field(default_factory=frozenset)
+    #: host links: ``name``, or ``name [kind]`` for the kinds CNI plugins make
     links: frozenset[str] = field(default_factory=frozenset)
+    #: ``iptables|ip6tables <table> <chain>``
     chains: frozenset[str] = field(default_factory=frozenset)
+    #: ``iptables|ip6tables <table> -A <chain> ...``; a rule present n times appears as n items
+    #: (the 2nd onwards suffixed ``#2``, ``#3``...) so a duplicated rule counts as a leak too
     rules: frozenset[str] = field(default_factory=frozenset)
+    #: libcni result cache files, relative to ``<cache>/results``
     cache_files: frozenset[str] = field(default_factory=frozenset)
+    #: every file under pycni's state dir, relative to it
     state_files: frozenset[str] = field(default_factory=frozenset)
 
 
+#: Link kinds whose names are also listed by kind (``ip link show type <kind>``).
+LINK_KINDS = ("veth", "bridge", "macvlan", "ipvlan", "dummy")
+
+
 def _run(args: list[str]) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
+    """A command's stdout, or "" if it is missing or fails (the same on both snapshots)."""
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
+    except FileNotFoundError:
+        return ""
     return proc.stdout if proc.returncode == 0 else ""
 
 
@@ -41,13 +89,14 @@ def _files(root: str) -> set[str]:
     return found
 
 
-def _reservations(cache_dir: str) -> set[str]:
+def _reservations(cni_cache_dir: str) -> set[str]:
     """host-local's reserved addresses (``networks/<net>/<ip>`` holding ``<id>\\n<ifname>``)."""
-    root = os.path.join(cache_dir, "networks")
+    root = os.path.join(cni_cache_dir, "networks")
     found = set()
     for rel in _files(root):
         base = os.path.basename(rel)
-        # "lock" and the allocation cursor "last_reserved_ip.N" are bookkeeping, not reservations
+        # "lock" and the allocation cursor "last_reserved_ip.N" are bookkeeping that host-local
+        # leaves in place by design once a network was used; they are not reservations.
         if base == "lock" or base.startswith("last_reserved_ip"):
             continue
         try:
@@ -59,79 +108,118 @@ def _reservations(cache_dir: str) -> set[str]:
     return found
 
 
+def _netns() -> set[str]:
+    """Names from ``ip netns list`` ("name (id: 3)") and the entries of /run/netns."""
+    names = {line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line.strip()}
+    try:
+        names |= set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        pass
+    return names
+
+
+def _link_names(output: str) -> set[str]:
+    names = set()
+    for line in output.splitlines():
+        # "12: name@peer: <...>" → name
+        match = re.match(r"^\d+:\s+([^:@\s]+)", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def _links() -> set[str]:
+    names = _link_names(_run(["ip", "-o", "link", "show"]))
+    kinds: dict[str, str] = {}
+    for kind in LINK_KINDS:
+        for name in _link_names(_run(["ip", "-o", "link", "show", "type", kind])):
+            kinds[name] = kind
+    # A typed link always shows in the plain listing too; the union is belt and braces.
+    return {f"{n} [{kinds[n]}]" if n in kinds else n for n in names | set(kinds)}
+
+
 def _iptables() -> tuple[set[str], set[str]]:
     chains: set[str] = set()
     rules: set[str] = set()
     for tool in ("iptables-save", "ip6tables-save"):
+        family = tool.removesuffix("-save")
         for table in IPTABLES_TABLES:
+            seen: dict[str, int] = {}
             for line in _run([tool, "-t", table]).splitlines():
                 if line.startswith(":"):
-                    chains.add(f"{tool[:-5]} {table} {line[1:].split()[0]}")
+                    chains.add(f"{family} {table} {line[1:].split()[0]}")
                 elif line.startswith("-A "):
-                    rules.add(f"{tool[:-5]} {table} {line}")
+                    rule = f"{family} {table} {line}"
+                    seen[rule] = seen.get(rule, 0) + 1
+                    rules.add(rule if seen[rule] == 1 else f"{rule} #{seen[rule]}")
     return chains, rules
 
 
-def snapshot(cache_dir: str = "/var/lib/cni", state_dir: str = "/var/lib/pycni") -> Snapshot:
+def snapshot(cni_cache_dir: str = "/var/lib/cni", state_dir: str = "/var/lib/pycni") -> Snapshot:
+    """Record the host's CNI-relevant state now.
+
+    Without root the iptables part is empty (on both snapshots alike).
+    """
     chains, rules = _iptables()
-    links = set()
-    for line in _run(["ip", "-o", "link", "show"]).splitlines():
-        # "12: name@peer: <...>" → name
-        match = re.match(r"^\d+:\s+([^:@\s]+)", line)
-        if match:
-            links.add(match.group(1))
-    try:
-        netns = set(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        netns = set()
     return Snapshot(
-        reservations=frozenset(_reservations(cache_dir)),
-        netns=frozenset(netns),
-        links=frozenset(links),
+        reservations=frozenset(_reservations(cni_cache_dir)),
+        netns=frozenset(_netns()),
+        links=frozenset(_links()),
         chains=frozenset(chains),
         rules=frozenset(rules),
-        cache_files=frozenset(_files(os.path.join(cache_dir, "results"))),
+        cache_files=frozenset(_files(os.path.join(cni_cache_dir, "results"))),
         state_files=frozenset(_files(state_dir)),
     )
 
 
-Ignore = Callable[[str, str], bool]
+#: ``(kind, item) -> True`` for an expected change, e.g. ``("chains", "iptables nat DOCKER")``
+IgnorePredicate = Callable[[str, str], bool]
+#: Regular expressions searched in ``"<kind>: <item>"``, or a predicate.
+Ignore = Iterable[str] | IgnorePredicate
 
 
-def diff(
-    before: Snapshot, after: Snapshot, ignore: Iterable[str] | Ignore = ()
-) -> tuple[list[str], list[str]]:
-    """``(leaked, vanished)``: descriptions of what appeared and what disappeared.
-
-    ``ignore`` is a list of regular expressions matched against ``"<kind>: <item>"``, or a
-    predicate ``(kind, item) -> bool``, for things a test expects to change.
-    """
+def _skipper(ignore: Ignore) -> IgnorePredicate:
     if callable(ignore):
-        skip = ignore
-    else:
-        patterns = [re.compile(p) for p in ignore]
+        return ignore
+    patterns = [re.compile(p) for p in ignore]
 
-        def skip(kind: str, item: str) -> bool:
-            return any(p.search(f"{kind}: {item}") for p in patterns)
+    def skip(kind: str, item: str) -> bool:
+        return any(p.search(f"{kind}: {item}") for p in patterns)
 
-    leaked: list[str] = []
-    vanished: list[str] = []
-    for kind in before.__dataclass_fields__:
-        old: frozenset[str] = getattr(before, kind)
-        new: frozenset[str] = getattr(after, kind)
-        leaked += [f"{kind}: {item}" for item in sorted(new - old) if not skip(kind, item)]
-        vanished += [f"{kind}: {item}" for item in sorted(old - new) if not skip(kind, item)]
-    return leaked, vanished
+    return skip
 
 
-def assert_no_leaks(
-    before: Snapshot, after: Snapshot, ignore: Iterable[str] | Ignore = ()
-) -> None:
-    leaked, vanished = diff(before, after, ignore)
-    if leaked or vanished:
+def _changes(old: Snapshot, new: Snapshot, ignore: Ignore) -> list[str]:
+    """``"<kind>: <item>"`` for every item in ``new`` but not in ``old``, sorted by kind."""
+    skip = _skipper(ignore)
+    found: list[str] = []
+    for kind in fields(Snapshot):
+        appeared: frozenset[str] = getattr(new, kind.name) - getattr(old, kind.name)
+        found += [f"{kind.name}: {item}" for item in sorted(appeared) if not skip(kind.name, item)]
+    return found
+
+
+def diff(before: Snapshot, after: Snapshot, ignore: Ignore = ()) -> list[str]:
+    """What leaked: every item in ``after`` that was not in ``before``, as ``"<kind>: <item>"``.
+
+    ``ignore`` is a list of regular expressions searched in ``"<kind>: <item>"``, or a predicate
+    ``(kind, item) -> bool``, for things a test expects to change (``r"^chains: .* DOCKER"``).
+    """
+    return _changes(before, after, ignore)
+
+
+def vanished(before: Snapshot, after: Snapshot, ignore: Ignore = ()) -> list[str]:
+    """What disappeared: items of ``before`` missing from ``after`` (removed by someone else)."""
+    return _changes(after, before, ignore)
+
+
+def assert_no_leaks(before: Snapshot, after: Snapshot, ignore: Ignore = ()) -> None:
+    """Raise AssertionError listing what was left behind and, separately, what disappeared."""
+    leaked, gone = diff(before, after, ignore), vanished(before, after, ignore)
+    if leaked or gone:
         lines = []
         if leaked:
             lines += ["left behind:"] + [f"  {x}" for x in leaked]
-        if vanished:
-            lines += ["disappeared:"] + [f"  {x}" for x in vanished]
+        if gone:
+            lines += ["disappeared:"] + [f"  {x}" for x in gone]
         raise AssertionError("host state changed\n" + "\n".join(lines))

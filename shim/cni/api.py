@@ -218,17 +218,18 @@ class CNI:
                 removed.append(entry)
             except CNIError as exc:
                 errors.append(f"stale attachment {entry.container_id}/{entry.ifname}: {exc}")
-        if version_at_least(net.cni_version, "1.1.0"):
+        # Plugin GC only with a known valid set: a plugin reading a missing list as "nothing is
+        # valid" would tear down every attachment of the network.
+        if keep is not None and version_at_least(net.cni_version, "1.1.0"):
             attachments = [
                 {"containerID": cid, "ifname": ifname} for cid, ifname in sorted(keep or ())
             ]
             for plugin in net.plugins:
                 conf = self._inject(net, plugin)
-                if keep is not None:
-                    # The spec names the key cni.dev/valid-attachments; the first libcni to
-                    # implement GC sent cni.dev/attachments. Plugins may read either.
-                    conf["cni.dev/valid-attachments"] = attachments
-                    conf["cni.dev/attachments"] = attachments
+                # The spec names the key cni.dev/valid-attachments; the first libcni to
+                # implement GC sent cni.dev/attachments. Plugins may read either.
+                conf["cni.dev/valid-attachments"] = attachments
+                conf["cni.dev/attachments"] = attachments
                 try:
                     self._exec(plugin, conf, Args(command="GC", path=self._path))
                 except CNIError as exc:

@@ -545,13 +545,12 @@ def test_gc_with_nothing_valid_deletes_every_attachment_of_the_network(
 
 
 def test_gc_with_unknown_valid_set_deletes_nothing(fake: FakeExec, cni: CNI) -> None:
+    """No valid set known: no DEL, and no plugin GC either — a plugin reading a missing list as
+    "nothing is valid" would tear down every attachment."""
     net = gc_setup(cni)
     fake.reset()
     assert cni.gc(net, None) == []
-    assert fake.commands() == [("bridge", "GC"), ("tuning", "GC"), ("portmap", "GC")]
-    for call in fake.calls:
-        assert "cni.dev/valid-attachments" not in call.stdin
-        assert "cni.dev/attachments" not in call.stdin
+    assert fake.commands() == []
     assert len(cni.cached_attachments()) == 4
 
 

@@ -1,0 +1,143 @@
+"""Crashes and restarts: SIGKILL ``pycni serve`` in the middle of CreateEndpoint or DeleteEndpoint,
+start it again, and nothing may be left behind (the e2e fixture's leak audit).
+
+A test plugin (``pycni-test-block``, last in the chain) blocks its ADD or DEL while a flag file
+exists, so the kill lands while the chain's other plugins have done their part: bridge has made
+the veth and host-local has reserved the address, firewall has added its rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_IMAGE, docker
+from tests.e2e.conftest import PycniServer, Tracker
+
+pytestmark = pytest.mark.e2e
+
+FLAGS = Path("/run/pycni-test-block")
+
+BLOCK_PLUGIN = """#!/bin/sh
+# Pass-through CNI plugin that blocks ADD/DEL while $FLAGS/block-<VERB> exists (60 s at most).
+stdin=$(cat)
+flags=%(flags)s
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}'; exit 0 ;;
+esac
+if [ -e "$flags/block-$CNI_COMMAND" ]; then
+    touch "$flags/in-$CNI_COMMAND"
+    i=0
+    while [ -e "$flags/block-$CNI_COMMAND" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+fi
+if [ "$CNI_COMMAND" = ADD ]; then
+    printf '%%s' "$stdin" | python3 -c 'import json,sys; c=json.load(sys.stdin); r=c.get("prevResult") or {}; r["cniVersion"]=c["cniVersion"]; print(json.dumps(r))'
+fi
+exit 0
+""" % {"flags": FLAGS}
+
+
+@pytest.fixture
+def blocking_network(e2e: Tracker, pycni: PycniServer) -> str:
+    plugin = pycni.plugin_dir / "pycni-test-block"
+    plugin.write_text(BLOCK_PLUGIN)
+    plugin.chmod(0o755)
+    FLAGS.mkdir(exist_ok=True)
+    for f in FLAGS.iterdir():
+        f.unlink()
+    pycni.write_conflist("e2e-block", {
+        "cniVersion": "1.0.0",
+        "plugins": [
+            {"type": "bridge", "bridge": "pycni-e2ebk", "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.40.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "firewall"},
+            {"type": "pycni-test-block"},
+        ],
+    })
+    return e2e.network("pycni-e2e-block", "-d", "pycni", "--ipam-driver", "null",
+                       "-o", "cni.network=e2e-block")
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def records(pycni: PycniServer) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in (pycni.state_dir / "endpoints").glob("*.json")]
+
+
+def test_sigkill_during_create_endpoint(blocking_network: str, e2e: Tracker,
+                                        pycni: PycniServer) -> None:
+    (FLAGS / "block-ADD").touch()
+    e2e.containers.append("pycni-e2e-kc")
+    run = subprocess.Popen(
+        ["docker", "run", "-d", "--name", "pycni-e2e-kc", "--network", blocking_network,
+         TEST_IMAGE, "sleep", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(FLAGS / "in-ADD")
+        # bridge and firewall are done, the chain's last plugin is running: kill pycni now.
+        [rec] = records(pycni)
+        assert rec["phase"] == "creating"
+        pycni.stop(signal.SIGKILL)
+    finally:
+        (FLAGS / "block-ADD").unlink()
+    pycni.start()  # reconciles at start: the half-made endpoint is torn down
+    run.communicate(timeout=120)
+    assert "endpoint" in pycni.log() and "half-made" in pycni.log()
+    # Whether Docker's retry went through or the run failed, removing it leaves nothing.
+    docker("rm", "-f", "pycni-e2e-kc", check=False)
+    assert records(pycni) == []
+
+
+def test_sigkill_during_delete_endpoint(blocking_network: str, e2e: Tracker,
+                                        pycni: PycniServer) -> None:
+    e2e.run("pycni-e2e-kd", "--network", blocking_network, TEST_IMAGE, "sleep", "600")
+    (FLAGS / "block-DEL").touch()
+    rm = subprocess.Popen(["docker", "rm", "-f", "pycni-e2e-kd"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(FLAGS / "in-DEL")
+        [rec] = records(pycni)
+        assert rec["phase"] == "deleting"
+        pycni.stop(signal.SIGKILL)
+    finally:
+        (FLAGS / "block-DEL").unlink()
+    pycni.start()
+    rm.communicate(timeout=120)
+    docker("rm", "-f", "pycni-e2e-kd", check=False)
+    assert records(pycni) == []
+
+
+def test_gc_removes_orphans_and_says_so(e2e: Tracker, pycni: PycniServer) -> None:
+    """Leftovers pycni has no record of: a staging netns, a temporary link, a CNI cache entry."""
+    from tests.conftest import run
+
+    orphan = "ab" * 32
+    run("ip", "netns", "add", f"pycni-{orphan[:12]}")
+    run("ip", "link", "add", f"pcn{orphan[:12]}", "type", "veth", "peer", "name", "pycni-orph1")
+    pcli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pycni")
+    env = {**os.environ, "PYCNI_STATE_DIR": str(pycni.state_dir)}
+    dry = subprocess.run([pcli, "gc", "--dry-run"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert f"netns pycni-{orphan[:12]}" in dry.stdout and f"link pcn{orphan[:12]}" in dry.stdout
+    assert "would remove 2 leftover(s)" in dry.stdout
+    assert os.path.exists(f"/run/netns/pycni-{orphan[:12]}")  # a dry run removes nothing
+    real = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60)
+    assert real.returncode == 0, real.stderr
+    assert "removed 2 leftover(s)" in real.stdout
+    assert not os.path.exists(f"/run/netns/pycni-{orphan[:12]}")
+    again = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60)
+    assert "nothing to remove" in again.stdout
