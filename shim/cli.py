@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from . import __version__
+from . import __version__, dockerview, ports
 from .cni import CNI, RuntimeConf, find
 from .cni.invoke import parse_cni_args
 from .errors import InvalidRequest, NotFound, PycniError
@@ -118,11 +118,15 @@ def ls(state_dir: str | None) -> None:
     if not networks:
         click.echo("no pycni networks")
         return
-    click.echo(f"{'NETWORK':<14}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
+    names = dockerview.network_names()
+    click.echo(f"{'NETWORK':<14}{'NAME':<20}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
     for net in networks:
         chain = "+".join(str(p.get("type")) for p in net.config.get("plugins", []))
         mine = [e for e in endpoints if e.network_id == net.id]
-        click.echo(f"{net.id[:12]:<14}{net.mode:<13}{net.ipam:<8}{chain:<32}{len(mine)}")
+        name = names.get(net.id, "-")
+        click.echo(
+            f"{net.id[:12]:<14}{name:<20}{net.mode:<13}{net.ipam:<8}{chain:<32}{len(mine)}"
+        )
         for ep in mine:
             addrs = ",".join(ep.addresses) or "-"
             click.echo(f"  └ {ep.id[:12]}  {ep.phase:<9} {addrs}  {ep.mac}")
@@ -133,20 +137,28 @@ def ls(state_dir: str | None) -> None:
 @click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
 @reports_errors
 def inspect(network: str, state_dir: str | None) -> None:
-    """Show a pycni network (id or id prefix): Docker's request, its CNI chain, its endpoints."""
+    """Show a pycni network (Docker name, id or id prefix): Docker's request, its CNI chain, its
+    endpoints with their addresses and published ports."""
     store = Store(_settings(state_dir).state_dir)
-    matches = [n for n in store.networks() if n.id.startswith(network)]
+    names = dockerview.network_names()
+    matches = [n for n in store.networks() if n.id.startswith(network) or names.get(n.id) == network]
     if not matches:
         raise NotFound(f"pycni has no network {network!r}")
     if len(matches) > 1:
         raise InvalidRequest(f"{network!r} matches {len(matches)} networks; give more of the id")
     net = matches[0]
     data = dataclasses.asdict(net)
-    data["endpoints"] = [
-        {k: v for k, v in dataclasses.asdict(e).items() if k not in ("request",)}
-        for e in store.endpoints()
-        if e.network_id == net.id
-    ]
+    data["name"] = names.get(net.id, "")
+    data["endpoints"] = []
+    for ep in store.endpoints():
+        if ep.network_id != net.id:
+            continue
+        item = {k: v for k, v in dataclasses.asdict(ep).items() if k != "request"}
+        # Docker can't show a remote driver's published ports (docker port); pycni can.
+        item["ports"] = [
+            str(ports.Mapping.from_cni(m)) for m in ep.capability_args.get("portMappings") or []
+        ]
+        data["endpoints"].append(item)
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -196,6 +208,72 @@ def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
     if response.status != 200:
         raise PycniError(str(body.get("Err") or f"pycni serve answered {response.status}"))
     return [str(a) for a in body.get("Actions") or []]
+
+
+# --- pycni check / doctor ---------------------------------------------------------------------
+
+
+def _report(command: str, findings: list[Any]) -> None:
+    """Print findings one a line, then a summary; exit 1 if any of them is a FAIL."""
+    for finding in findings:
+        click.echo(str(finding))
+    failed = sum(1 for f in findings if f.failed)
+    warned = sum(1 for f in findings if f.status == "warn")
+    if failed or warned:
+        click.echo(f"{command}: {failed} problem(s), {warned} warning(s)")
+    else:
+        click.echo(f"{command}: all ok")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("container")
+@click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
+@click.option("--cni-path", default=None, help=f"Plugin dirs (default {DEFAULT_CNI_PATH}).")
+@click.option("--cache-dir", default=None, help=f"libcni cache (default {DEFAULT_CACHE_DIR}).")
+@reports_errors
+def check(
+    container: str, state_dir: str | None, cni_path: str | None, cache_dir: str | None
+) -> None:
+    """Check CONTAINER's (name or id) pycni endpoints: pycni's records, the staging netns,
+    libcni's cache, its interfaces and addresses, and CNI CHECK against its live namespace.
+
+    Exits 1 if anything is wrong, and says what to do about it.
+    """
+    from . import health
+
+    settings = Settings.from_env(
+        state_dir=state_dir,
+        cni_path=split_path(cni_path) if cni_path else None,
+        cache_dir=cache_dir,
+    )
+    _report("check", health.check(container, settings))
+
+
+@main.command()
+@click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
+@click.option("--conf-dir", default=None, help=f"CNI conf dir (default {DEFAULT_CONF_DIR}).")
+@click.option("--cni-path", default=None, help=f"Plugin dirs (default {DEFAULT_CNI_PATH}).")
+@click.option("--socket", "socket_path", default=None, help=f"Unix socket (default {DEFAULT_SOCKET}).")
+@reports_errors
+def doctor(
+    state_dir: str | None, conf_dir: str | None, cni_path: str | None, socket_path: str | None
+) -> None:
+    """Check the host for what pycni needs: plugin binaries, config files, dockerd, the plugin
+    socket, forwarding for CNI bridges, and leftovers `pycni gc` would remove.
+
+    Each line is ok, warn or FAIL with what to do; exits 1 if any is a FAIL.
+    """
+    from . import health
+
+    settings = Settings.from_env(
+        state_dir=state_dir,
+        conf_dir=conf_dir,
+        cni_path=split_path(cni_path) if cni_path else None,
+        socket_path=socket_path,
+    )
+    _report("doctor", health.doctor(settings))
 
 
 # --- pycni cni ----------------------------------------------------------------------------------

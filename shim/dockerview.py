@@ -42,3 +42,20 @@ def snapshot(driver_name: str = "pycni", timeout: float = 3.0) -> DockerView | N
     except (DockerException, OSError) as exc:
         log.info("Docker's view unavailable (%s); reconciling local state only", exc)
         return None
+
+
+def network_names(driver_name: str = "pycni", timeout: float = 3.0) -> dict[str, str]:
+    """Docker's name for each of our network ids ({} when Docker can't be asked)."""
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError:  # pragma: no cover
+        return {}
+    try:
+        client = docker.from_env(timeout=timeout)
+        try:
+            return {n["Id"]: n["Name"] for n in client.api.networks(filters={"driver": driver_name})}
+        finally:
+            client.close()
+    except (DockerException, OSError):
+        return {}

@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 from types import FrameType
 
 from waitress.server import create_server
@@ -45,16 +46,32 @@ def _remove_stale_socket(path: str) -> None:
     raise PycniError(f"another process is already serving {path}")
 
 
+def notify_ready() -> None:
+    """Tell systemd we are serving (``Type=notify``); nothing to do outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"READY=1", address)
+        except OSError as exc:
+            log.warning("could not notify systemd: %s", exc)
+
+
+def _reconcile(driver: Driver) -> None:
+    try:
+        driver.gc()
+    except Exception:  # noqa: BLE001 - a background thread must log, not die silently
+        log.exception("reconciliation at start failed (pycni gc retries it)")
+
+
 def run(settings: Settings, threads: int = 8) -> None:
     path = settings.socket_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _remove_stale_socket(path)
     driver = Driver(settings)
-    # Whatever a crash or a missed Docker call left behind is torn down before serving.
-    try:
-        driver.gc()
-    except PycniError as exc:
-        log.error("reconciliation at start failed: %s (pycni gc retries it)", exc)
     app = create_app(settings, driver)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
     try:
@@ -75,9 +92,14 @@ def run(settings: Settings, threads: int = 8) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("pycni serving %s (state %s, CNI_PATH %s)", path, settings.state_dir,
-             ":".join(settings.cni_path))
     try:
+        log.info("pycni serving %s (state %s, CNI_PATH %s)", path, settings.state_dir,
+                 ":".join(settings.cni_path))
+        notify_ready()
+        # Whatever a crash or a missed Docker call left behind is torn down right away, beside
+        # serving: reconciliation takes the same per-network locks as Docker's calls, so a
+        # CreateEndpoint Docker retries meanwhile is served, not raced.
+        threading.Thread(target=_reconcile, args=(driver,), name="pycni-gc", daemon=True).start()
         server.run()
     except SystemExit:
         pass

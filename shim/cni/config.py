@@ -312,6 +312,8 @@ def find(conf_dir: str, name: str) -> NetworkConfigList:
         try:
             conf = load_file(path)
         except ConfigError as exc:
+            if _declared_name(path) == name:
+                raise  # the very network asked for is broken: say exactly where
             broken.append(exc)
             continue
         if conf.name == name:
@@ -320,6 +322,16 @@ def find(conf_dir: str, name: str) -> NetworkConfigList:
     if broken:
         hint = "; files that failed to load: " + "; ".join(str(e) for e in broken)
     raise NotFound(f"no CNI network named {name!r} in {conf_dir}{hint}")
+
+
+def _declared_name(path: str) -> str | None:
+    """The ``name`` a config file declares, if it is readable JSON at all."""
+    try:
+        with open(path, "rb") as f:
+            raw = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else None
 
 
 def names(confs: Iterable[NetworkConfigList]) -> list[str]:
