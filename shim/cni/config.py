@@ -115,6 +115,9 @@ class NetworkConfigList:
         clone = copy.deepcopy(self)
         clone.cni_version = version
         clone.raw["cniVersion"] = version
+        # Pin it: a stored copy parsed again must not re-pick the newest of cniVersions.
+        clone.raw.pop("cniVersions", None)
+        clone.cni_versions = ()
         return clone
 
     def capabilities(self) -> set[str]:

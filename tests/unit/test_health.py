@@ -1,0 +1,523 @@
+"""``shim.health``: the findings of ``pycni check`` and ``pycni doctor``, with fakes only.
+
+CNI runs through :class:`tests.fakes.FakeExec`; the container's links, Docker, the plugin socket
+and the host's forwarding set-up are plain functions handed in. Nothing here needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim import health
+from shim.cni import CNI
+from shim.cni.cache import CachedAttachment, ResultCache
+from shim.cni.types import Result
+from shim.errors import CNIError, PycniError
+from shim.health import (
+    FAIL,
+    OK,
+    SKIP,
+    WARN,
+    Attachment,
+    ContainerView,
+    Finding,
+    LiveLink,
+    Probes,
+)
+from shim.settings import Settings
+from shim.state import EndpointRecord, NetworkRecord, Store
+from tests.fakes import FakeExec
+
+pytestmark = pytest.mark.unit
+
+EID = "e" * 64
+STAGING = "/run/netns/pycni-" + EID[:12]
+SANDBOX = "/var/run/docker/netns/0123456789ab"
+MAC = "0a:58:0a:cb:01:05"
+
+CONFIG: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "name": "pycni-abc",
+    "plugins": [
+        {"type": "bridge", "bridge": "pycni0", "ipam": {"type": "static"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "firewall"},
+    ],
+}
+
+RESULT: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "interfaces": [
+        {"name": "pycni0", "mac": "0a:58:0a:cb:01:01"},
+        {"name": "veth1234", "mac": "ee:ee:ee:ee:ee:01"},
+        {"name": "eth0", "mac": "0a:58:0a:cb:01:99", "sandbox": STAGING},
+    ],
+    "ips": [{"interface": 2, "address": "10.203.1.5/24", "gateway": "10.203.1.1"}],
+    "routes": [{"dst": "0.0.0.0/0", "gw": "10.203.1.1"}],
+    "dns": {},
+}
+
+
+def record(**changes: Any) -> EndpointRecord:
+    rec = EndpointRecord(
+        id=EID,
+        network_id="n" * 64,
+        netns="pycni-" + EID[:12],
+        ifname="eth0",
+        host_ifname="pcn" + EID[:12],
+        phase="joined",
+        config=json.loads(json.dumps(CONFIG)),
+        cni_args=[["IP", "10.203.1.5"]],
+        capability_args={},
+        result=json.loads(json.dumps(RESULT)),
+        mac=MAC,
+        addresses=["10.203.1.5/24"],
+        sandbox_key=SANDBOX,
+    )
+    for key, value in changes.items():
+        setattr(rec, key, value)
+    return rec
+
+
+CONTAINER = ContainerView(
+    id="c" * 64,
+    name="web",
+    running=True,
+    sandbox_key=SANDBOX,
+    attachments=(Attachment("mynet", "n" * 64, EID),),
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        state_dir=str(tmp_path / "state"),
+        cache_dir=str(tmp_path / "cache"),
+        conf_dir=str(tmp_path / "net.d"),
+        cni_path=(str(tmp_path / "bin"),),
+        socket_path=str(tmp_path / "pycni.sock"),
+    )
+
+
+def write_cache(settings: Settings) -> str:
+    cache = ResultCache(settings.cache_dir)
+    cache.write(
+        CachedAttachment(
+            network="pycni-abc", container_id=EID, ifname="eth0", netns=STAGING, result=RESULT
+        )
+    )
+    return cache.path("pycni-abc", EID, "eth0")
+
+
+def links(*addresses: str, name: str = "eth1", mac: str = MAC) -> Any:
+    def read(sandbox: str) -> list[LiveLink]:
+        assert sandbox == SANDBOX
+        return [LiveLink("lo", "00:00:00:00:00:00"), LiveLink(name, mac, addresses)]
+
+    return read
+
+
+def run_endpoint(
+    settings: Settings, fake: FakeExec, rec: EndpointRecord | None, **seams: Any
+) -> list[Finding]:
+    seams.setdefault("read_links", links("10.203.1.5/24"))
+    seams.setdefault("netns_exists", lambda name: True)
+    cni = CNI(list(settings.cni_path), exec=fake, cache_dir=settings.cache_dir)
+    return health.check_endpoint(
+        rec, CONTAINER.attachments[0], CONTAINER, settings, cni=cni, **seams
+    )
+
+
+def statuses(findings: list[Finding]) -> list[str]:
+    return [f.status for f in findings]
+
+
+# --- findings ------------------------------------------------------------------------------------
+
+
+def test_finding_renders_status_subject_message_and_hint() -> None:
+    f = Finding(FAIL, "endpoint 1234 on network mynet", "CNI CHECK failed: bridge: x", "do y")
+    assert str(f) == "FAIL endpoint 1234 on network mynet: CNI CHECK failed: bridge: x — do y"
+    assert str(Finding(OK, "dockerd", "reachable")) == "ok   dockerd: reachable"
+    assert f.failed and not Finding(WARN, "a", "b").failed
+    assert health.any_failed([Finding(OK, "a", "b"), f])
+
+
+# --- rewriting the cached result -----------------------------------------------------------------
+
+
+def test_live_result_moves_the_container_interface_into_the_sandbox() -> None:
+    cached = Result.from_json(RESULT)
+    live = health.live_result(cached, staging=STAGING, sandbox=SANDBOX, ifname="eth1", mac=MAC)
+    assert [(i.name, i.sandbox, i.mac) for i in live.interfaces] == [
+        ("pycni0", "", "0a:58:0a:cb:01:01"),
+        ("veth1234", "", "ee:ee:ee:ee:ee:01"),
+        ("eth1", SANDBOX, MAC),
+    ]
+    assert live.ips == cached.ips and live.routes == cached.routes
+    assert cached.interfaces[2].name == "eth0"  # the cached result itself is untouched
+
+
+def test_live_result_falls_back_to_the_one_sandboxed_interface() -> None:
+    cached = Result.from_json({**RESULT, "interfaces": [{"name": "eth0", "sandbox": "/x"}]})
+    live = health.live_result(cached, staging=STAGING, sandbox=SANDBOX, ifname="eth2", mac="")
+    assert (live.interfaces[0].name, live.interfaces[0].sandbox) == ("eth2", SANDBOX)
+
+
+def test_address_and_mac_helpers_compare_values_not_strings() -> None:
+    assert health.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/24"]) == []
+    assert health.missing_addresses(["fd00::5/64"], ["fd00:0::5/64"]) == []
+    assert health.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/16"]) == ["10.203.1.5/24"]
+    found = health.find_by_mac([LiveLink("eth0", MAC.upper())], MAC)
+    assert found is not None and found.name == "eth0"
+    assert health.find_by_mac([LiveLink("eth0", "")], "") is None
+
+
+def test_known_limitations() -> None:
+    def why(exc: CNIError, ifname: str = "eth0") -> str | None:
+        return health.known_limitation(exc, add_ifname="eth0", ifname=ifname)
+
+    bug = CNIError("could not check ipv6 dnat: running [...]", plugin="portmap", verb="CHECK")
+    assert "known limitation of portmap" in (why(bug) or "")
+    assert why(CNIError("could not check ipv4 dnat", plugin="portmap")) is None
+    assert why(CNIError("could not check ipv6 dnat", plugin="bridge")) is None
+    lookup = CNIError("host-local: Failed to find address added by container 1234", plugin="bridge")
+    assert "(eth0), not the one Docker gave it (eth1)" in (why(lookup, "eth1") or "")
+    assert why(lookup, "eth0") is None  # same name as ADD's: the reservation really is gone
+
+
+# --- CNI CHECK -----------------------------------------------------------------------------------
+
+
+def test_healthy_endpoint_checks_every_plugin_against_the_live_sandbox(settings: Settings) -> None:
+    write_cache(settings)
+    fake = FakeExec()
+    findings = run_endpoint(settings, fake, record())
+    assert statuses(findings) == [OK, OK, OK]
+    assert "CNI CHECK passed (3 plugins checked)" in str(findings[-1])
+    assert "eth1 (" in str(findings[1]) and "10.203.1.5/24" in str(findings[1])
+    calls = fake.calls_for("CHECK")
+    assert [c.plugin for c in calls] == ["bridge", "portmap", "firewall"]
+    for call in calls:
+        assert call.env["CNI_NETNS"] == SANDBOX
+        assert call.env["CNI_IFNAME"] == "eth1"
+        assert call.env["CNI_CONTAINERID"] == EID
+        assert call.env["CNI_ARGS"] == "IP=10.203.1.5"
+        container_iface = call.stdin["prevResult"]["interfaces"][2]
+        assert container_iface == {"name": "eth1", "mac": MAC, "sandbox": SANDBOX}
+
+
+def test_check_failure_names_the_plugin_and_what_to_do(settings: Settings) -> None:
+    write_cache(settings)
+    fake = FakeExec().on("bridge", "CHECK", CNIError("Interface eth1 not found", code=4))
+    findings = run_endpoint(settings, fake, record())
+    assert findings[-1].failed
+    assert "CNI CHECK failed: bridge: [code 4] Interface eth1 not found" in str(findings[-1])
+    assert "docker restart web" in str(findings[-1])
+    assert [c.plugin for c in fake.calls_for("CHECK")] == ["bridge"]
+
+
+def test_portmap_ipv6_bug_is_a_warning_and_the_rest_is_still_checked(settings: Settings) -> None:
+    write_cache(settings)
+    bug = CNIError("could not check ipv6 dnat: exit status 1")
+    fake = FakeExec().on("portmap", "CHECK", bug)
+    findings = run_endpoint(settings, fake, record())
+    assert not health.any_failed(findings)
+    assert statuses(findings)[-2:] == [OK, WARN]
+    assert "2 plugins checked" in str(findings[-2])
+    assert "known limitation" in str(findings[-1])
+    assert [c.plugin for c in fake.calls_for("CHECK")] == ["bridge", "portmap", "firewall"]
+
+
+def test_a_real_failure_after_the_known_limitation_still_fails(settings: Settings) -> None:
+    write_cache(settings)
+    fake = (
+        FakeExec()
+        .on("portmap", "CHECK", CNIError("could not check ipv6 dnat"))
+        .on("firewall", "CHECK", CNIError("could not find rule"))
+    )
+    findings = run_endpoint(settings, fake, record())
+    assert statuses(findings)[-2:] == [WARN, FAIL]
+    assert "firewall: could not find rule" in str(findings[-1])
+
+
+def test_host_local_on_a_secondary_interface_is_a_warning(settings: Settings) -> None:
+    write_cache(settings)
+    lookup = CNIError(f"host-local: Failed to find address added by container {EID}", code=999)
+    fake = FakeExec().on("bridge", "CHECK", lookup)
+    findings = run_endpoint(settings, fake, record())  # Docker named it eth1; ADD saw eth0
+    assert not health.any_failed(findings)
+    assert statuses(findings)[-2:] == [OK, WARN]
+    assert "CNI CHECK passed (2 plugins checked)" in str(findings[-2])
+    assert [c.plugin for c in fake.calls_for("CHECK")] == ["bridge", "portmap", "firewall"]
+    findings = run_endpoint(
+        settings, fake, record(), read_links=links("10.203.1.5/24", name="eth0")
+    )
+    assert findings[-1].failed and "host-local: Failed to find address" in str(findings[-1])
+
+
+def test_missing_plugin_says_to_install_it(settings: Settings) -> None:
+    write_cache(settings)
+    findings = run_endpoint(settings, FakeExec(missing=["firewall"]), record())
+    assert findings[-1].failed
+    assert "install the plugin into CNI_PATH" in findings[-1].hint
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1"])
+def test_configs_before_0_4_0_have_no_check(settings: Settings, version: str) -> None:
+    write_cache(settings)
+    fake = FakeExec()
+    rec = record(config={**CONFIG, "cniVersion": version}, result={**RESULT, "cniVersion": version})
+    findings = run_endpoint(settings, fake, rec)
+    assert findings[-1].status == SKIP
+    assert f"skipped (CNI {version} has no CHECK)" in str(findings[-1])
+    assert not fake.calls_for("CHECK")
+    assert not health.any_failed(findings)
+
+
+def test_disable_check_is_respected(settings: Settings) -> None:
+    write_cache(settings)
+    fake = FakeExec()
+    findings = run_endpoint(settings, fake, record(config={**CONFIG, "disableCheck": True}))
+    assert findings[-1].status == SKIP and "disableCheck" in findings[-1].message
+    assert not fake.calls_for("CHECK")
+
+
+# --- the host side and the container's link ------------------------------------------------------
+
+
+def test_missing_cache_file_and_staging_netns_fail(settings: Settings) -> None:
+    findings = run_endpoint(settings, FakeExec(), record(), netns_exists=lambda name: False)
+    failed = [str(f) for f in findings if f.failed]
+    assert any(f"staging netns {STAGING} is missing" in f for f in failed)
+    path = ResultCache(settings.cache_dir).path("pycni-abc", EID, "eth0")
+    assert any(f"libcni's cache file {path} is missing" in f for f in failed)
+    # CHECK runs with the given result anyway: the cache is not what it checks against
+    assert findings[-1].status == OK
+
+
+def test_address_gone_from_the_container_fails(settings: Settings) -> None:
+    write_cache(settings)
+    findings = run_endpoint(settings, FakeExec(), record(), read_links=links())
+    failed = [f for f in findings if f.failed]
+    assert len(failed) == 1
+    assert "eth1 (0a:58:0a:cb:01:05) lacks 10.203.1.5/24 (has no address)" in str(failed[0])
+
+
+def test_no_link_with_the_mac_fails_without_running_check(settings: Settings) -> None:
+    write_cache(settings)
+    fake = FakeExec()
+    findings = run_endpoint(settings, fake, record(), read_links=links(mac="02:00:00:00:00:01"))
+    assert findings[-1].failed and f"no interface with MAC {MAC}" in str(findings[-1])
+    assert not fake.calls_for("CHECK")
+
+
+def test_unreadable_sandbox_fails(settings: Settings) -> None:
+    from shim.errors import NetlinkFailure
+
+    def broken(sandbox: str) -> list[LiveLink]:
+        raise NetlinkFailure("cannot list links: No such file or directory")
+
+    write_cache(settings)
+    findings = run_endpoint(settings, FakeExec(), record(), read_links=broken)
+    assert findings[-1].failed and "cannot look into the container" in str(findings[-1])
+
+
+def test_unknown_endpoint_and_unusable_record(settings: Settings) -> None:
+    findings = run_endpoint(settings, FakeExec(), None)
+    assert statuses(findings) == [FAIL]
+    assert settings.state_dir in str(findings[0])
+    findings = run_endpoint(settings, FakeExec(), record(result=None, phase="creating"))
+    assert statuses(findings) == [WARN, FAIL]
+    assert "never recorded a CNI result" in str(findings[1])
+
+
+def test_container_not_running_or_not_on_pycni() -> None:
+    stopped = ContainerView(id="c", name="web", running=False, sandbox_key="")
+    findings = health.check_container(stopped, [], Settings())
+    assert statuses(findings) == [FAIL] and "docker start" in findings[0].hint
+    elsewhere = ContainerView(id="c", name="web", running=True, sandbox_key=SANDBOX)
+    assert statuses(health.check_container(elsewhere, [], Settings())) == [WARN]
+
+
+def test_check_container_matches_records_by_endpoint_id(settings: Settings) -> None:
+    write_cache(settings)
+    cni = CNI(list(settings.cni_path), exec=FakeExec(), cache_dir=settings.cache_dir)
+    other = record(id="f" * 64)
+    findings = health.check_container(
+        CONTAINER,
+        [other, record()],
+        settings,
+        cni=cni,
+        read_links=links("10.203.1.5/24"),
+        netns_exists=lambda name: True,
+    )
+    assert not health.any_failed(findings)
+    assert all(f.subject == f"endpoint {EID[:12]} on network mynet" for f in findings)
+
+
+# --- doctor --------------------------------------------------------------------------------------
+
+
+def plugin_dir(settings: Settings, *names: str) -> None:
+    os.makedirs(settings.cni_path[0], exist_ok=True)
+    for name in names:
+        path = os.path.join(settings.cni_path[0], name)
+        Path(path).write_text("#!/bin/sh\n")
+        os.chmod(path, 0o755)
+
+
+def conflist(settings: Settings, filename: str, body: object) -> None:
+    os.makedirs(settings.conf_dir, exist_ok=True)
+    text = body if isinstance(body, str) else json.dumps(body)
+    Path(settings.conf_dir, filename).write_text(text)
+
+
+def test_broken_conf_file_fails_naming_file_and_field(settings: Settings) -> None:
+    conflist(settings, "10-good.conflist", {**CONFIG, "name": "good"})
+    conflist(settings, "20-bad.conflist", {"cniVersion": "1.0.0", "name": "bad", "plugins": [{}]})
+    conflist(settings, "30-notjson.conf", "{nope")
+    chains, findings = health.conf_dir_chains(settings.conf_dir)
+    assert [c.plugins for c in chains] == [("bridge", "portmap", "firewall")]
+    assert statuses(findings) == [FAIL, FAIL]
+    assert "20-bad.conflist: plugins[0].type: missing" in str(findings[0])
+    assert "30-notjson.conf: invalid JSON" in str(findings[1])
+
+
+def test_binaries_of_conf_files_and_networks_including_ipam(settings: Settings) -> None:
+    plugin_dir(settings, "bridge", "portmap", "firewall")
+    conflist(settings, "10-good.conflist", {**CONFIG, "name": "good"})
+    chains, _ = health.conf_dir_chains(settings.conf_dir)
+    assert chains[0].binaries == ("bridge", "static", "portmap", "firewall")
+    findings = health.check_binaries(chains, settings.cni_path)
+    assert statuses(findings) == [FAIL]
+    assert "plugin(s) static not found in CNI_PATH" in str(findings[0])
+    assert "10-good.conflist (network good)" in findings[0].subject
+    plugin_dir(settings, "static")
+    assert statuses(health.check_binaries(chains, settings.cni_path)) == [OK]
+
+
+def test_network_records_are_chains_too(settings: Settings) -> None:
+    Store(settings.state_dir).save_network(
+        NetworkRecord(id="a" * 64, request={}, config=CONFIG, mode="zero-config", ipam="docker")
+    )
+    chains, findings = health.network_chains(Store(settings.state_dir))
+    assert findings == []
+    assert chains[0].label == "pycni network " + "a" * 12
+    assert chains[0].plugins == ("bridge", "portmap", "firewall")
+
+
+def test_forwarding_warns_about_bridges_without_firewall() -> None:
+    with_fw = health.Chain("a", ("bridge", "firewall"), ())
+    without = health.Chain("b.conflist (network b)", ("bridge", "portmap"), ())
+    macvlan = health.Chain("c", ("macvlan",), ())
+    findings = health.check_forwarding([with_fw, without, macvlan], True, "DROP")
+    assert statuses(findings) == [WARN]
+    assert findings[0].subject == "b.conflist (network b)"
+    assert "won't reach each other" in findings[0].message and "firewall" in findings[0].hint
+    assert statuses(health.check_forwarding([without], False, "DROP")) == [OK]
+    assert statuses(health.check_forwarding([without], True, "ACCEPT")) == [OK]
+    assert statuses(health.check_forwarding([with_fw], True, "DROP")) == [OK]
+    assert statuses(health.check_forwarding([without], True, None)) == [WARN]
+
+
+def test_ip_forward() -> None:
+    assert health.check_ip_forward("1\n").status == OK
+    off = health.check_ip_forward("0\n")
+    assert off.status == WARN and "sysctl -w net.ipv4.ip_forward=1" in off.hint
+    assert health.check_ip_forward(None).status == WARN
+
+
+def fake_post(answers: dict[str, Any]) -> health.Post:
+    def post(method: str, body: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any]]:
+        answer = answers[method]
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, tuple)
+        return answer
+
+    return post
+
+
+ACTIVATE = (200, {"Implements": ["NetworkDriver"]})
+
+
+def test_socket_and_leftovers() -> None:
+    assert health.check_socket("/s", fake_post({"Plugin.Activate": ACTIVATE})).status == OK
+    down = health.check_socket("/s", fake_post({"Plugin.Activate": ConnectionRefusedError()}))
+    assert down.failed and "pycni serve" in down.hint
+    odd = health.check_socket("/s", fake_post({"Plugin.Activate": (200, {"Implements": []})}))
+    assert odd.failed
+
+    missing = health.check_leftovers(fake_post({"Pycni.GC": (404, {"Err": "not found"})}))
+    assert statuses(missing) == [WARN] and "gc not available" in missing[0].message
+    clean = health.check_leftovers(fake_post({"Pycni.GC": (200, {"Actions": []})}))
+    assert statuses(clean) == [OK]
+    actions = ["netns pycni-0123456789ab: no endpoint; removed", "link pcn0123: no endpoint"]
+    dirty = health.check_leftovers(fake_post({"Pycni.GC": (200, {"Actions": actions})}))
+    assert statuses(dirty) == [WARN, WARN]
+    assert "netns pycni-0123456789ab" in str(dirty[0]) and "pycni gc" in dirty[0].hint
+
+
+def probes(**changes: Any) -> Probes:
+    base = Probes(
+        docker_ping=lambda: None,
+        post=fake_post({"Plugin.Activate": ACTIVATE, "Pycni.GC": (200, {"Actions": []})}),
+        forward_policy=lambda: "DROP",
+        bridge_netfilter=lambda: True,
+        ip_forward=lambda: "1",
+    )
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+def test_doctor_all_ok(settings: Settings) -> None:
+    plugin_dir(settings, "bridge", "static", "portmap", "firewall")
+    conflist(settings, "10-good.conflist", {**CONFIG, "name": "good"})
+    findings = health.doctor(settings, probes())
+    assert statuses(findings) == [OK] * len(findings), "\n".join(map(str, findings))
+    subjects = [f.subject for f in findings]
+    assert "dockerd" in subjects and "leftovers" in subjects and "forwarding" in subjects
+
+
+def test_doctor_failures(settings: Settings) -> None:
+    def unreachable() -> None:
+        raise PycniError("Connection refused")
+
+    conflist(settings, "20-bad.conflist", {"cniVersion": "1.0.0", "name": "bad", "plugins": [{}]})
+    findings = health.doctor(
+        settings,
+        probes(
+            docker_ping=unreachable,
+            post=fake_post({"Plugin.Activate": FileNotFoundError(2, "No such file")}),
+        ),
+    )
+    failed = [str(f) for f in findings if f.failed]
+    assert any("20-bad.conflist: plugins[0].type" in f for f in failed)
+    assert any(f.startswith("FAIL dockerd: not reachable") for f in failed)
+    assert any("pycni socket" in f for f in failed)
+    assert findings[-1].status == SKIP and findings[-1].subject == "leftovers"
+
+
+def test_doctor_missing_plugin_of_a_network_record(settings: Settings) -> None:
+    Store(settings.state_dir).save_network(
+        NetworkRecord(id="a" * 64, request={}, config=CONFIG, mode="zero-config", ipam="docker")
+    )
+    plugin_dir(settings, "bridge", "static", "portmap")
+    findings = health.doctor(settings, probes())
+    failed = [f for f in findings if f.failed]
+    assert len(failed) == 1 and failed[0].subject == "pycni network " + "a" * 12
+    assert "firewall not found" in failed[0].message
+
+
+def test_iptables_policy_parsing() -> None:
+    rules = "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j CNI-FORWARD\n"
+    assert health.parse_forward_policy(rules) == "DROP"
+    assert health.parse_forward_policy("-P FORWARD ACCEPT\n") == "ACCEPT"
+    assert health.parse_forward_policy("") is None
