@@ -3,33 +3,75 @@
 # Idempotent and fast when the engine is up. No systemd here: dockerd runs under setsid.
 set -euo pipefail
 LOG=${PYCNI_DOCKERD_LOG:-/var/log/pycni-dockerd.log}
+ARGS=${PYCNI_DOCKERD_ARGS:-}   # extra dockerd flags, e.g. --live-restore (tests use it)
 IMAGE=${PYCNI_TEST_IMAGE:-pycni-test:busybox}
 IMAGE_VERSION=2   # bump when the image's contents change; an older one is re-imported
 
+PIDFILE=/var/run/docker.pid
+WAIT=60   # seconds for dockerd to answer
+
 answers() { timeout 5 docker info >/dev/null 2>&1; }
 
-modprobe br_netfilter 2>/dev/null || true   # built in on some kernels; Docker wants it
+# Is this pid a live dockerd? (Not just "alive": after a crash or reboot the number may be reused.)
+is_dockerd() {
+    local name=
+    [ -n "$1" ] && read -r name 2>/dev/null <"/proc/$1/comm"
+    [ "$name" = dockerd ]
+}
+
+# Any dockerd on the machine, without needing procps' pgrep.
+dockerd_running() {
+    local comm name
+    for comm in /proc/[0-9]*/comm; do
+        name=
+        read -r name 2>/dev/null <"$comm" || true   # the process may be gone by now
+        [ "$name" = dockerd ] && return 0
+    done
+    return 1
+}
+
+for tool in docker dockerd; do
+    command -v "$tool" >/dev/null || { echo "engine: no $tool on PATH (run make deps)" >&2; exit 1; }
+done
+
+# Docker loads it itself when it can; on kernels with it built in (or no /lib/modules) this fails.
+modprobe br_netfilter 2>/dev/null || true
 
 if ! answers; then
-    # A dockerd killed hard leaves its pid file (and maybe its socket): dockerd refuses to
-    # start while the pid file names a live process, so only remove it when that process is gone.
-    if [ -f /var/run/docker.pid ]; then
-        pid=$(cat /var/run/docker.pid 2>/dev/null || true)
-        if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-            rm -f /var/run/docker.pid
-        fi
+    # A dockerd killed hard leaves its pid file and socket behind. dockerd refuses to start while
+    # the pid file names a live process, so the file goes when that process is not a dockerd.
+    if [ -f "$PIDFILE" ] && ! is_dockerd "$(cat "$PIDFILE" 2>/dev/null || true)"; then
+        echo "engine: removing stale $PIDFILE"
+        rm -f "$PIDFILE"
     fi
-    if ! pgrep -x dockerd >/dev/null; then
-        rm -f /var/run/docker.sock
-        echo "engine: starting dockerd (log: $LOG)"
-        setsid dockerd >>"$LOG" 2>&1 </dev/null &
+    started=
+    if ! dockerd_running; then
+        rm -f /var/run/docker.sock   # stale: nobody listens on it
+        echo "engine: starting dockerd${ARGS:+ $ARGS} (log: $LOG)"
+        echo "=== $(date -Is) engine.sh starts dockerd${ARGS:+ $ARGS}" >>"$LOG"
+        read -r -a extra <<<"$ARGS"   # PYCNI_DOCKERD_ARGS, split on blanks
+        (
+            # dockerd (and the containerd it starts) outlive us: they must not inherit our open
+            # files. A caller's lock file (flock(1) passes its fd on) would stay locked forever.
+            for fd in /proc/$BASHPID/fd/*; do
+                fd=${fd##*/}
+                # (the listing's own fd is in the glob and already closed: ignore that error)
+                if [ "$fd" -gt 2 ]; then exec {fd}>&- 2>/dev/null || true; fi
+            done
+            exec setsid dockerd "${extra[@]}" >>"$LOG" 2>&1 </dev/null
+        ) &
+        started=yes
+    else
+        echo "engine: a dockerd is running but not answering yet; waiting"
     fi
-    for _ in $(seq 60); do
-        answers && break
+    deadline=$((SECONDS + WAIT))
+    while [ "$SECONDS" -lt "$deadline" ] && ! answers; do
         sleep 1
+        # Ours died (bad flags, a leftover lock...): no point waiting out the minute.
+        if [ -n "$started" ] && ! dockerd_running; then break; fi
     done
     if ! answers; then
-        echo "engine: dockerd did not answer within 60s; last log lines:" >&2
+        echo "engine: dockerd is not answering (it exited, or ${WAIT}s passed); end of $LOG:" >&2
         tail -n 30 "$LOG" >&2 || true
         exit 1
     fi

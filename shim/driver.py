@@ -37,8 +37,8 @@ from types import ModuleType
 from typing import Any
 
 from . import chains, dockerview, netlink, ports
-from .cni.cache import CachedAttachment
 from .cni import CNI, AddFailed, RuntimeConf, find
+from .cni.cache import CachedAttachment
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .cni.types import Result
 from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
@@ -293,8 +293,8 @@ class Driver:
                 )
         return EndpointAnswer(
             EndpointInterface(
-                address=v4 if asked.address is None else None,  # type: ignore[arg-type]
-                address_ipv6=v6 if asked.address_ipv6 is None else None,  # type: ignore[arg-type]
+                address=v4 if asked.address is None else None,
+                address_ipv6=v6 if asked.address_ipv6 is None else None,
                 mac_address=rec.mac if not asked.mac_address else "",
             )
         )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InvalidRequest
 
@@ -21,7 +22,7 @@ INTERNAL = "com.docker.network.internal"
 PORT_MAP = "com.docker.network.portmap"
 EXPOSED_PORTS = "com.docker.network.endpoint.exposedports"
 
-_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _object(data: Any, what: str) -> dict[str, Any]:
@@ -171,9 +172,9 @@ class EndpointInterface:
         if v6 is not None and v6.version != 6:
             raise InvalidRequest("Interface.AddressIPv6 must be an IPv6 address")
         mac = _str(data, "MacAddress")
-        if mac and not re.match(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$", mac):
+        if mac and not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", mac):
             raise InvalidRequest(f"MacAddress {mac[:40]!r} is not a MAC address")
-        return cls(address=v4, address_ipv6=v6, mac_address=mac.lower())  # type: ignore[arg-type]
+        return cls(address=v4, address_ipv6=v6, mac_address=mac.lower())
 
     def to_json(self) -> dict[str, str]:
         out = {}

@@ -63,7 +63,7 @@ def notify_ready() -> None:
 def _reconcile(driver: Driver) -> None:
     try:
         driver.gc()
-    except Exception:  # noqa: BLE001 - a background thread must log, not die silently
+    except Exception:
         log.exception("reconciliation at start failed (pycni gc retries it)")
 
 

@@ -7,8 +7,8 @@ an environment variable (the names cnitool and libcni use, where one exists) or 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -35,7 +35,7 @@ class Settings:
     def driver_name(self) -> str:
         """Docker names a plugin after its socket file: pycni.sock → driver "pycni"."""
         name = os.path.basename(self.socket_path)
-        return name[: -len(".sock")] if name.endswith(".sock") else name
+        return name.removesuffix(".sock")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

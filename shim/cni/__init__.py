@@ -15,13 +15,13 @@ from .types import Result, VersionInfo
 __all__ = [
     "CNI",
     "AddFailed",
-    "RuntimeConf",
     "NetworkConfigList",
     "PluginConf",
+    "Result",
+    "RuntimeConf",
+    "VersionInfo",
     "find",
     "load_all",
     "load_file",
     "parse",
-    "Result",
-    "VersionInfo",
 ]

@@ -20,8 +20,9 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import CNIError, ConfigError, InvalidRequest
 from .cache import CachedAttachment, ResultCache

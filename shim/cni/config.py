@@ -14,8 +14,9 @@ import copy
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ConfigError, InvalidRequest, NotFound
 from .types import SUPPORTED_VERSIONS, is_supported, parse_version

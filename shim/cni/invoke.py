@@ -21,8 +21,9 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from ..errors import CNIError, InvalidRequest, PluginNotFound, PluginTimeout
 from .config import validate_plugin_type

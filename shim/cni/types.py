@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ..errors import CNIError
 
-IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Spec versions whose results pycni parses and writes, oldest first.
 SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -82,9 +82,8 @@ class Interface:
         out: dict[str, Any] = {"name": self.name}
         if self.mac:
             out["mac"] = self.mac
-        if version_at_least(version, "1.1.0"):
-            if self.mtu:
-                out["mtu"] = self.mtu
+        if self.mtu and version_at_least(version, "1.1.0"):
+            out["mtu"] = self.mtu
         if self.sandbox:
             out["sandbox"] = self.sandbox
         if version_at_least(version, "1.1.0"):
