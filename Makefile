@@ -37,7 +37,9 @@ lint: deps
 demo: engine
 	bash scripts/demo.sh
 
-# bench: to come (a target is added with the benchmark itself, not before).
+# Speed and memory as ratios against Docker's bridge and the raw CNI chain (never a test).
+bench: engine
+	$(PYTHON) -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build

@@ -3,9 +3,10 @@
 Two sources of config:
 
 * **zero config** (``docker network create -d pycni NET``): a chain like Docker's own bridge
-  network — ``bridge`` (gateway + masquerade) with ``static`` IPAM, then ``portmap`` and
-  ``firewall``. Docker's IPAM stays the authority: each endpoint's chain gets the address and
-  gateway Docker chose, written into the static IPAM's ``addresses``.
+  network — ``bridge`` (gateway) with ``static`` IPAM, then ``portmap`` — with masquerading and
+  forwarding set up once per network (:mod:`shim.firewall`). Docker's IPAM stays the authority:
+  each endpoint's chain gets the address and gateway Docker chose, written into the static
+  IPAM's ``addresses``.
 * **a named conflist** (``-o cni.network=NAME``) from the conf dir. With ``--ipam-driver null`` the
   chain's IPAM chooses and pycni reports its choice to Docker. With Docker's IPAM, Docker's address
   goes to the chain through the ``ips`` capability (when the plugin declares it) or CNI_ARGS ``IP=``
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cni.config import NetworkConfigList, conflist_from_dict
@@ -50,6 +51,8 @@ class Resolved:
     mode: str  # "zero-config" | "conflist"
     ipam: str  # "docker" | "cni"
     address_via: str  # "config" | "ips" | "args" | ""
+    #: per-network rules pycni installs (zero-config): {"bridge", "subnets", "internal"}
+    firewall: dict[str, Any] = field(default_factory=dict)
 
     def bridges(self) -> list[str]:
         """Bridges the chain's bridge plugins create (the plugin's default name is cni0)."""
@@ -93,11 +96,14 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
         )
     bridge = options.get(OPT_BRIDGE) or default_bridge_name(req.network_id)
     internal = req.internal
+    # Masquerading and forwarding are set up once per network by pycni (shim.firewall), as
+    # Docker's bridge driver does, not per container by ipMasq and the firewall plugin: that
+    # saves several iptables runs on every ADD and DEL.
     main: dict[str, Any] = {
         "type": "bridge",
         "bridge": bridge,
         "isGateway": not internal,
-        "ipMasq": not internal,
+        "ipMasq": False,
         "hairpinMode": True,
         "ipam": {"type": "static"},
     }
@@ -106,9 +112,6 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
     plugins: list[dict[str, Any]] = [main]
     if not internal:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
-    # Docker loads br_netfilter and sets FORWARD to DROP: without the firewall plugin's
-    # ACCEPT rules, containers on the bridge couldn't reach each other.
-    plugins.append({"type": "firewall"})
     raw = {
         "cniVersion": ZERO_CONFIG_VERSION,
         "name": cni_network_name(req.network_id),
@@ -119,6 +122,11 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
         mode="zero-config",
         ipam="docker",
         address_via="config",
+        firewall={
+            "bridge": bridge,
+            "subnets": [str(p.pool) for p in req.ipv4_data + req.ipv6_data if not p.is_null],
+            "internal": internal,
+        },
     )
 
 

@@ -303,6 +303,25 @@ def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
         return mac, found
 
 
+def delete_by_mac(ns: str, mac: str) -> bool:
+    """Delete the link with ``mac`` in netns ``ns`` (a path); False if neither exists."""
+    if not os.path.exists(_ns_file(ns)):
+        return False
+    try:
+        index = _find_by_mac(ns, mac)
+    except NetlinkFailure:
+        return False
+    if index is None:
+        return False
+    with _ipr(ns, f"cannot delete link {mac} in {ns}") as ipr:
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+    return True
+
+
 def link_names(ns: str | None = None) -> list[str]:
     with _ipr(ns, "cannot list links") as ipr:
         return [str(link.get("ifname")) for link in ipr.get_links()]

@@ -44,6 +44,8 @@ class NetworkRecord:
     address_via: str = ""
     #: host links pycni created for this network and removes with it (e.g. the bridge)
     owned_links: list[str] = field(default_factory=list)
+    #: per-network iptables rules pycni installed (shim.firewall): bridge, subnets, internal
+    firewall: dict[str, Any] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     version: int = VERSION
     kind: str = "network"
