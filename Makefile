@@ -6,7 +6,7 @@
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test unit lint demo clean
+.PHONY: deps engine test unit soak lint demo bench clean
 
 deps:
 	bash scripts/deps.sh
