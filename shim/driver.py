@@ -40,7 +40,7 @@ from . import chains, dockerview, firewall, netlink, ports
 from .cni import CNI, AddFailed, RuntimeConf, find
 from .cni.cache import CachedAttachment
 from .cni.config import NetworkConfigList, conflist_from_dict
-from .cni.types import Result
+from .cni.types import Result, Route
 from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
 from .protocol import (
     CONNECTED,
@@ -261,6 +261,11 @@ class Driver:
             rec.result = result.to_json()
             rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
             rec.mac = _container_mac(result, rt.netns)
+            rec.routes = self.links.routes(rec.netns, rec.ifname)
+            # A plugin that replaced the on-link route of its subnet (ptp routes the subnet via
+            # its gateway) means a host address: Docker would re-add the on-link route with the
+            # prefix, so it gets the address as /32 (/128) and the routes as StaticRoutes.
+            rec.addresses = [_as_host_if_not_on_link(a, rec.routes) for a in rec.addresses]
             self.store.save_endpoint(rec)  # a crash from here on knows what to tear down
             moved = self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
             # Docker puts its own MAC (--mac-address) on the link at Join; that's the one to
@@ -292,9 +297,9 @@ class Driver:
         self, asked: EndpointInterface, result: Result, rec: EndpointRecord
     ) -> EndpointAnswer:
         """Fill in what Docker left empty; refuse a chain that contradicts Docker's choice."""
-        ips = _container_ips(result, self._runtime(rec).netns)
-        v4 = next((ip.address for ip in ips if ip.family == 4), None)
-        v6 = next((ip.address for ip in ips if ip.family == 6), None)
+        ips = [ipaddress.ip_interface(a) for a in rec.addresses]
+        v4 = next((ip for ip in ips if ip.version == 4), None)
+        v6 = next((ip for ip in ips if ip.version == 6), None)
         for wanted, got in ((asked.address, v4), (asked.address_ipv6, v6)):
             if wanted is not None and got is not None and wanted.ip != got.ip:
                 raise CNIError(
@@ -625,6 +630,14 @@ def _del_needs_link(config: NetworkConfigList) -> bool:
     return False
 
 
+def _as_host_if_not_on_link(address: str, routes: list[dict[str, str]]) -> str:
+    iface = ipaddress.ip_interface(address)
+    if not routes or iface.network.prefixlen == iface.max_prefixlen:
+        return address
+    on_link = any(r["dst"] == str(iface.network) and not r["gw"] for r in routes)
+    return address if on_link else f"{iface.ip}/{iface.max_prefixlen}"
+
+
 def _container_mac(result: Result, sandbox: str) -> str:
     for iface in result.interfaces:
         if iface.sandbox == sandbox and iface.mac:
@@ -643,7 +656,12 @@ def _join_response(rec: EndpointRecord, result: Result) -> JoinResponse:
     ips = [ipaddress.ip_interface(a) for a in rec.addresses]
     gateways: dict[int, str] = {}
     routes: list[StaticRoute] = []
-    for route in result.routes:
+    if rec.routes:
+        # What the chain really set up in the namespace beats what its result says.
+        live = [Route.from_json(r | {"gw": r["gw"] or None}) for r in rec.routes]
+    else:
+        live = list(result.routes)
+    for route in live:
         family = route.dst.version
         if route.is_default:
             gw = route.gw or next(
@@ -663,6 +681,8 @@ def _join_response(rec: EndpointRecord, result: Result) -> JoinResponse:
         dst_prefix="eth",
         gateway=gateways.get(4, ""),
         gateway_ipv6=gateways.get(6, ""),
-        static_routes=tuple(routes),
+        # on-link routes first: Docker adds them in order, and a route via a gateway needs
+        # the gateway reachable already
+        static_routes=tuple(sorted(routes, key=lambda r: r.route_type != CONNECTED)),
         disable_gateway_service=bool(gateways),
     )

@@ -303,6 +303,29 @@ def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
         return mac, found
 
 
+def routes(ns: str, ifname: str) -> list[dict[str, str]]:
+    """The main-table unicast routes through ``ifname`` in netns ``ns``.
+
+    ``[{"dst": CIDR, "gw": address or ""}]``; IPv6 link-local and multicast routes are left out.
+    """
+    found: list[dict[str, str]] = []
+    with _ipr(ns, f"cannot read routes of {ifname}") as ipr:
+        index = _lookup(ipr, ifname)
+        if index is None:
+            return found
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, oif=index, table=254):
+                if route.get("type") != 1:  # RTN_UNICAST
+                    continue
+                width = route["dst_len"]
+                dst = route.get("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                net = ipaddress.ip_network(f"{dst}/{width}", strict=False)
+                if net.is_link_local or net.is_multicast:
+                    continue
+                found.append({"dst": str(net), "gw": str(route.get("RTA_GATEWAY") or "")})
+    return found
+
+
 def delete_by_mac(ns: str, mac: str) -> bool:
     """Delete the link with ``mac`` in netns ``ns`` (a path); False if neither exists."""
     if not os.path.exists(_ns_file(ns)):

@@ -70,6 +70,9 @@ class EndpointRecord:
     result: dict[str, Any] | None = None
     mac: str = ""
     addresses: list[str] = field(default_factory=list)
+    #: the routes through the interface as the chain left them in the staging netns (moving the
+    #: link to the container loses them; Join hands them to Docker)
+    routes: list[dict[str, str]] = field(default_factory=list)
     sandbox_key: str = ""
     created: float = field(default_factory=time.time)
     version: int = VERSION
