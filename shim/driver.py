@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -97,6 +97,7 @@ class Driver:
         cni: CNI | None = None,
         store: Store | None = None,
         links: ModuleType | Any = netlink,
+        docker_view: Callable[[], dockerview.DockerView | None] | None = None,
     ) -> None:
         self.settings = settings
         self.cni = cni or CNI(
@@ -104,6 +105,8 @@ class Driver:
         )
         self.store = store or Store(settings.state_dir)
         self.links = links
+        # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
+        self.docker_view = docker_view or (lambda: dockerview.snapshot(settings.driver_name))
         self.networks: dict[str, NetworkRecord] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -439,7 +442,7 @@ class Driver:
         """
         actions: list[str] = []
         if view is None:
-            view = dockerview.snapshot(self.settings.driver_name)
+            view = self.docker_view()
         if view is not None:
             for network_id in list(self.networks):
                 if network_id not in view.networks:
