@@ -23,7 +23,7 @@ test: engine
 # The long forms of the load, fault and fuzz tests (issue-sized counts; minutes, not seconds).
 soak: engine
 	PYCNI_LOAD_CONTAINERS=100 PYCNI_LOAD_CLIENTS=10 PYCNI_CHURN_CYCLES=500 \
-	PYCNI_FUZZ_EXAMPLES=10000 $(PYTHON) -m pytest -s tests/e2e/test_load.py \
+	PYCNI_FUZZ_EXAMPLES=2500 $(PYTHON) -m pytest -s tests/e2e/test_load.py \
 	tests/e2e/test_faults.py $(wildcard tests/unit/test_api_fuzz.py) $(PYTEST_ARGS)
 
 unit: deps
