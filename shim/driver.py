@@ -98,6 +98,7 @@ class Driver:
         store: Store | None = None,
         links: ModuleType | Any = netlink,
         docker_view: Callable[[], dockerview.DockerView | None] | None = None,
+        rules: ModuleType | Any = firewall,
     ) -> None:
         self.settings = settings
         self.cni = cni or CNI(
@@ -105,6 +106,7 @@ class Driver:
         )
         self.store = store or Store(settings.state_dir)
         self.links = links
+        self.rules = rules  # per-network iptables (shim.firewall); tests pass a fake
         # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
         self.docker_view = docker_view or (lambda: dockerview.snapshot(settings.driver_name))
         self.networks: dict[str, NetworkRecord] = {}
@@ -164,9 +166,9 @@ class Driver:
             self.store.save_network(record)
             if record.firewall:
                 try:
-                    firewall.add_network(record.id, **record.firewall)
+                    self.rules.add_network(record.id, **record.firewall)
                 except PycniError:
-                    firewall.remove_network(record.id, **record.firewall)
+                    self.rules.remove_network(record.id, **record.firewall)
                     self.store.delete_network(record.id)
                     raise
             self.networks[record.id] = record
@@ -195,7 +197,7 @@ class Driver:
                 else:
                     self.links.delete_link(name)
             if record.firewall:
-                firewall.remove_network(network_id, **record.firewall)
+                self.rules.remove_network(network_id, **record.firewall)
             self.store.delete_network(network_id)
             del self.networks[network_id]
         with self._locks_guard:

@@ -113,3 +113,16 @@ class FakeLinks:
 
     def routes(self, ns: str, ifname: str) -> list[dict[str, str]]:
         return []
+
+
+@dataclass
+class FakeRules:
+    """An in-memory stand-in for :mod:`shim.firewall`: which networks have their rules."""
+
+    networks: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def add_network(self, network_id: str, **rules: object) -> None:
+        self.networks[network_id] = rules
+
+    def remove_network(self, network_id: str, **rules: object) -> None:
+        self.networks.pop(network_id, None)

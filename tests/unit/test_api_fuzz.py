@@ -24,7 +24,7 @@ from shim.cni import CNI
 from shim.driver import Driver
 from shim.settings import Settings
 from shim.state import Store
-from tests.fakelinks import FakeLinks
+from tests.fakelinks import FakeLinks, FakeRules
 from tests.fakes import FakeExec
 
 pytestmark = pytest.mark.unit
@@ -56,8 +56,9 @@ class World:
                              socket_path=f"{root}/pycni.sock")
         cni = CNI(["/fake"], exec=self.exec, cache_dir=settings_.cache_dir)
         # No Docker is asked in unit tests: gc works on local state only.
+        self.rules = FakeRules()
         self.driver = Driver(settings_, cni=cni, store=Store(settings_.state_dir),
-                             links=self.links, docker_view=lambda: None)
+                             links=self.links, docker_view=lambda: None, rules=self.rules)
         app = create_app(settings_, self.driver)
         app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
         self.client: FlaskClient = app.test_client()

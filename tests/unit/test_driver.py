@@ -56,6 +56,8 @@ def test_zero_config_chain_gets_dockers_address(w: World) -> None:
     assert add.stdin["ipam"]["addresses"] == [{"address": "10.200.9.7/24",
                                                "gateway": "10.200.9.1"}]
     assert add.stdin["ipMasq"] is False  # per-network rules, not per container
+    assert w.rules.networks[NET] == {"bridge": f"pycni-{NET[:9]}", "subnets": ["10.200.9.0/24"],
+                                     "internal": False}
     assert add.env["CNI_CONTAINERID"] == EP and add.env["CNI_IFNAME"] == "eth0"
     assert add.env["CNI_NETNS"] == f"/run/netns/pycni-{EP[:12]}"
     assert f"pcn{EP[:12]}" in w.links.spaces[""]
@@ -126,7 +128,7 @@ def test_restart_serves_the_same_state(w: World) -> None:
     create_network(w.driver)
     create_endpoint(w.driver)
     again = Driver(w.driver.settings, cni=w.driver.cni, store=Store(w.driver.settings.state_dir),
-                   links=w.links, docker_view=lambda: None)
+                   links=w.links, docker_view=lambda: None, rules=w.rules)
     assert set(again.networks) == {NET} and set(again.endpoints) == {EP}
     again.delete_endpoint(EndpointRequest.from_json({"NetworkID": NET, "EndpointID": EP}))
     again.delete_network(NET)
