@@ -24,6 +24,7 @@ No Flask and no subprocess here: CNI goes through :class:`~shim.cni.CNI` and lin
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import json
 import logging
@@ -258,11 +259,11 @@ class Driver:
             self.links.create_netns(rec.netns)
             undo.callback(self.links.remove_netns, rec.netns)
             try:
-                result = self.cni.add(chain.config, rt)
+                result = self.cni.add(_effective(chain.config, rt), rt)
             except AddFailed as exc:
-                self._undo_failed_add(chain.config, rt, exc)
+                self._undo_failed_add(_effective(chain.config, rt), rt, exc)
                 raise
-            undo.callback(self._quiet, self.cni.delete, chain.config, rt)
+            undo.callback(self._quiet, self.cni.delete, _effective(chain.config, rt), rt)
             rec.result = result.to_json()
             rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
             rec.mac = _container_mac(result, rt.netns)
@@ -370,7 +371,8 @@ class Driver:
             # ADD never finished: no result anywhere. What the chain did is still on eth0 in the
             # staging netns; DEL needs it as prevResult (firewall removes nothing without it).
             given = self._result_from_netns(rec, config)
-        self.cni.delete(config, self._runtime(rec), result=given)
+        rt = self._runtime(rec)
+        self.cni.delete(_effective(config, rt), rt, result=given)
         # Plugins delete the interfaces they made; a stand-in or a leftover goes with the netns,
         # and a link DEL didn't need back is deleted wherever Docker left it.
         self.links.delete_link(rec.ifname, rec.netns)
@@ -624,6 +626,28 @@ def _record_from_cache(entry: CachedAttachment) -> EndpointRecord:
 #: operation). bridge and ptp need it when they masquerade: they tear down the rules only for
 #: addresses they find on the interface.
 _DEL_WITHOUT_LINK = {"bridge", "portmap", "firewall", "bandwidth", "macvlan", "ipvlan"}
+
+
+#: Plugins that do nothing without their capability's args: an endpoint that doesn't use the
+#: capability skips them in ADD and DEL (portmap with no ports runs iptables for nothing on DEL).
+_IDLE_WITHOUT = {"portmap": "portMappings"}
+
+
+def _effective(config: NetworkConfigList, rt: RuntimeConf) -> NetworkConfigList:
+    """The chain as this endpoint runs it: without plugins whose capability it doesn't use.
+
+    Published ports come later (ProgramExternalConnectivity runs portmap by itself, on top of
+    the cached result), and the final DEL includes portmap again once ports were published.
+    """
+    keep = [
+        p for p in config.plugins
+        if _IDLE_WITHOUT.get(p.type) is None or _IDLE_WITHOUT[p.type] in rt.capability_args
+    ]
+    if len(keep) == len(config.plugins):
+        return config
+    trimmed = copy.copy(config)
+    trimmed.plugins = keep
+    return trimmed
 
 
 def _del_needs_link(config: NetworkConfigList) -> bool:

@@ -10,8 +10,10 @@ Layout under the state dir (default ``/var/lib/pycni``)::
     networks/<network id>.json     {"version": 1, "kind": "network", ...}
     endpoints/<endpoint id>.json   {"version": 1, "kind": "endpoint", ...}
 
-Files are written like libcni's cache: a temp file in the same directory, fsync, ``os.replace``,
-mode 0600 — a crash leaves either the old record or the new one, never half of one.
+Files are written like libcni's cache: a temp file in the same directory, then ``os.replace``,
+mode 0600 — a crash of pycni leaves either the old record or the new one, never half of one.
+(No fsync, as libcni: after a power loss the namespaces and links a record describes are gone
+too, and reconciliation starts from libcni's cache and the host.)
 """
 
 from __future__ import annotations
@@ -102,8 +104,6 @@ class Store:
             try:
                 with os.fdopen(fd, "w") as f:
                     json.dump(data, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.replace(tmp, target)
             except BaseException:
                 try:

@@ -102,8 +102,6 @@ class ResultCache:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, target)
             except BaseException:

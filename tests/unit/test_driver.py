@@ -83,14 +83,43 @@ def test_delete_endpoint_undoes_everything_and_twice_is_fine(w: World) -> None:
     assert delete.stdin["prevResult"]["ips"][0]["address"] == "10.200.9.7/24"
 
 
-def test_failing_plugin_mid_chain_is_undone(w: World) -> None:
-    w.exec.on("portmap", "ADD", CNIError("no room", code=11))
-    create_network(w.driver)
-    with pytest.raises(CNIError, match='CNI plugin "portmap" failed \\(ADD\\): \\[code 11\\] no room'):
-        create_endpoint(w.driver)
-    # DEL ran for the whole chain, with what bridge had done as prevResult.
-    assert [c for c in w.exec.commands() if c[1] == "DEL"] == [("portmap", "DEL"), ("bridge", "DEL")]
+def test_failing_plugin_mid_chain_is_undone(w: World, tmp_path: Any) -> None:
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "10-fw.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "fw",
+        "plugins": [{"type": "bridge", "ipam": {"type": "host-local"}}, {"type": "firewall"}]}))
+    object.__setattr__(w.driver.settings, "conf_dir", str(conf))
+    w.exec.on("firewall", "ADD", CNIError("no room", code=11))
+    req = {"NetworkID": NET, "Options": {"com.docker.network.generic": {"cni.network": "fw"}},
+           "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}], "IPv6Data": []}
+    w.driver.create_network(CreateNetworkRequest.from_json(req), req)
+    body = {"NetworkID": NET, "EndpointID": EP, "Interface": {}}
+    with pytest.raises(CNIError, match='CNI plugin "firewall" failed \\(ADD\\): \\[code 11\\] no room'):
+        w.driver.create_endpoint(CreateEndpointRequest.from_json(body), body)
+    # DEL ran for the whole chain in reverse, with what bridge had done as prevResult.
+    assert [c for c in w.exec.commands() if c[1] == "DEL"] == [("firewall", "DEL"),
+                                                             ("bridge", "DEL")]
     assert w.exec.calls_for("DEL", "bridge")[0].stdin["prevResult"]["ips"]
+    nothing_left(w)
+
+
+def test_portmap_runs_only_for_endpoints_with_ports(w: World) -> None:
+    create_network(w.driver)
+    create_endpoint(w.driver)
+    assert ("portmap", "ADD") not in w.exec.commands()
+    w.driver.program_external(EndpointRequest.from_json({
+        "NetworkID": NET, "EndpointID": EP,
+        "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "127.0.0.1", "HostPort": 0,
+             "HostPortEnd": 0}]}}))
+    [add] = w.exec.calls_for("ADD", "portmap")
+    [mapping] = add.stdin["runtimeConfig"]["portMappings"]
+    assert mapping["containerPort"] == 80 and mapping["hostIP"] == "127.0.0.1"
+    assert 32768 <= mapping["hostPort"] <= 60999
+    w.driver.delete_endpoint(EndpointRequest.from_json({"NetworkID": NET, "EndpointID": EP}))
+    [delete] = w.exec.calls_for("DEL", "portmap")  # with the same mappings as ADD
+    assert delete.stdin["runtimeConfig"]["portMappings"] == [mapping]
     nothing_left(w)
 
 
