@@ -252,6 +252,7 @@ class Driver:
             capability_args=chain.capability_args,
         )
         rt = self._runtime(rec)
+        config = _effective(chain.config, rt)
         with contextlib.ExitStack() as undo:
             # The record goes first: a crash from here on leaves something reconcilable.
             self.store.save_endpoint(rec)
@@ -259,11 +260,11 @@ class Driver:
             self.links.create_netns(rec.netns)
             undo.callback(self.links.remove_netns, rec.netns)
             try:
-                result = self.cni.add(_effective(chain.config, rt), rt)
+                result = self.cni.add(config, rt)
             except AddFailed as exc:
-                self._undo_failed_add(_effective(chain.config, rt), rt, exc)
+                self._undo_failed_add(config, rt, exc)
                 raise
-            undo.callback(self._quiet, self.cni.delete, _effective(chain.config, rt), rt)
+            undo.callback(self._quiet, self.cni.delete, config, rt)
             rec.result = result.to_json()
             rec.addresses = [str(ip.address) for ip in _container_ips(result, rt.netns)]
             rec.mac = _container_mac(result, rt.netns)
@@ -278,7 +279,7 @@ class Driver:
             # find it by later.
             rec.mac = req.interface.mac_address or moved.mac
             undo.callback(self._quiet, self._restore, rec)
-            answer = self._answer(req.interface, result, rec)
+            answer = self._answer(req.interface, rec)
             rec.phase = "ready"
             self.store.save_endpoint(rec)
             self.endpoints[eid] = rec
@@ -299,9 +300,7 @@ class Driver:
         except PycniError as cleanup:
             log.error("cleanup after failed ADD of %s: %s", rt.container_id[:12], cleanup)
 
-    def _answer(
-        self, asked: EndpointInterface, result: Result, rec: EndpointRecord
-    ) -> EndpointAnswer:
+    def _answer(self, asked: EndpointInterface, rec: EndpointRecord) -> EndpointAnswer:
         """Fill in what Docker left empty; refuse a chain that contradicts Docker's choice."""
         ips = [ipaddress.ip_interface(a) for a in rec.addresses]
         v4 = next((ip for ip in ips if ip.version == 4), None)
@@ -394,8 +393,7 @@ class Driver:
             {
                 "cniVersion": config.cni_version,
                 "interfaces": [{"name": rec.ifname, "mac": mac, "sandbox": sandbox}],
-                "ips": [{"address": c, "interface": 0, "version": str(ipaddress.ip_interface(c).version)}
-                        for c in cidrs],
+                "ips": [{"address": c, "interface": 0} for c in cidrs],
             }
         ).convert(config.cni_version)
 
