@@ -201,3 +201,22 @@ def test_options_and_ipam_mismatches(w: World, tmp_path: Any) -> None:
         w.driver.create_network(CreateNetworkRequest.from_json(null), null)
     with pytest.raises(Unsupported, match="swarm"):
         w.driver.allocate_network()
+
+
+def test_gc_sends_cni_1_1_plugins_the_valid_attachments(w: World, tmp_path: Any) -> None:
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "10-new.conflist").write_text(json.dumps({
+        "cniVersion": "1.1.0", "name": "new",
+        "plugins": [{"type": "bridge", "ipam": {"type": "host-local"}}]}))
+    object.__setattr__(w.driver.settings, "conf_dir", str(conf))
+    req = {"NetworkID": NET, "Options": {"com.docker.network.generic": {"cni.network": "new"}},
+           "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}], "IPv6Data": []}
+    w.driver.create_network(CreateNetworkRequest.from_json(req), req)
+    body = {"NetworkID": NET, "EndpointID": EP, "Interface": {}}
+    w.driver.create_endpoint(CreateEndpointRequest.from_json(body), body)
+    assert w.driver.gc() == []  # nothing stale
+    [gc] = w.exec.calls_for("GC", "bridge")
+    assert gc.stdin["cni.dev/valid-attachments"] == [{"containerID": EP, "ifname": "eth0"}]
+    assert gc.stdin["cni.dev/attachments"] == gc.stdin["cni.dev/valid-attachments"]
+    assert gc.env["CNI_COMMAND"] == "GC" and gc.stdin["cniVersion"] == "1.1.0"
