@@ -13,9 +13,11 @@ the API's one error handler and click's one exit path never need a table of thei
     │   ├── PluginNotFound          500  exit 4   the plugin binary is not in CNI_PATH
     │   └── PluginTimeout           500  exit 4   the plugin did not answer in time
     ├── NetlinkFailure              500  exit 5   a link or namespace operation failed
+    ├── FirewallError               500  exit 5   iptables refused a per-network rule
     └── StateError                  500  exit 6   pycni's own records on disk are unreadable
 
-Only the boundary modules (``netlink.py``, ``cni/invoke.py``, ``state.py``) see ``OSError``,
+Only the boundary modules (``netlink.py``, ``cni/invoke.py``, ``firewall.py``, ``state.py``) see
+``OSError``,
 ``subprocess`` or pyroute2 exceptions; they translate them here with ``raise ... from exc``.
 """
 
@@ -143,6 +145,12 @@ class PluginTimeout(CNIError):
 
 class NetlinkFailure(PycniError):
     """A netlink operation (link, address, namespace) failed."""
+
+    exit_code = 5
+
+
+class FirewallError(PycniError):
+    """iptables refused a rule pycni needs for a network (masquerade, forwarding)."""
 
     exit_code = 5
 

@@ -23,15 +23,11 @@ import subprocess
 import threading
 from collections.abc import Iterable
 
-from .errors import PycniError
+from .errors import FirewallError
 
 FORWARD_CHAIN = "PYCNI-FORWARD"
 NAT_CHAIN = "PYCNI-POSTROUTING"
 _lock = threading.Lock()
-
-
-class FirewallError(PycniError):
-    """iptables refused a rule pycni needs."""
 
 
 def _tool(version: int) -> str:
