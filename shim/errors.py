@@ -17,8 +17,8 @@ the API's one error handler and click's one exit path never need a table of thei
     └── StateError                  500  exit 6   pycni's own records on disk are unreadable
 
 Only the boundary modules (``netlink.py``, ``cni/invoke.py``, ``firewall.py``, ``state.py``) see
-``OSError``,
-``subprocess`` or pyroute2 exceptions; they translate them here with ``raise ... from exc``.
+``OSError``, ``subprocess`` or pyroute2 exceptions; they translate them here with
+``raise ... from exc``.
 """
 
 from __future__ import annotations
