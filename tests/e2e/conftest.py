@@ -86,18 +86,17 @@ class PycniServer:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "pycni"), "serve",
-                "--state-dir", str(self.state_dir),
-                "--conf-dir", str(self.conf_dir),
-                "--cni-path", f"{self.plugin_dir}:{CNI_PATH}",
-                "--log-level", "debug",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [
+                    str(REPO / ".venv" / "bin" / "pycni"), "serve",
+                    "--state-dir", str(self.state_dir),
+                    "--conf-dir", str(self.conf_dir),
+                    "--cni-path", f"{self.plugin_dir}:{CNI_PATH}",
+                    "--log-level", "debug",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -151,12 +150,31 @@ def pycni(docker_engine: object) -> Iterator[PycniServer]:
     fail.write_text(FAIL_PLUGIN)
     fail.chmod(0o755)
     server.start()
+    _remove_leftovers()
     yield server
     if server.proc is not None and server.proc.poll() is None:
         code = server.stop()
         assert code == 0, f"pycni serve exited {code} on SIGTERM"
     assert not os.path.exists(SOCKET), "pycni serve left its socket behind"
     os.close(lock)
+
+
+def _remove_leftovers() -> None:
+    """Containers and networks an aborted earlier run left (fixed names would collide).
+
+    Runs with the session's server up, so Docker can reach the driver for each DeleteNetwork;
+    the server's own start-up reconciliation has already swept orphan namespaces, links and
+    cache entries.
+    """
+    prefixes = ("pycni-e2e", "pycni-bench", "pycni-demo")
+    names = docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    stale = [n for n in names if n.startswith(prefixes)]
+    if stale:
+        docker("rm", "-f", *stale, check=False)
+    networks = docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    for name in networks:
+        if name.startswith(prefixes):
+            docker("network", "rm", name, check=False)
 
 
 class Tracker:
