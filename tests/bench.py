@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from shim.chains import for_endpoint
 from shim.protocol import EndpointInterface
@@ -33,7 +34,7 @@ IMAGE = TEST_IMAGE
 
 
 def sh(*args: str) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -93,7 +94,7 @@ def raw_chain(config: dict[str, object], netns: str, cid: str, verb: str,
         binary = next(f"{d}/{plugin['type']}" for d in CNI_PATH.split(":")
                       if os.path.exists(f"{d}/{plugin['type']}"))
         proc = subprocess.run([binary], input=json.dumps(conf).encode(), env=env,
-                              capture_output=True, timeout=60)
+                              capture_output=True, timeout=60, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"bench: raw {plugin['type']} {verb} failed: {proc.stdout!r}")
         if verb == "ADD":
@@ -120,7 +121,7 @@ def p2(server: PycniServer, runs: int) -> tuple[list[float], list[float]]:
         for n in range(runs + 1):
             address = f"10.202.3.{10 + n % 200}/24"
 
-            def lifecycle() -> None:
+            def lifecycle(address: str = address) -> None:
                 endpoint = {"NetworkID": network_id, "EndpointID": secrets.token_hex(32)}
                 post("NetworkDriver.CreateEndpoint",
                      {**endpoint, "Interface": {"Address": address}, "Options": {}})
@@ -134,7 +135,7 @@ def p2(server: PycniServer, runs: int) -> tuple[list[float], list[float]]:
                                  template["address_via"],
                                  EndpointInterface.from_json({"Address": address}))
 
-            def direct() -> None:
+            def direct(chain: Any = chain) -> None:
                 cid = secrets.token_hex(32)
                 result = raw_chain(chain.config.raw, f"/run/netns/{netns}", cid, "ADD", None)
                 raw_chain(chain.config.raw, f"/run/netns/{netns}", cid, "DEL", result)

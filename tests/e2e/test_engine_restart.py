@@ -22,7 +22,8 @@ pytestmark = pytest.mark.e2e
 def stop_engine() -> None:
     run("pkill", "-TERM", "-x", "dockerd", check=False)
     deadline = time.monotonic() + 90
-    while subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True).returncode == 0:
+    while subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True,
+                         check=False).returncode == 0:
         assert time.monotonic() < deadline, "dockerd did not stop within 90s"
         time.sleep(0.2)
 
@@ -30,7 +31,7 @@ def stop_engine() -> None:
 def start_engine(*flags: str) -> None:
     env = {**os.environ, "PYCNI_DOCKERD_ARGS": " ".join(flags)}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "engine.sh")], env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -54,7 +55,7 @@ def engine_back() -> object:
     """Whatever a test does to the engine, it is left running without extra flags."""
     yield None
     if "--live-restore" in subprocess.run(["ps", "-o", "args=", "-C", "dockerd"],
-                                          capture_output=True, text=True).stdout:
+                                          capture_output=True, text=True, check=False).stdout:
         restart_engine()
     start_engine()
 

@@ -40,7 +40,7 @@ if [ "$CNI_COMMAND" = ADD ]; then
     printf '%%s' "$stdin" | python3 -c 'import json,sys; c=json.load(sys.stdin); r=c.get("prevResult") or {}; r["cniVersion"]=c["cniVersion"]; print(json.dumps(r))'
 fi
 exit 0
-""" % {"flags": FLAGS}
+""".replace("%(flags)s", str(FLAGS)).replace("%%", "%")
 
 
 @pytest.fixture
@@ -130,14 +130,16 @@ def test_gc_removes_orphans_and_says_so(e2e: Tracker, pycni: PycniServer) -> Non
     pcli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pycni")
     env = {**os.environ, "PYCNI_STATE_DIR": str(pycni.state_dir)}
     dry = subprocess.run([pcli, "gc", "--dry-run"], capture_output=True, text=True, env=env,
-                         timeout=60)
+                         timeout=60, check=False)
     assert dry.returncode == 0, dry.stderr
     assert f"netns pycni-{orphan[:12]}" in dry.stdout and f"link pcn{orphan[:12]}" in dry.stdout
     assert "would remove 2 leftover(s)" in dry.stdout
     assert os.path.exists(f"/run/netns/pycni-{orphan[:12]}")  # a dry run removes nothing
-    real = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60)
+    real = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60,
+                          check=False)
     assert real.returncode == 0, real.stderr
     assert "removed 2 leftover(s)" in real.stdout
     assert not os.path.exists(f"/run/netns/pycni-{orphan[:12]}")
-    again = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60)
+    again = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60,
+                           check=False)
     assert "nothing to remove" in again.stdout
