@@ -332,13 +332,12 @@ class Driver:
         return _join_response(rec, result)
 
     def leave(self, req: EndpointRequest) -> None:
+        """Nothing to undo: Docker takes the link out of the container itself, and
+        DeleteEndpoint finds it wherever it is. Kept in memory only; the record still names
+        the sandbox, which tells reconciliation whether the container lives."""
         rec = self.endpoints.get(req.endpoint_id)
-        if rec is None:
-            return
-        with self._locked(rec.network_id):
-            if rec.phase == "joined":
-                rec.phase = "ready"
-                self.store.save_endpoint(rec)
+        if rec is not None and rec.phase == "joined":
+            rec.phase = "ready"
 
     def delete_endpoint(self, req: EndpointRequest) -> None:
         rec = self.endpoints.get(req.endpoint_id)

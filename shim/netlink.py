@@ -313,16 +313,15 @@ def routes(ns: str, ifname: str) -> list[dict[str, str]]:
         index = _lookup(ipr, ifname)
         if index is None:
             return found
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for route in ipr.get_routes(family=family, oif=index, table=254):
-                if route.get("type") != 1:  # RTN_UNICAST
-                    continue
-                width = route["dst_len"]
-                dst = route.get("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
-                net = ipaddress.ip_network(f"{dst}/{width}", strict=False)
-                if net.is_link_local or net.is_multicast:
-                    continue
-                found.append({"dst": str(net), "gw": str(route.get("RTA_GATEWAY") or "")})
+        for route in ipr.get_routes(family=socket.AF_UNSPEC, oif=index, table=254):
+            if route.get("type") != 1:  # RTN_UNICAST
+                continue
+            width = route["dst_len"]
+            default = "0.0.0.0" if route["family"] == socket.AF_INET else "::"
+            net = ipaddress.ip_network(f"{route.get('RTA_DST') or default}/{width}", strict=False)
+            if net.is_link_local or net.is_multicast:
+                continue
+            found.append({"dst": str(net), "gw": str(route.get("RTA_GATEWAY") or "")})
     return found
 
 
