@@ -191,3 +191,26 @@ class FakeExec:
     def reset(self) -> None:
         """Forget the recorded calls (responses stay)."""
         self.calls.clear()
+
+
+def cni_args(env: Mapping[str, str]) -> dict[str, str]:
+    """``CNI_ARGS`` as a dict (``"IgnoreUnknown=1;IP=10.1.0.5"`` → ``{"IgnoreUnknown": "1", ...}``)."""
+    pairs = (item.partition("=") for item in env.get("CNI_ARGS", "").split(";") if item)
+    return {key: value for key, _, value in pairs}
+
+
+def requested_addresses(stdin: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """The addresses the runtime asked the chain's IPAM for, wherever it put them.
+
+    In the order a plugin honours them: the ``ips`` capability (``runtimeConfig.ips``), CNI_ARGS
+    ``IP=`` (comma-separated; host-local takes bare addresses, static CIDRs), then static IPAM's
+    ``ipam.addresses``. Empty when the IPAM is left to choose.
+    """
+    runtime = stdin.get("runtimeConfig") or {}
+    if runtime.get("ips"):
+        return [str(a) for a in runtime["ips"]]
+    arg = cni_args(env).get("IP")
+    if arg:
+        return [a for a in arg.split(",") if a]
+    ipam = stdin.get("ipam") or {}
+    return [str(a["address"]) for a in ipam.get("addresses") or [] if isinstance(a, dict)]
