@@ -74,10 +74,33 @@ def check_options(options: dict[str, str]) -> None:
             mtu = 0
         if not 68 <= mtu <= 65535:
             raise InvalidRequest(f"option {OPT_MTU} must be a number from 68 to 65535")
-    if OPT_BRIDGE in options:
-        name = options[OPT_BRIDGE]
-        if not name or len(name) > 15 or any(c in name for c in "/: \t\n"):
-            raise InvalidRequest(f"option {OPT_BRIDGE}={name!r} is not a valid interface name")
+    if OPT_BRIDGE in options and not _valid_link_name(options[OPT_BRIDGE]):
+        raise InvalidRequest(
+            f"option {OPT_BRIDGE}={options[OPT_BRIDGE]!r} is not a valid interface name "
+            "(1 to 15 bytes, not '.' or '..', no '/', ':' or whitespace)"
+        )
+
+
+#: The kernel's ``isspace`` (lib/ctype.c) on a byte: \t \n \v \f \r, space, and 0xA0, which
+#: is also the second byte of some UTF-8 letters ('à' is C3 A0: the kernel refuses "pycni-tà").
+_KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
+
+
+def _valid_link_name(name: str) -> bool:
+    """Whether the kernel takes ``name`` for a link (``dev_valid_name`` in net/core/dev.c).
+
+    The kernel counts bytes: under IFNAMSIZ (16) with the terminating NUL, so 15 bytes of UTF-8,
+    which may be fewer than 15 characters. It refuses "." and "..", and '/', ':' and its own
+    whitespace in any byte. A NUL would cut the name short on its way to the kernel, and names
+    with other Unicode whitespace (which the kernel takes) are refused too: nobody means them.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    return (
+        0 < len(raw) <= 15
+        and name not in (".", "..")
+        and not any(c in "/:\x00" or c.isspace() for c in name)
+        and not _KERNEL_SPACE.intersection(raw)
+    )
 
 
 def docker_ipam(req: CreateNetworkRequest) -> bool:

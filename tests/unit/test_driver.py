@@ -105,10 +105,6 @@ def test_bad_options_are_invalid_requests(world: World, options: dict[str, str],
     assert world.driver.networks == {} and world.records() == ([], [])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shim/chains.py check_options accepts cni.bridge names the kernel's dev_valid_name refuses "
-    "('.', '..', other whitespace than space/tab/newline, and 15 characters that are more than "
-    "15 bytes); the network is created and every CreateEndpoint then fails in the plugin"))
 @pytest.mark.parametrize("name", [".", "..", "br\r0", "br\x0b0", "\u00e9" * 8])
 def test_bridge_names_the_kernel_refuses_are_invalid(world: World, name: str) -> None:
     with pytest.raises(InvalidRequest, match="not a valid interface name"):
