@@ -19,6 +19,7 @@ from .protocol import (
     EndpointRequest,
     JoinRequest,
     NetworkRequest,
+    decode,
 )
 
 bp = Blueprint("driver", __name__)
@@ -32,11 +33,11 @@ def _driver() -> Driver:
 
 
 def _body() -> dict[str, Any]:
-    """The request's JSON object (Docker's content type is not application/json)."""
-    data = request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return data
+    """The request's JSON object, whatever the content type (Docker's is not application/json).
+
+    Malformed, empty or absurdly nested bodies are 400s (:func:`shim.protocol.decode`).
+    """
+    return decode(request.get_data(cache=True), request.path.lstrip("/"))
 
 
 def _answer(data: dict[str, Any] | None = None) -> Response:
@@ -156,8 +157,8 @@ def pycni_gc() -> Response:
     Served in the plugin process so reconciliation takes the same per-network locks as Docker's
     calls in flight.
     """
-    body = request.get_json(force=True, silent=True) or {}
-    dry_run = body.get("DryRun", False) if isinstance(body, dict) else False
+    body = _body() if request.get_data(cache=True) else {}  # no body: the defaults
+    dry_run = body.get("DryRun", False)
     if not isinstance(dry_run, bool):
         raise InvalidRequest("DryRun must be true or false")
     return _answer({"Actions": _driver().gc(dry_run=dry_run)})

@@ -8,6 +8,7 @@ response type renders Docker's JSON (``to_json``). Field names on the wire are D
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,61 @@ EXPOSED_PORTS = "com.docker.network.endpoint.exposedports"
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 
+#: How deep a request may nest, the top-level object being level 1. Docker's requests nest a
+#: few levels (a port binding inside Options is at level 4). Far deeper is nobody's request, and
+#: whatever walks it recursively (the JSON parser, copying it, storing it as received) would run
+#: out of Python's recursion limit: such a body is refused here, once, as malformed.
+MAX_DEPTH = 32
+
+NOT_AN_OBJECT = "request body must be a JSON object"
+
+
+def decode(raw: bytes, method: str) -> dict[str, Any]:
+    """Docker's request body, as the JSON object every driver method sends.
+
+    An *empty* body gets a message of its own. Docker's plugin client (moby
+    ``pkg/plugins/client.go``, ``callWithRetry``) builds each retry from the reader the first
+    try already drained, so when the connection breaks after the body was sent — pycni was
+    killed or restarted while it handled the request — the retry (for up to 30 s) arrives
+    with the right method and no body. That is no malformed request, and the user can act on it.
+    """
+    if not raw:
+        raise InvalidRequest(
+            f"Docker sent {method} with an empty body: Docker re-sends a request without its "
+            "body when the plugin went away while the request was in flight (pycni was "
+            "restarted or killed); run the command again"
+        )
+    try:
+        data = json.loads(raw)
+    except RecursionError as exc:
+        raise InvalidRequest(_too_deep()) from exc
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes in no UTF
+        raise InvalidRequest(NOT_AN_OBJECT) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(NOT_AN_OBJECT)
+    check_depth(data)
+    return data
+
+
+def _too_deep() -> str:
+    return f"request body nests deeper than {MAX_DEPTH} levels; no request of Docker's does"
+
+
+def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse a value nested more than ``limit`` levels deep (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            raise InvalidRequest(_too_deep())
+        stack.extend((child, depth + 1) for child in children)
+
 
 def _object(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
@@ -35,7 +91,7 @@ def _id(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"missing {key}")
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise InvalidRequest(f"{key} {value[:80]!r} is not a Docker id (64 hex digits)")
     return value
 
