@@ -13,7 +13,8 @@ two chains of pycni's own, jumped to from the top of FORWARD and POSTROUTING::
 
 An internal network gets only the first rule. Every rule carries the comment ``pycni:<net12>`` so
 removal finds exactly its own; a chain left empty is removed with its jump, so nothing of pycni's
-outlives its last network. iptables is run with list arguments (never a shell) and ``-w``.
+outlives its last network. iptables is run with list arguments (never a shell) and ``-w``, through
+:data:`runner`, the module's one contact with the system (unit tests put a fake iptables there).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import FirewallError
 
@@ -29,22 +30,37 @@ FORWARD_CHAIN = "PYCNI-FORWARD"
 NAT_CHAIN = "PYCNI-POSTROUTING"
 _lock = threading.Lock()
 
+#: Runs one command line (``iptables``/``ip6tables`` and its arguments) and answers
+#: ``(exit status, stdout, stderr)``; raises :class:`FirewallError` if it cannot run at all.
+Runner = Callable[[list[str]], tuple[int, str, str]]
+
+
+def run_subprocess(argv: list[str]) -> tuple[int, str, str]:
+    """The real runner: the command as a child process, bounded in time."""
+    try:
+        proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FirewallError(f"{' '.join(argv)}: {exc}") from exc
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+#: What every iptables command goes through; replaced by a fake in unit tests.
+runner: Runner = run_subprocess
+
 
 def _tool(version: int) -> str:
     return "iptables" if version == 4 else "ip6tables"
 
 
+def _iptables(version: int, *args: str) -> tuple[int, str, str]:
+    return runner([_tool(version), "-w", "10", *args])
+
+
 def _run(version: int, *args: str, check: bool = True) -> bool:
-    try:
-        proc = subprocess.run(
-            [_tool(version), "-w", "10", *args],
-            check=False, capture_output=True, text=True, timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FirewallError(f"{_tool(version)} {' '.join(args)}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise FirewallError(f"{_tool(version)} {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.returncode == 0
+    status, _out, err = _iptables(version, *args)
+    if check and status != 0:
+        raise FirewallError(f"{_tool(version)} {' '.join(args)}: {err.strip()}")
+    return status == 0
 
 
 def _ensure_chain(version: int, table: str, chain: str, parent: str) -> None:
@@ -55,13 +71,10 @@ def _ensure_chain(version: int, table: str, chain: str, parent: str) -> None:
 
 
 def _drop_chain_if_empty(version: int, table: str, chain: str, parent: str) -> None:
-    proc = subprocess.run(
-        [_tool(version), "-w", "10", "-t", table, "-S", chain],
-        check=False, capture_output=True, text=True, timeout=30,
-    )
-    if proc.returncode != 0:
+    status, out, _err = _iptables(version, "-t", table, "-S", chain)
+    if status != 0:
         return  # no such chain
-    if any(line.startswith("-A ") for line in proc.stdout.splitlines()):
+    if any(line.startswith("-A ") for line in out.splitlines()):
         return
     _run(version, "-t", table, "-D", parent, "-j", chain, check=False)
     _run(version, "-t", table, "-X", chain, check=False)

@@ -1,0 +1,258 @@
+"""The per-network rules of zero-config networks (:mod:`shim.firewall`), on a fake iptables.
+
+The module's runner is replaced by :class:`FakeIptables`, which keeps chains and rules per family
+and table the way iptables does, and fails as iptables would (a rule that isn't there, a chain
+still referenced). No iptables ever runs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from shim import firewall
+from shim.errors import FirewallError
+
+pytestmark = pytest.mark.unit
+
+NET = "cd" * 32
+NET2 = "34" * 32
+TAG = ["-m", "comment", "--comment", f"pycni:{NET[:12]}"]
+BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
+           "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+
+Rule = tuple[str, ...]
+
+
+class FakeIptables:
+    """iptables and ip6tables in memory: ``tables[(tool, table)][chain]`` is a list of rules."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, str], dict[str, list[Rule]]] = {
+            (tool, table): {chain: [] for chain in chains}
+            for tool in ("iptables", "ip6tables") for table, chains in BUILTIN.items()
+        }
+        self.calls: list[list[str]] = []
+        #: argv prefix (after ``-w 10``) → stderr: that command fails with status 1
+        self.refuse: dict[tuple[str, ...], str] = {}
+
+    def __call__(self, argv: list[str]) -> tuple[int, str, str]:
+        self.calls.append(argv)
+        tool, wait, seconds, t, table, op, *rest = argv
+        assert (wait, seconds, t) == ("-w", "10", "-t"), argv
+        for prefix, stderr in self.refuse.items():
+            if tuple(argv[3:3 + len(prefix)]) == prefix:
+                return 1, "", stderr
+        chains = self.tables[(tool, table)]
+        if op == "-n":  # -n -L CHAIN: does it exist?
+            assert rest[0] == "-L", argv
+            return (0, "", "") if rest[1] in chains else (1, "", "No chain by that name")
+        chain, rule = rest[0], tuple(rest[1:])
+        if op == "-N":
+            if chain in chains:
+                return 1, "", "iptables: Chain already exists."
+            chains[chain] = []
+            return 0, "", ""
+        if chain not in chains:
+            return 1, "", f"iptables: No chain/target/match by that name ({chain})."
+        rules = chains[chain]
+        if op == "-C":
+            return (0, "", "") if rule in rules else (1, "", "Bad rule")
+        if op == "-A":
+            rules.append(rule)
+        elif op == "-I":
+            position, *spec = rule
+            rules.insert(int(position) - 1, tuple(spec))
+        elif op == "-D":
+            if rule not in rules:
+                return 1, "", "Bad rule (does a matching rule exist in that chain?)."
+            rules.remove(rule)
+        elif op == "-S":
+            lines = [f"-N {chain}"] + [f"-A {chain} {' '.join(r)}" for r in rules]
+            return 0, "\n".join(lines) + "\n", ""
+        elif op == "-X":
+            if rules or any(("-j", chain) == r[-2:] for rs in chains.values() for r in rs):
+                return 1, "", "iptables: Directory not empty / Too many links."
+            del chains[chain]
+        else:
+            raise AssertionError(f"unexpected iptables call {argv}")
+        return 0, "", ""
+
+    def chain(self, tool: str, table: str, chain: str) -> list[Rule] | None:
+        return self.tables[(tool, table)].get(chain)
+
+    def own(self) -> dict[tuple[str, str, str], list[Rule]]:
+        """Every non-builtin chain and every rule mentioning pycni, by (tool, table, chain)."""
+        found = {}
+        for (tool, table), chains in self.tables.items():
+            for name, rules in chains.items():
+                mine = [r for r in rules if "PYCNI" in " ".join(r) or "pycni:" in " ".join(r)]
+                if name not in BUILTIN[table] or mine:
+                    found[(tool, table, name)] = mine if name in BUILTIN[table] else rules
+        return found
+
+
+@pytest.fixture
+def iptables(monkeypatch: pytest.MonkeyPatch) -> FakeIptables:
+    fake = FakeIptables()
+    monkeypatch.setattr(firewall, "runner", fake)
+    return fake
+
+
+def forward_rules(bridge: str, tag: list[str] = TAG) -> list[Rule]:
+    return [
+        ("-i", bridge, "-o", bridge, *tag, "-j", "ACCEPT"),
+        ("-i", bridge, "!", "-o", bridge, *tag, "-j", "ACCEPT"),
+        ("-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"),
+        ("-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", *tag, "-j", "ACCEPT"),
+    ]
+
+
+def masquerade(subnet: str, bridge: str, tag: list[str] = TAG) -> Rule:
+    return ("-s", subnet, "!", "-o", bridge, *tag, "-j", "MASQUERADE")
+
+
+JUMP_FORWARD = ("-j", "PYCNI-FORWARD")
+JUMP_NAT = ("-j", "PYCNI-POSTROUTING")
+
+
+# --- what a network gets -------------------------------------------------------------------------
+
+
+def test_an_ipv4_network_forwards_and_masquerades(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "pycni-br0", ["10.200.9.0/24"], internal=False)
+    assert iptables.own() == {
+        ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
+        ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("pycni-br0"),
+        ("iptables", "nat", "POSTROUTING"): [JUMP_NAT],
+        ("iptables", "nat", "PYCNI-POSTROUTING"): [masquerade("10.200.9.0/24", "pycni-br0")],
+    }
+    assert not [c for c in iptables.calls if c[0] == "ip6tables"]  # IPv6 left alone
+
+
+def test_an_ipv6_network_gets_the_same_rules_from_ip6tables(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "pycni-br0", ["fd00:200:9::/64"], internal=False)
+    assert iptables.own() == {
+        ("ip6tables", "filter", "FORWARD"): [JUMP_FORWARD],
+        ("ip6tables", "filter", "PYCNI-FORWARD"): forward_rules("pycni-br0"),
+        ("ip6tables", "nat", "POSTROUTING"): [JUMP_NAT],
+        ("ip6tables", "nat", "PYCNI-POSTROUTING"): [masquerade("fd00:200:9::/64", "pycni-br0")],
+    }
+    assert not [c for c in iptables.calls if c[0] == "iptables"]
+
+
+def test_a_dual_stack_network_gets_both_families(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "pycni-br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
+    for tool, subnet in (("iptables", "10.200.9.0/24"), ("ip6tables", "fd00:200:9::/64")):
+        assert iptables.chain(tool, "filter", "PYCNI-FORWARD") == forward_rules("pycni-br0")
+        assert iptables.chain(tool, "nat", "PYCNI-POSTROUTING") == [
+            masquerade(subnet, "pycni-br0")]
+
+
+def test_every_subnet_of_a_family_is_masqueraded(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24", "10.200.10.0/24"], internal=False)
+    assert iptables.chain("iptables", "nat", "PYCNI-POSTROUTING") == [
+        masquerade("10.200.9.0/24", "br0"), masquerade("10.200.10.0/24", "br0")]
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
+
+
+@pytest.mark.parametrize("subnets", [["10.200.9.0/24"], ["fd00:200:9::/64"],
+                                     ["10.200.9.0/24", "fd00:200:9::/64"]])
+def test_an_internal_network_only_lets_its_containers_talk(iptables: FakeIptables,
+                                                           subnets: list[str]) -> None:
+    firewall.add_network(NET, "br0", subnets, internal=True)
+    tools = {"iptables" if ":" not in s else "ip6tables" for s in subnets}
+    assert iptables.own() == {
+        **{(tool, "filter", "FORWARD"): [JUMP_FORWARD] for tool in tools},
+        **{(tool, "filter", "PYCNI-FORWARD"): forward_rules("br0")[:1] for tool in tools},
+    }  # no way out, no masquerading, not even an empty nat chain
+
+
+def test_no_subnets_means_ipv4_forwarding_only(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", [], internal=False)
+    assert iptables.own() == {
+        ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
+        ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("br0"),
+    }
+
+
+def test_the_jump_goes_first_and_adding_twice_changes_nothing(iptables: FakeIptables) -> None:
+    docker = ("-j", "DOCKER-USER")
+    iptables.tables[("iptables", "filter")]["FORWARD"].append(docker)
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    once, calls = copy.deepcopy(iptables.tables), len(iptables.calls)
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert iptables.tables == once
+    assert iptables.chain("iptables", "filter", "FORWARD") == [JUMP_FORWARD, docker]
+    assert {c[5] for c in iptables.calls[calls:]} == {"-n", "-C"}  # only looked
+
+
+def test_every_call_waits_for_the_xtables_lock(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert iptables.calls and all(c[1:3] == ["-w", "10"] for c in iptables.calls)
+
+
+# --- removal -------------------------------------------------------------------------------------
+
+
+def test_removing_the_last_network_leaves_nothing_of_pycni(iptables: FakeIptables) -> None:
+    subnets = ["10.200.9.0/24", "fd00:200:9::/64"]
+    firewall.add_network(NET, "br0", subnets, internal=False)
+    firewall.remove_network(NET, "br0", subnets, internal=False)
+    assert iptables.own() == {}
+    firewall.remove_network(NET, "br0", subnets, internal=False)  # repeat-safe
+    assert iptables.own() == {}
+
+
+def test_removal_takes_only_its_own_rules(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET2, "br1", ["10.200.10.0/24"], internal=True)
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    tag2 = ["-m", "comment", "--comment", f"pycni:{NET2[:12]}"]
+    assert iptables.own() == {
+        ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
+        ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("br1", tag2)[:1],
+    }  # the nat chain, empty now, went with its jump
+
+
+def test_a_duplicated_rule_is_removed_in_full(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"] += forward_rules("br0")
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert iptables.own() == {}
+
+
+def test_removing_a_network_never_added_is_fine(iptables: FakeIptables) -> None:
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert iptables.own() == {}
+
+
+def test_a_chain_someone_else_added_to_stays(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=True)
+    stranger = ("-i", "eth9", "-j", "ACCEPT")
+    iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"].append(stranger)
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=True)
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == [stranger]
+    assert iptables.chain("iptables", "filter", "FORWARD") == [JUMP_FORWARD]
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+def test_a_refused_rule_is_a_firewall_error_naming_the_command(iptables: FakeIptables) -> None:
+    iptables.refuse[("-t", "nat", "-A")] = "iptables: No chain/target/match by that name.\n"
+    with pytest.raises(FirewallError) as caught:
+        firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    message = str(caught.value)
+    assert message.startswith("iptables -t nat -A PYCNI-POSTROUTING -s 10.200.9.0/24 ")
+    assert message.endswith(": iptables: No chain/target/match by that name.")
+
+
+def test_the_real_runner_translates_a_missing_binary() -> None:
+    with pytest.raises(FirewallError, match="/nonexistent/iptables -w 10 -S"):
+        firewall.run_subprocess(["/nonexistent/iptables", "-w", "10", "-S"])
+
+
+def test_the_real_runner_is_the_default() -> None:
+    assert firewall.runner is firewall.run_subprocess
