@@ -12,10 +12,12 @@ one that no socket holds *and* no other pycni endpoint has published.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
 import socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +151,14 @@ def _taken(used: set[tuple[str, str, int]], protocol: str, host_ip: str, port: i
     )
 
 
+class PortInUse(InvalidRequest):
+    """An asked-for host port is taken; ``key`` is (protocol, host IP, port) when one is."""
+
+    def __init__(self, message: str, key: tuple[str, str, int] | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def allocate(
     bindings: Iterable[Binding], in_use: Iterable[tuple[str, str, int]]
 ) -> list[Mapping]:
@@ -175,8 +185,65 @@ def allocate(
                 else f"port {b.host_port}"
                 + (f"-{b.host_port_end}" if b.host_port_end > b.host_port else "")
             )
-            raise InvalidRequest(
+            # Which of pycni's own reservations stood in the way, if one did (the first port
+            # asked for): the caller can name the endpoint holding it.
+            key = next((k for k in used if b.host_port and _taken({k}, b.protocol, b.host_ip,
+                                                                  b.host_port)), None)
+            raise PortInUse(
                 f"cannot publish {b.container_port}/{b.protocol}: {want} on "
-                f"{b.host_ip or 'all addresses'} is already in use"
+                f"{b.host_ip or 'all addresses'} is already in use",
+                key,
             )
     return chosen
+
+
+class Publisher:
+    """Every host port pycni has published, and the one lock that choosing ports takes.
+
+    Host ports are one space across all networks, so choosing them is serialized here, apart
+    from any network's lock (which a caller may hold: this lock is always taken inside it). The
+    registry of who holds what is its own — loaded from the endpoint records at start — so
+    choosing a port never iterates another network's endpoints.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, list[Mapping]] = {}
+
+    def load(self, held: Iterable[tuple[str, Iterable[dict[str, Any]]]]) -> None:
+        """(endpoint id, its CNI portMappings) for every endpoint that publishes ports."""
+        with self._lock:
+            self._held = {eid: [Mapping.from_cni(m) for m in maps] for eid, maps in held if maps}
+
+    @contextlib.contextmanager
+    def reserve(self, owner: str, bindings: Iterable[Binding]) -> Iterator[list[Mapping]]:
+        """Choose host ports for ``owner``'s bindings; they are released again if the body
+        raises (the plugins refused them)."""
+        with self._lock:
+            in_use = {m.key(): eid for eid, maps in self._held.items() if eid != owner
+                      for m in maps}
+            try:
+                chosen = allocate(bindings, in_use)
+            except PortInUse as exc:
+                holder = in_use.get(exc.key) if exc.key else None
+                if holder is None:
+                    raise
+                raise PortInUse(
+                    f"{exc}: pycni published it for endpoint {holder[:12]}; if that container "
+                    "is gone, `pycni gc` removes what it left behind",
+                    exc.key,
+                ) from None
+            self._held[owner] = chosen
+        try:
+            yield chosen
+        except BaseException:
+            self.release(owner)
+            raise
+
+    def release(self, owner: str) -> None:
+        with self._lock:
+            self._held.pop(owner, None)
+
+    def held(self) -> dict[str, list[Mapping]]:
+        with self._lock:
+            return {eid: list(maps) for eid, maps in self._held.items()}

@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import sys
-import threading
 from types import FrameType
 
 from waitress.server import create_server
@@ -22,6 +21,7 @@ from waitress.server import create_server
 from .app import create_app
 from .driver import Driver
 from .errors import PycniError
+from .reconcile import Reconciler
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,6 @@ def notify_ready() -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
-def _reconcile(driver: Driver) -> None:
-    try:
-        driver.gc()
-    except Exception:
-        log.exception("reconciliation at start failed (pycni gc retries it)")
-
-
 def run(settings: Settings, threads: int = 8) -> None:
     path = settings.socket_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -99,7 +92,9 @@ def run(settings: Settings, threads: int = 8) -> None:
         # Whatever a crash or a missed Docker call left behind is torn down right away, beside
         # serving: reconciliation takes the same per-network locks as Docker's calls, so a
         # CreateEndpoint Docker retries meanwhile is served, not raced.
-        threading.Thread(target=_reconcile, args=(driver,), name="pycni-gc", daemon=True).start()
+        # It keeps looking while a leftover waits for Docker to drop its sandbox.
+        reconciler = Reconciler(driver)
+        reconciler.start()
         server.run()
     except SystemExit:
         pass

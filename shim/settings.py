@@ -15,6 +15,7 @@ DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 DEFAULT_STATE_DIR = "/var/lib/pycni"
 DEFAULT_SOCKET = "/run/docker/plugins/pycni.sock"
+DEFAULT_DRIVER_NAME = "pycni"
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,11 @@ class Settings:
     plugin_timeout: float = 60.0
     # Largest request body the API accepts (Docker's requests are a few KiB).
     max_body: int = 1 << 20
+    #: the name Docker knows this driver by: the socket file's name for a plugin in
+    #: /run/docker/plugins ("pycni"), "pycni:latest" for a managed plugin. Reconciliation asks
+    #: Docker for networks of this driver, so it is a setting, never guessed from a path.
+    driver_name: str = DEFAULT_DRIVER_NAME
     extra: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def driver_name(self) -> str:
-        """Docker names a plugin after its socket file: pycni.sock → driver "pycni"."""
-        name = os.path.basename(self.socket_path)
-        return name.removesuffix(".sock")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -51,6 +50,7 @@ class Settings:
             ("PYCNI_CONF_DIR", "conf_dir"),
             ("PYCNI_CACHE_DIR", "cache_dir"),
             ("PYCNI_STATE_DIR", "state_dir"),
+            ("PYCNI_DRIVER_NAME", "driver_name"),
         ):
             if key in env:
                 values[name] = env[key]

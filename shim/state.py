@@ -18,16 +18,53 @@ too, and reconciliation starts from libcni's cache and the host.)
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StateError
+from .attach import Attachment
+from .cni.config import NetworkConfigList, conflist_from_dict
+from .cni.types import Result
+from .errors import PycniError, StateError
+from .protocol import CreateEndpointRequest, CreateNetworkRequest
 
 VERSION = 1
+
+
+class Mode(enum.StrEnum):
+    #: pycni's own bridge chain (no ``-o cni.network``)
+    ZERO_CONFIG = "zero-config"
+    #: ``-o cni.network=NAME``: a conflist from the conf dir
+    CONFLIST = "conflist"
+
+
+class Ipam(enum.StrEnum):
+    #: Docker's IPAM picks addresses and pycni hands them to the chain
+    DOCKER = "docker"
+    #: the chain's IPAM picks them (``--ipam-driver null``) and pycni reports them to Docker
+    CNI = "cni"
+
+
+class AddressVia(enum.StrEnum):
+    """How Docker's address reaches the chain."""
+
+    CONFIG = "config"  # written into the static IPAM's addresses (zero-config)
+    IPS = "ips"  # the ``ips`` runtimeConfig capability
+    ARGS = "args"  # CNI_ARGS ``IP=`` (host-local, static)
+    NONE = ""  # the chain's IPAM chooses
+
+
+class Phase(enum.StrEnum):
+    """An endpoint's life; a crash leaves the phase it died in, which tells gc what to undo."""
+
+    CREATING = "creating"
+    READY = "ready"
+    JOINED = "joined"
+    DELETING = "deleting"
 
 
 @dataclass
@@ -35,50 +72,161 @@ class NetworkRecord:
     id: str
     #: Docker's CreateNetwork request, exactly as received
     request: dict[str, Any]
-    #: the resolved CNI network config list (raw dict) endpoints are made from
-    config: dict[str, Any]
-    #: "zero-config" (pycni's bridge chain) or "conflist" (-o cni.network=NAME)
-    mode: str
-    #: "docker" when Docker's IPAM picks addresses, "cni" when the chain's IPAM does
-    ipam: str
-    #: how Docker's address reaches the chain: "config" (static addresses), "ips"
-    #: (runtimeConfig capability), "args" (CNI_ARGS IP=), or "" (CNI IPAM chooses)
-    address_via: str = ""
+    #: the resolved CNI network config list endpoints are made from
+    config: NetworkConfigList
+    mode: Mode
+    ipam: Ipam
+    address_via: AddressVia = AddressVia.NONE
     #: host links pycni created for this network and removes with it (e.g. the bridge)
     owned_links: list[str] = field(default_factory=list)
     #: per-network iptables rules pycni installed (shim.firewall): bridge, subnets, internal
     firewall: dict[str, Any] = field(default_factory=dict)
+    #: the name Docker knows the driver by when it created the network ("pycni", or
+    #: "pycni:latest" as a managed plugin): reconciliation asks Docker about this name only
+    driver: str = "pycni"
     created: float = field(default_factory=time.time)
-    version: int = VERSION
-    kind: str = "network"
+
+    def __post_init__(self) -> None:
+        #: the request, parsed once
+        self.docker = CreateNetworkRequest.from_json(self.request)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "kind": "network",
+            "id": self.id,
+            "request": self.request,
+            "config": self.config.raw,
+            "mode": str(self.mode),
+            "ipam": str(self.ipam),
+            "address_via": str(self.address_via),
+            "owned_links": self.owned_links,
+            "firewall": self.firewall,
+            "driver": self.driver,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetworkRecord:
+        return cls(
+            id=data["id"],
+            request=data["request"],
+            config=conflist_from_dict(data["config"], source=f"network {data['id'][:12]}"),
+            mode=Mode(data["mode"]),
+            ipam=Ipam(data["ipam"]),
+            address_via=AddressVia(data.get("address_via") or ""),
+            owned_links=list(data.get("owned_links") or []),
+            firewall=dict(data.get("firewall") or {}),
+            # records from before the name was kept were made under the default socket's name
+            driver=data.get("driver") or "pycni",
+            created=float(data.get("created") or time.time()),
+        )
 
 
 @dataclass
 class EndpointRecord:
+    """A Docker endpoint: its CNI attachment (in the staging netns) and Docker's side of it."""
+
     id: str
     network_id: str
-    #: the staging netns name (``pycni-`` + 12 hex) and the container-side interface name in it
+    #: the staging netns's name (``pycni-`` + 12 hex)
     netns: str
-    ifname: str
     #: the temporary host name of the container-side link between CreateEndpoint and Join
     host_ifname: str
-    #: "creating" → "ready" → "joined" → "deleting"; a crash leaves the phase it died in
-    phase: str = "creating"
+    attachment: Attachment
+    phase: Phase = Phase.CREATING
     request: dict[str, Any] = field(default_factory=dict)
-    #: the exact config list ADD ran with (DEL runs with the same, whatever the files say now)
-    config: dict[str, Any] = field(default_factory=dict)
-    cni_args: list[list[str]] = field(default_factory=list)
-    capability_args: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] | None = None
+    #: the MAC the container sees (Docker's ``--mac-address``, else the link's)
     mac: str = ""
+    #: the MAC the chain gave the link, which it keeps until Docker's goes on at Join
+    link_mac: str = ""
     addresses: list[str] = field(default_factory=list)
     #: the routes through the interface as the chain left them in the staging netns (moving the
     #: link to the container loses them; Join hands them to Docker)
     routes: list[dict[str, str]] = field(default_factory=list)
     sandbox_key: str = ""
     created: float = field(default_factory=time.time)
-    version: int = VERSION
-    kind: str = "endpoint"
+
+    def __post_init__(self) -> None:
+        #: Docker's CreateEndpoint request, parsed once (None for a leftover rebuilt from
+        #: libcni's cache)
+        self.docker = CreateEndpointRequest.from_json(self.request) if self.request else None
+
+    # What the attachment holds, by the names the rest of pycni knows them.
+    @property
+    def ifname(self) -> str:
+        return self.attachment.ifname
+
+    @property
+    def config(self) -> NetworkConfigList:
+        return self.attachment.config
+
+    @property
+    def result(self) -> Result | None:
+        return self.attachment.result
+
+    @property
+    def cni_args(self) -> tuple[tuple[str, str], ...]:
+        return self.attachment.cni_args
+
+    @property
+    def capability_args(self) -> dict[str, Any]:
+        return self.attachment.capability_args
+
+    def to_json(self) -> dict[str, Any]:
+        att = self.attachment
+        # The same flat layout as libcni's cache entry, for people reading the file.
+        return {
+            "version": VERSION,
+            "kind": "endpoint",
+            "id": self.id,
+            "network_id": self.network_id,
+            "netns": self.netns,
+            "netns_path": att.netns,
+            "ifname": att.ifname,
+            "host_ifname": self.host_ifname,
+            "phase": str(self.phase),
+            "request": self.request,
+            "config": att.config.raw,
+            "cni_args": [list(a) for a in att.cni_args],
+            "capability_args": att.capability_args,
+            "result": None if att.result is None else att.result.to_json(),
+            "mac": self.mac,
+            "link_mac": self.link_mac,
+            "addresses": self.addresses,
+            "routes": self.routes,
+            "sandbox_key": self.sandbox_key,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EndpointRecord:
+        config = conflist_from_dict(data["config"], source=f"endpoint {data['id'][:12]}")
+        result = data.get("result")
+        attachment = Attachment(
+            container_id=data["id"],
+            netns=data.get("netns_path") or os.path.join("/run/netns", data["netns"]),
+            ifname=data["ifname"],
+            config=config,
+            cni_args=tuple((str(k), str(v)) for k, v in data.get("cni_args") or []),
+            capability_args=dict(data.get("capability_args") or {}),
+            result=None if result is None else Result.from_json(result, config.cni_version),
+        )
+        return cls(
+            id=data["id"],
+            network_id=data["network_id"],
+            netns=data["netns"],
+            host_ifname=data["host_ifname"],
+            attachment=attachment,
+            phase=Phase(data.get("phase") or "creating"),
+            request=data.get("request") or {},
+            mac=data.get("mac") or "",
+            link_mac=data.get("link_mac") or "",
+            addresses=list(data.get("addresses") or []),
+            routes=list(data.get("routes") or []),
+            sandbox_key=data.get("sandbox_key") or "",
+            created=float(data.get("created") or time.time()),
+        )
 
 
 class Store:
@@ -146,7 +294,7 @@ class Store:
 
     # networks
     def save_network(self, rec: NetworkRecord) -> None:
-        self._write("networks", rec.id, asdict(rec))
+        self._write("networks", rec.id, rec.to_json())
 
     def delete_network(self, network_id: str) -> None:
         self._delete("networks", network_id)
@@ -156,7 +304,7 @@ class Store:
 
     # endpoints
     def save_endpoint(self, rec: EndpointRecord) -> None:
-        self._write("endpoints", rec.id, asdict(rec))
+        self._write("endpoints", rec.id, rec.to_json())
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._delete("endpoints", endpoint_id)
@@ -177,8 +325,9 @@ class Store:
 
 
 def _build(cls: Any, data: dict[str, Any]) -> Any:
-    known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+    """A record from its JSON; whatever is wrong with it is a StateError naming the record."""
     try:
-        return cls(**known)
-    except TypeError as exc:
-        raise StateError(f"{data.get('kind', 'record')} {data.get('id')!r}: {exc}") from exc
+        return cls.from_json(data)
+    except (KeyError, TypeError, ValueError, PycniError) as exc:
+        what = f"{data.get('kind', 'record')} {data.get('id')!r}"
+        raise StateError(f"pycni's {what} record is unusable: {exc!r}") from exc

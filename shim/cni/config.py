@@ -105,7 +105,8 @@ class NetworkConfigList:
     cni_versions: tuple[str, ...] = ()
     #: the list as a dict, unknown keys included (written into the CNI cache, as libcni does)
     raw: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
+    #: where it was read from, for error messages (not part of what the list is)
+    source: str | None = field(default=None, compare=False)
 
     @property
     def bytes(self) -> bytes:

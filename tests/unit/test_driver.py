@@ -7,6 +7,8 @@ Plugins are :class:`~tests.fakelinks.FakeMainPlugin` behaviours in a
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 from typing import Any
@@ -58,8 +60,8 @@ def test_zero_config_network_is_a_bridge_chain_with_static_ipam(world: World) ->
     bridge = f"pycni-{NET[:9]}"
     assert (rec.mode, rec.ipam, rec.address_via) == ("zero-config", "docker", "config")
     assert rec.request == req  # Docker's request as received
-    assert rec.config["name"] == f"pycni-{NET[:12]}" and rec.config["cniVersion"] == "1.0.0"
-    main, portmap = rec.config["plugins"]
+    assert rec.config.name == f"pycni-{NET[:12]}" and rec.config.cni_version == "1.0.0"
+    main, portmap = rec.config.raw["plugins"]
     assert main["type"] == "bridge" and main["bridge"] == bridge
     assert main["ipam"] == {"type": "static"} and main["isGateway"] is True
     # Masquerade and forwarding are pycni's per-network rules (the chain's "firewall" part),
@@ -77,7 +79,7 @@ def test_zero_config_network_is_a_bridge_chain_with_static_ipam(world: World) ->
 def test_zero_config_options_and_internal(world: World) -> None:
     world.create_network(cni_bridge="br-mine", cni_mtu="1400", internal=True)
     rec = world.driver.networks[NET]
-    [main] = rec.config["plugins"]  # internal: no portmap, no gateway, no masquerade
+    [main] = rec.config.raw["plugins"]  # internal: no portmap, no gateway, no masquerade
     assert (main["bridge"], main["mtu"], main["isGateway"]) == ("br-mine", 1400, False)
     assert rec.firewall["internal"] is True
 
@@ -85,7 +87,7 @@ def test_zero_config_options_and_internal(world: World) -> None:
 def test_create_network_twice_keeps_the_first(world: World) -> None:
     world.create_network()
     world.create_network(cni_bridge="br-other")
-    assert world.driver.networks[NET].config["plugins"][0]["bridge"] == f"pycni-{NET[:9]}"
+    assert world.driver.networks[NET].config.raw["plugins"][0]["bridge"] == f"pycni-{NET[:9]}"
 
 
 @pytest.mark.parametrize(
@@ -358,11 +360,6 @@ def test_ptp_gets_a_host_address_and_its_routes(world: World) -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shim/driver.py _join_response omits routes to the subnets of rec.addresses, which "
-    "_as_host_if_not_on_link turned into /32; with Docker's IPAM Docker still puts its own "
-    "/24 on the interface, so Join hands Docker a StaticRoute 10.200.9.0/24 via 10.200.9.1 to "
-    "the interface's own subnet, which clashes with the kernel's prefix route"))
 def test_ptp_with_dockers_ipam_gets_no_route_to_its_own_subnet(world: World) -> None:
     FakeMainPlugin(world.links, kind="ptp").install(world.exec)
     world.conflist("p2p", {"type": "ptp", "ipam": host_local("10.200.9.0/24",
@@ -489,10 +486,6 @@ def test_failed_del_keeps_the_record_for_a_retry(world: World) -> None:
     assert world.leftovers() == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shim/driver.py _create_endpoint records rec.mac = Docker's MacAddress although the link "
-    "still has the plugin's MAC until Join; a plugin that ignores MAC= (ptp) then leaves the "
-    "pcn* link (and its host veth) behind when DeleteEndpoint comes before Join"))
 def test_mac_ignoring_plugin_deleted_before_join_leaves_nothing(world: World) -> None:
     FakeMainPlugin(world.links, kind="ptp", honour_mac=False).install(world.exec)
     world.conflist("p2p", {"type": "ptp", "ipam": host_local("10.200.9.0/24")})
@@ -607,8 +600,8 @@ def test_crash_before_the_result_was_recorded_is_reconciled(world: World) -> Non
     world.create_endpoint()
     rec = world.driver.endpoints[EP]
     bare = EndpointRecord(id=rec.id, network_id=rec.network_id, netns=rec.netns,
-                          ifname=rec.ifname, host_ifname=rec.host_ifname, request=rec.request,
-                          config=rec.config, cni_args=rec.cni_args)
+                          host_ifname=rec.host_ifname, request=rec.request,
+                          attachment=dataclasses.replace(rec.attachment, result=None))
     world.driver.store.save_endpoint(bare)
     world.restart().gc()
     assert world.exec.calls_for("DEL")[0].stdin["prevResult"]["ips"][0]["address"] == \

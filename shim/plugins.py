@@ -1,0 +1,148 @@
+"""What pycni knows about particular CNI plugins, in one table.
+
+CNI lets a runtime treat every plugin alike, and pycni does wherever it can. The few places where a
+plugin's behaviour shapes what pycni must do are written down here, one row per plugin, so a new
+quirk is one line in one file. Everything else in pycni asks this module instead of naming plugins:
+
+* **DEL finds its work on the interface** (``del_needs_link``): bridge and ptp remove their
+  masquerade rules only for the addresses they find on the container's interface at DEL time, so
+  DeleteEndpoint must put the link back into the staging netns first (a ~30 ms kernel move that
+  plugins without this trait are spared). bridge needs it only when it masquerades (``ipMasq``).
+* **Idle without a capability** (``idle_without``): portmap does nothing without ``portMappings``,
+  yet runs iptables on every ADD and DEL; an attachment that doesn't use the capability skips it.
+* **IPAM that reads CNI_ARGS** (``ip_arg``): how Docker's chosen address reaches an IPAM plugin
+  that declares no ``ips`` capability — ``IP=`` as a bare address (host-local) or a CIDR, with
+  ``GATEWAY=`` (static).
+* **Creates a bridge** (``default_bridge``): the bridge plugin creates ``cni0`` unless told a name;
+  pycni removes a bridge with the network that made it.
+* **CHECK quirks** (``check_quirks``): CHECK failures that are known limitations of the plugin
+  version Debian ships, reported as warnings by ``pycni check``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .cni.config import NetworkConfigList
+from .errors import CNIError
+
+#: how an IPAM plugin takes an address through CNI_ARGS ``IP=``
+IPArg = Literal["", "bare", "cidr"]
+
+
+@dataclass(frozen=True)
+class CheckQuirk:
+    """A CHECK failure that is a known limitation, recognised by text in the plugin's error."""
+
+    marker: str
+    #: why it is not a fault; ``{plugin}``, ``{add_ifname}`` and ``{ifname}`` are filled in
+    explanation: str
+    #: only when CHECK runs under another interface name than ADD did
+    only_when_renamed: bool = False
+
+
+@dataclass(frozen=True)
+class Traits:
+    del_needs_link: Callable[[Mapping[str, Any]], bool] = lambda conf: False
+    idle_without: str = ""
+    ip_arg: IPArg = ""
+    default_bridge: str = ""
+    check_quirks: tuple[CheckQuirk, ...] = ()
+
+
+#: portmap ≤ 1.1.1 checks its DNAT rules in ip6tables too, even for IPv4-only mappings, and fails.
+PORTMAP_V6_BUG = "could not check ipv6 dnat"
+#: host-local's CHECK looks its reservation up by (container id, CNI_IFNAME); ADD ran with eth0 in
+#: the staging netns, so under any other name Docker gave the interface it finds none.
+HOST_LOCAL_BY_IFNAME = "host-local: Failed to find address added by container"
+
+_HOST_LOCAL_QUIRK = CheckQuirk(
+    HOST_LOCAL_BY_IFNAME,
+    "{plugin}'s CHECK stopped at host-local, which looks its reservation up by the interface "
+    "name ADD used ({add_ifname}), not the one Docker gave it ({ifname}); {plugin} was not "
+    "checked beyond that, the link and addresses above were",
+    only_when_renamed=True,
+)
+
+TRAITS: dict[str, Traits] = {
+    "bridge": Traits(
+        del_needs_link=lambda conf: bool(conf.get("ipMasq")),
+        default_bridge="cni0",
+    ),
+    "ptp": Traits(del_needs_link=lambda conf: True),
+    "macvlan": Traits(),
+    "ipvlan": Traits(),
+    "portmap": Traits(
+        idle_without="portMappings",
+        check_quirks=(
+            CheckQuirk(
+                PORTMAP_V6_BUG,
+                f"portmap's CHECK failed with {PORTMAP_V6_BUG!r}: a known limitation of portmap "
+                "≤ 1.1.1 with IPv4-only port mappings, not a fault; its rules were not checked",
+            ),
+        ),
+    ),
+    "firewall": Traits(),
+    "bandwidth": Traits(),
+    "host-local": Traits(ip_arg="bare", check_quirks=(_HOST_LOCAL_QUIRK,)),
+    "static": Traits(ip_arg="cidr"),
+}
+
+#: a plugin pycni has no row for: DEL may need anything, so it gets the link back
+UNKNOWN = Traits(del_needs_link=lambda conf: True)
+
+
+def traits(plugin_type: str) -> Traits:
+    return TRAITS.get(plugin_type, UNKNOWN)
+
+
+def del_needs_link(config: NetworkConfigList) -> bool:
+    """Whether any plugin's DEL needs the container's interface back in its netns."""
+    return any(traits(p.type).del_needs_link(p.raw) for p in config.plugins)
+
+
+def effective(config: NetworkConfigList, capability_args: Mapping[str, Any]) -> NetworkConfigList:
+    """The chain as one attachment runs it: without plugins idle for lack of a capability.
+
+    Published ports come later (ProgramExternalConnectivity runs portmap by itself, on top of the
+    cached result), and the final DEL includes portmap again once ports were published.
+    """
+    keep = [
+        p for p in config.plugins
+        if not traits(p.type).idle_without or traits(p.type).idle_without in capability_args
+    ]
+    if len(keep) == len(config.plugins):
+        return config
+    trimmed = copy.copy(config)
+    trimmed.plugins = keep
+    return trimmed
+
+
+def ip_arg(ipam_type: str) -> IPArg:
+    return traits(ipam_type).ip_arg
+
+
+def bridges(config: NetworkConfigList) -> list[str]:
+    """The bridges a chain's plugins create (their configured name, or the plugin's default)."""
+    return [
+        str(p.raw.get("bridge") or traits(p.type).default_bridge)
+        for p in config.plugins
+        if traits(p.type).default_bridge
+    ]
+
+
+def known_check_limitation(exc: CNIError, *, add_ifname: str, ifname: str) -> str | None:
+    """Why a CHECK failure is a known limitation rather than a fault; None if it is a fault.
+
+    ``add_ifname`` is the interface name ADD ran with, ``ifname`` the one CHECK runs with. Every
+    row's quirks are looked at: an IPAM plugin's shows in the error of the main plugin that
+    delegated to it.
+    """
+    text = f"{exc.msg} {exc.details}"
+    for quirk in (q for row in TRAITS.values() for q in row.check_quirks):
+        if quirk.marker in text and (not quirk.only_when_renamed or ifname != add_ifname):
+            return quirk.explanation.format(plugin=exc.plugin, add_ifname=add_ifname, ifname=ifname)
+    return None

@@ -1,0 +1,337 @@
+"""Reconciliation: finding what crashes and missed Docker calls left behind, and undoing it.
+
+One function per sweep; each yields :class:`Action` values — what, why, and how to undo it —
+and knows nothing of dry runs: :func:`run` either carries the actions out or only reports them.
+The sweeps, in the order they run (later ones see what earlier ones removed):
+
+1. :func:`networks_docker_forgot` — networks Docker positively says it doesn't have, asked about
+   the driver name that created them.
+2. :func:`stale_endpoints` — endpoints half-made or half-deleted by a crash, whose network is
+   gone, or that Docker forgot and whose container namespace is gone too.
+3. :func:`cached_attachments` — attachments in libcni's cache with no endpoint.
+4. :func:`stray_namespaces` and :func:`stray_links` — staging namespaces and temporary links
+   with no endpoint.
+5. :func:`cni_gc` — CNI 1.1 networks get the GC verb with their live attachments.
+
+Every leftover attachment is torn down the way DeleteEndpoint would — DEL with the cached config
+and arguments, so plugins release addresses and rules. An endpoint whose container namespace
+still exists is never touched (Docker may still be restoring it), but is *pending*: the
+:class:`Reconciler` looks again every few seconds while anything is pending, so a container
+removed while pycni was down frees its ports within seconds of Docker dropping its sandbox.
+
+Sweeps follow the registry's lock rule (:mod:`shim.registry`): they act under the same network
+locks as the verbs, re-check inside them, and skip anything newer than the sweep's start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from . import staging
+from .attach import Attachment
+from .cni.cache import CachedAttachment
+from .cni.config import conflist_from_dict
+from .cni.types import Result
+from .dockerview import DockerView
+from .errors import CNIError, PycniError
+from .state import EndpointRecord, Phase
+
+if TYPE_CHECKING:
+    from .driver import Driver
+
+log = logging.getLogger(__name__)
+
+#: an endpoint Docker doesn't list is left alone this long (it may be between Create and Join)
+STALE_AFTER = 120.0
+_DOCKER_ID = re.compile(r"[0-9a-f]{64}")
+#: "ask Docker" (the default), as opposed to a view given by the caller (None: unknown)
+ASK = object()
+
+
+@dataclass(frozen=True)
+class Action:
+    """One leftover: ``subject: reason; outcome``, and the undo that removes it."""
+
+    subject: str
+    reason: str
+    undo: Callable[[], None]
+    outcome: str = "removed"
+    #: a routine step (CNI GC) that is only reported when it fails
+    routine: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.reason}; {self.outcome}"
+
+
+@dataclass
+class Sweep:
+    """What every sweep of one run shares."""
+
+    driver: Driver
+    view: DockerView | None
+    started: float = field(default_factory=time.time)
+    #: endpoints spared for now that a later run must look at again
+    pending: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    actions: list[Action]
+    pending: list[str]
+
+
+# --- the sweeps ----------------------------------------------------------------------------------
+
+
+def networks_docker_forgot(sweep: Sweep) -> Iterator[Action]:
+    """Networks Docker positively answered it doesn't have, for the driver that created them."""
+    driver, view = sweep.driver, sweep.view
+    if view is None:
+        return  # Docker couldn't be asked: unknown is not "forgotten"
+    for net in driver.registry.networks():
+        if net.created > sweep.started or net.id in view.networks:
+            continue
+        if net.driver != driver.settings.driver_name:
+            log.info("network %s was made by driver %r; Docker was asked about %r: kept",
+                     net.id[:12], net.driver, driver.settings.driver_name)
+            continue
+        yield Action(f"network {net.id[:12]}", "unknown to Docker",
+                     partial(driver.delete_network, net.id))
+
+
+def stale_endpoints(sweep: Sweep) -> Iterator[Action]:
+    """Endpoints no verb will ever finish or remove."""
+    driver = sweep.driver
+    known = set(driver.registry.network_ids())
+    for rec in driver.store.endpoints():
+        if rec.created > sweep.started:
+            continue
+        if rec.network_id not in known:
+            # Nobody owns it, so no network lock covers it: claim its names instead.
+            yield Action(f"endpoint {rec.id[:12]}", "its network is gone",
+                         partial(_reap_orphan, driver, rec), outcome="torn down")
+            continue
+        reason = _stale(rec, sweep)
+        if reason is not None:
+            yield Action(f"endpoint {rec.id[:12]}", reason,
+                         partial(_reap, sweep, rec), outcome="torn down")
+
+
+def cached_attachments(sweep: Sweep) -> Iterator[Action]:
+    """libcni cache entries of pycni's (a staging netns) that no endpoint owns."""
+    driver = sweep.driver
+    known = driver.registry.endpoint_ids() | {e.id for e in driver.store.endpoints()}
+    staging_dir = driver.links.netns_path(staging.NETNS_PREFIX)
+    for entry in driver.cni.cached_attachments():
+        cid = entry.container_id
+        if not _DOCKER_ID.fullmatch(cid) or cid in known:
+            continue
+        if not (driver.links.netns_exists(staging.netns_name(cid))
+                or entry.netns.startswith(staging_dir)):
+            continue  # not one of pycni's attachments
+        yield Action(f"CNI attachment {entry.network}/{cid[:12]}", "no endpoint",
+                     partial(_reap_orphan, driver, _record_from_cache(driver, entry)),
+                     outcome="DEL run")
+
+
+def stray_namespaces(sweep: Sweep) -> Iterator[Action]:
+    driver = sweep.driver
+    for name in driver.links.list_netns(staging.NETNS_PREFIX):
+        match = staging.NETNS_NAME.fullmatch(name)
+        if match and not _known(driver, match.group(1)):
+            yield Action(f"netns {name}", "no endpoint",
+                         partial(_remove_unclaimed, driver, match.group(1),
+                                 partial(driver.links.remove_netns, name)))
+
+
+def stray_links(sweep: Sweep) -> Iterator[Action]:
+    driver = sweep.driver
+    for name in driver.links.link_names():
+        match = staging.HOST_LINK_NAME.fullmatch(name)
+        if match and not _known(driver, match.group(1)):
+            yield Action(f"link {name}", "no endpoint",
+                         partial(_remove_unclaimed, driver, match.group(1),
+                                 partial(driver.links.delete_link, name)))
+
+
+def cni_gc(sweep: Sweep) -> Iterator[Action]:
+    """CNI 1.1's GC for each network whose chain speaks it, with its live attachments."""
+    driver = sweep.driver
+    for net in driver.registry.networks():
+        if net.config.cni_version != "1.1.0":
+            continue
+        yield Action(f"network {net.id[:12]}", "CNI GC with its live attachments",
+                     partial(_gc_network, driver, net.id), outcome="done", routine=True)
+
+
+SWEEPS: tuple[Callable[[Sweep], Iterator[Action]], ...] = (
+    networks_docker_forgot,
+    stale_endpoints,
+    cached_attachments,
+    stray_namespaces,
+    stray_links,
+    cni_gc,
+)
+
+
+def run(driver: Driver, *, dry_run: bool = False, view: DockerView | None | object = ASK
+        ) -> Report:
+    """Every sweep; carry out each action unless ``dry_run``. Failures are reported, and the
+    rest goes on."""
+    sweep = Sweep(driver, driver.docker_view() if view is ASK else view)  # type: ignore[arg-type]
+    done: list[Action] = []
+    for find in SWEEPS:
+        for action in find(sweep):
+            if dry_run:
+                if not action.routine:
+                    done.append(action)
+                continue
+            try:
+                action.undo()
+            except PycniError as exc:
+                done.append(Action(action.subject, action.reason, action.undo,
+                                   outcome=f"failed: {exc}"))
+                continue
+            if not action.routine:
+                done.append(action)
+    for action in done:
+        log.info("gc%s: %s", " (dry run)" if dry_run else "", action)
+    return Report(done, sweep.pending)
+
+
+# --- how each sweep decides and acts -------------------------------------------------------------
+
+
+def _stale(rec: EndpointRecord, sweep: Sweep) -> str | None:
+    if rec.phase == Phase.CREATING:
+        return "left half-made by an interrupted CreateEndpoint"
+    if rec.phase == Phase.DELETING:
+        return "left half-deleted by an interrupted DeleteEndpoint"
+    view = sweep.view
+    if view is None:
+        sweep.pending.append(rec.id)  # Docker can't be asked yet: ask again later
+        return None
+    if rec.id in view.endpoints or sweep.started - rec.created < STALE_AFTER:
+        return None
+    if rec.sandbox_key and os.path.exists(rec.sandbox_key):
+        # The container's namespace lives on: Docker may still be restoring it, or about to
+        # remove it. Look again soon.
+        sweep.pending.append(rec.id)
+        return None
+    return "Docker no longer knows it"
+
+
+def _reap(sweep: Sweep, rec: EndpointRecord) -> None:
+    """Tear a stale endpoint down under its network's lock, if it is still stale there."""
+    driver = sweep.driver
+    with driver.registry.locked_if_any(rec.network_id) as net:
+        current = net.endpoints.get(rec.id) if net is not None else None
+        if current is None or _stale(current, sweep) is None:
+            return  # it moved on meanwhile
+        driver.teardown(current, net)
+
+
+def _reap_orphan(driver: Driver, rec: EndpointRecord) -> None:
+    with driver.registry.sweeping(rec.id[:12]) as claimed:
+        if claimed:
+            driver.teardown(rec, None)
+
+
+def _known(driver: Driver, prefix: str) -> bool:
+    return any(eid.startswith(prefix) for eid in driver.registry.endpoint_ids()) or any(
+        e.id.startswith(prefix) for e in driver.store.endpoints()
+    )
+
+
+def _remove_unclaimed(driver: Driver, prefix: str, remove: Callable[[], Any]) -> None:
+    with driver.registry.sweeping(prefix) as claimed:
+        if claimed and not _known(driver, prefix):
+            remove()
+
+
+def _gc_network(driver: Driver, network_id: str) -> None:
+    with driver.registry.locked_if_any(network_id) as net:
+        if net is None:
+            return
+        valid = {(e.id, e.ifname) for e in net.endpoints.values()}
+        try:
+            driver.cni.gc(net.record.config, valid)
+        except CNIError as exc:
+            raise CNIError(f"CNI GC failed: {exc}") from exc
+
+
+def _record_from_cache(driver: Driver, entry: CachedAttachment) -> EndpointRecord:
+    """An endpoint record rebuilt from libcni's cache, to tear down an attachment we forgot."""
+    config = conflist_from_dict(json.loads(entry.config) if entry.config else {},
+                                source=f"libcni cache entry {entry.container_id[:12]}")
+    attachment = Attachment(
+        container_id=entry.container_id,
+        netns=entry.netns or driver.staging.path(entry.container_id),
+        ifname=entry.ifname,
+        config=config,
+        cni_args=tuple((str(k), str(v)) for k, v in entry.cni_args),
+        capability_args=dict(entry.capability_args),
+        result=Result.from_json(entry.result, config.cni_version) if entry.result else None,
+    )
+    return EndpointRecord(
+        id=entry.container_id,
+        network_id="",
+        netns=staging.netns_name(entry.container_id),
+        host_ifname=staging.host_link_name(entry.container_id),
+        attachment=attachment,
+        phase=Phase.DELETING,
+    )
+
+
+# --- keep looking while something is pending -----------------------------------------------------
+
+
+class Reconciler:
+    """Reconciles at start, then again every ``interval`` seconds while anything is pending
+    (an endpoint Docker forgot whose sandbox still exists, or Docker not answering yet), for at
+    most ``patience`` seconds after the last time something was pending."""
+
+    def __init__(self, driver: Driver, *, interval: float = 3.0, patience: float = 600.0) -> None:
+        self.driver = driver
+        self.interval = interval
+        self.patience = patience
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="pycni-reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Look again now (and keep looking while anything is pending)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.patience
+        while not self._stop.is_set():
+            try:
+                report = run(self.driver)
+            except Exception:  # a sweep must never kill the server's reconciler
+                log.exception("reconciliation failed (pycni gc retries it)")
+                report = Report([], ["?"])
+            if report.pending:
+                deadline = time.monotonic() + self.patience
+                log.debug("reconcile: %d pending; looking again in %.0fs",
+                          len(report.pending), self.interval)
+            timeout = self.interval if time.monotonic() < deadline else None
+            self._wake.wait(timeout)
+            self._wake.clear()

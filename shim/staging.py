@@ -1,0 +1,111 @@
+"""The staging namespace: where the CNM driver runs a chain before Docker has a container netns.
+
+Docker (≤ 27) has no container network namespace yet at CreateEndpoint and Join, and wants a host
+interface it can move in itself. So each endpoint gets a namespace pycni owns:
+
+* **CreateEndpoint**: :meth:`Staging.make` creates ``pycni-<endpoint id[:12]>``; the chain's ADD
+  creates ``eth0`` in it; :meth:`Staging.take_out` reads the routes the chain set there and moves
+  the link out to the host as ``pcn<endpoint id[:12]>``. Docker moves it into the container at
+  Join, names it ``ethN`` and puts the addresses on it.
+* **DeleteEndpoint**: :meth:`Staging.put_back` brings the link back into the staging netns as
+  ``eth0`` with its addresses, when a plugin's DEL needs it there (:mod:`shim.plugins`); after
+  DEL, :meth:`Staging.clear` removes the namespace and whatever link is left.
+
+The namespace lives from CreateEndpoint to DeleteEndpoint, so DEL runs against the same netns
+path as ADD, as CNI requires.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from .cni.types import Result
+from .netlink import LinkInfo
+from .seams import Links
+from .state import EndpointRecord
+
+log = logging.getLogger(__name__)
+
+IFNAME = "eth0"
+NETNS_PREFIX = "pycni-"
+HOST_LINK_PREFIX = "pcn"
+NETNS_NAME = re.compile(NETNS_PREFIX + r"([0-9a-f]{12})")
+HOST_LINK_NAME = re.compile(HOST_LINK_PREFIX + r"([0-9a-f]{12})")
+
+
+def netns_name(endpoint_id: str) -> str:
+    return NETNS_PREFIX + endpoint_id[:12]
+
+
+def host_link_name(endpoint_id: str) -> str:
+    return HOST_LINK_PREFIX + endpoint_id[:12]
+
+
+class Staging:
+    """The staging dance over a :class:`~shim.seams.Links` (netlink, or a fake)."""
+
+    def __init__(self, links: Links) -> None:
+        self.links = links
+
+    def path(self, endpoint_id: str) -> str:
+        return self.links.netns_path(netns_name(endpoint_id))
+
+    def make(self, rec: EndpointRecord) -> None:
+        self.links.create_netns(rec.netns)
+
+    def take_out(self, rec: EndpointRecord) -> LinkInfo:
+        """Record the routes the chain set on ``eth0``, then move it to the host."""
+        rec.routes = self.links.routes(rec.netns, rec.ifname)
+        return self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
+
+    def put_back(self, rec: EndpointRecord) -> str:
+        """The link back in the staging netns as ``eth0`` with its addresses; where it was."""
+        self.links.create_netns(rec.netns)  # exists unless the host rebooted
+        where: str = self.links.restore_for_delete(
+            rec.netns,
+            rec.ifname,
+            host_name=rec.host_ifname,
+            mac=_findable_mac(rec),
+            addresses=rec.addresses,
+            sandbox=rec.sandbox_key,
+        )
+        return where
+
+    def found_result(self, rec: EndpointRecord) -> Result | None:
+        """What an ADD that never finished left on ``eth0``, as a result DEL can be given
+        (firewall removes nothing without a prevResult)."""
+        mac, cidrs = self.links.addresses(rec.netns, rec.ifname)
+        if not cidrs:
+            return None
+        version = rec.config.cni_version
+        return Result.from_json(
+            {
+                "cniVersion": version,
+                "interfaces": [{"name": rec.ifname, "mac": mac, "sandbox": rec.attachment.netns}],
+                "ips": [{"address": c, "interface": 0} for c in cidrs],
+            }
+        ).convert(version)
+
+    def clear(self, rec: EndpointRecord) -> None:
+        """After DEL: the namespace (with a stand-in or leftover in it) and the host link,
+        wherever Docker left it. Safe to repeat."""
+        self.links.delete_link(rec.ifname, rec.netns)
+        self.links.remove_netns(rec.netns)
+        info = self.links.link_info(rec.host_ifname)
+        if info is not None and (not rec.mac or info.mac.lower() in _macs(rec)):
+            self.links.delete_link(rec.host_ifname)
+        elif rec.mac and rec.sandbox_key:
+            self.links.delete_by_mac(rec.sandbox_key, rec.mac)
+
+
+def _macs(rec: EndpointRecord) -> set[str]:
+    return {m.lower() for m in (rec.mac, rec.link_mac) if m}
+
+
+def _findable_mac(rec: EndpointRecord) -> str:
+    """The MAC the link carries now: Docker puts its own (``--mac-address``) on it at Join;
+    before that it has the one the chain gave it (a plugin may ignore ``MAC=``)."""
+    if rec.sandbox_key or not rec.link_mac:
+        return rec.mac
+    return rec.link_mac
