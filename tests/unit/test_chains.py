@@ -1,0 +1,338 @@
+"""Which chain a network runs and how Docker's addresses reach it (:mod:`shim.chains`).
+
+Pure functions on Docker's requests and CNI config dicts: no plugins run, nothing on the host.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from typing import Any
+
+import pytest
+
+from shim import chains
+from shim.cni.config import NetworkConfigList, conflist_from_dict
+from shim.errors import ConfigError, InvalidRequest
+from shim.protocol import CreateNetworkRequest, EndpointInterface
+
+pytestmark = pytest.mark.unit
+
+NET = "cd" * 32
+V4 = {"AddressSpace": "LocalDefault", "Pool": "10.200.9.0/24", "Gateway": "10.200.9.1/24"}
+V6 = {"AddressSpace": "LocalDefault", "Pool": "fd00:200:9::/64", "Gateway": "fd00:200:9::1/64"}
+NULL = {"AddressSpace": "null", "Pool": "0.0.0.0/0"}
+ADDR4 = ipaddress.IPv4Interface("10.200.9.7/24")
+ADDR6 = ipaddress.IPv6Interface("fd00:200:9::7/64")
+MAC = "02:42:0a:c8:09:07"
+
+
+def request(ipv4: list[dict[str, Any]] | None = None, ipv6: list[dict[str, Any]] | None = None,
+            internal: bool = False, **options: str) -> dict[str, Any]:
+    """Docker's CreateNetwork request, as received (``-o cni.bridge=x`` → ``cni_bridge="x"``)."""
+    return {
+        "NetworkID": NET,
+        "Options": {"com.docker.network.generic": {k.replace("_", "."): v
+                                                   for k, v in options.items()},
+                    "com.docker.network.internal": internal},
+        "IPv4Data": [V4] if ipv4 is None else ipv4,
+        "IPv6Data": ipv6 or [],
+    }
+
+
+def parsed(body: dict[str, Any]) -> CreateNetworkRequest:
+    return CreateNetworkRequest.from_json(body)
+
+
+def conflist(*plugins: dict[str, Any]) -> NetworkConfigList:
+    return conflist_from_dict({"cniVersion": "1.0.0", "name": "mynet", "plugins": list(plugins)},
+                              source="/etc/cni/net.d/mynet.conflist")
+
+
+def host_local(*subnets: str) -> dict[str, Any]:
+    return {"type": "host-local", "ranges": [[{"subnet": s}] for s in subnets]}
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+def test_known_and_foreign_options_pass() -> None:
+    chains.check_options({"cni.network": "mynet", "cni.bridge": "br-test0", "cni.mtu": "1400",
+                          "com.example.label": "x"})
+
+
+def test_an_unknown_cni_option_is_a_typo() -> None:
+    with pytest.raises(InvalidRequest, match="unknown option 'cni.brige'; pycni knows cni.network"):
+        chains.check_options({"cni.brige": "br0"})
+
+
+@pytest.mark.parametrize("mtu", ["67", "65536", "abc", "", "1400.5"])
+def test_an_mtu_out_of_range_is_refused(mtu: str) -> None:
+    with pytest.raises(InvalidRequest, match="cni.mtu must be a number from 68 to 65535"):
+        chains.check_options({"cni.mtu": mtu})
+
+
+@pytest.mark.parametrize("name", ["br0", "a", "x" * 15, "\u00e9" * 7 + "x", "br-test.0", "br_0"])
+def test_bridge_names_the_kernel_takes(name: str) -> None:
+    chains.check_options({"cni.bridge": name})
+
+
+@pytest.mark.parametrize("name", [
+    "", ".", "..", "x" * 16,
+    "\u00e9" * 8,  # 8 characters, 16 bytes
+    "br 0", "br\t0", "br\n0", "br\r0", "br\x0b0", "br\x0c0",  # the kernel's isspace
+    "b\u00e0",  # 'à' is C3 A0 and the kernel reads the byte 0xA0 as a space
+    "br/0", "br:0", "br\x000", "br\u20030",
+])
+def test_bridge_names_the_kernel_refuses(name: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        chains.check_options({"cni.bridge": name})
+    assert str(caught.value) == (
+        f"option cni.bridge={name!r} is not a valid interface name "
+        "(1 to 15 bytes, not '.' or '..', no '/', ':' or whitespace)"
+    )
+
+
+def test_names_made_from_the_network_id_fit_the_kernel() -> None:
+    assert chains.cni_network_name(NET) == "pycni-" + NET[:12]
+    assert chains.default_bridge_name(NET) == "pycni-" + NET[:9]
+    assert len(chains.default_bridge_name(NET).encode()) == 15
+
+
+# --- Docker's IPAM or the chain's ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ipv4", "ipv6", "docker"), [
+    ([V4], [], True),
+    ([], [V6], True),
+    ([NULL], [], False),
+    ([], [], False),
+    ([NULL], [V6], True),
+])
+def test_whose_ipam_chooses(ipv4: list[dict[str, Any]], ipv6: list[dict[str, Any]],
+                            docker: bool) -> None:
+    assert chains.docker_ipam(parsed(request(ipv4=ipv4, ipv6=ipv6))) is docker
+
+
+# --- zero config ---------------------------------------------------------------------------------
+
+
+def test_zero_config_is_a_gateway_bridge_with_static_ipam_and_portmap() -> None:
+    resolved = chains.zero_config(parsed(request(ipv6=[V6])))
+    bridge = "pycni-" + NET[:9]
+    assert resolved.config.raw == {
+        "cniVersion": "1.0.0",
+        "name": "pycni-" + NET[:12],
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+             "hairpinMode": True, "ipam": {"type": "static"}},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ],
+    }
+    assert (resolved.mode, resolved.ipam, resolved.address_via) == ("zero-config", "docker",
+                                                                    "config")
+    assert resolved.firewall == {"bridge": bridge, "internal": False,
+                                 "subnets": ["10.200.9.0/24", "fd00:200:9::/64"]}
+    assert resolved.bridges() == [bridge]
+    assert resolved.config.source == f"pycni zero-config network {NET[:12]}"
+
+
+def test_zero_config_takes_the_bridge_name_and_mtu_options() -> None:
+    resolved = chains.zero_config(parsed(request(cni_bridge="br-test0", cni_mtu="1400")))
+    main = resolved.config.plugins[0].raw
+    assert (main["bridge"], main["mtu"]) == ("br-test0", 1400)
+    assert resolved.firewall["bridge"] == "br-test0"
+    assert resolved.bridges() == ["br-test0"]
+
+
+def test_an_internal_zero_config_network_has_no_gateway_and_no_ports() -> None:
+    resolved = chains.zero_config(parsed(request(internal=True)))
+    assert resolved.config.plugin_types() == ["bridge"]
+    assert resolved.config.plugins[0].raw["isGateway"] is False
+    assert resolved.firewall["internal"] is True
+
+
+def test_zero_config_needs_dockers_ipam() -> None:
+    with pytest.raises(InvalidRequest, match="--ipam-driver null needs a CNI config"):
+        chains.zero_config(parsed(request(ipv4=[NULL])))
+
+
+# --- a named conflist ----------------------------------------------------------------------------
+
+
+def test_with_null_ipam_the_chain_chooses() -> None:
+    net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
+    resolved = chains.from_conflist(parsed(request(ipv4=[NULL])), net)
+    assert (resolved.mode, resolved.ipam, resolved.address_via) == ("conflist", "cni", "")
+    assert resolved.config is net and resolved.firewall == {}
+
+
+@pytest.mark.parametrize(("plugin", "via"), [
+    ({"type": "bridge", "capabilities": {"ips": True}, "ipam": {"type": "whereabouts"}}, "ips"),
+    ({"type": "bridge", "capabilities": {"ips": True}, "ipam": host_local("10.200.0.0/16")},
+     "ips"),
+    ({"type": "bridge", "ipam": host_local("10.200.0.0/16")}, "args"),
+    ({"type": "bridge", "ipam": {"type": "static"}}, "args"),
+])
+def test_how_dockers_address_reaches_the_chain(plugin: dict[str, Any], via: str) -> None:
+    resolved = chains.from_conflist(parsed(request()), conflist(plugin))
+    assert (resolved.mode, resolved.ipam, resolved.address_via) == ("conflist", "docker", via)
+
+
+def test_a_chain_with_no_ipam_cannot_take_dockers_address() -> None:
+    with pytest.raises(ConfigError) as caught:
+        chains.from_conflist(parsed(request()), conflist({"type": "bridge"}, {"type": "portmap"}))
+    assert str(caught.value).startswith("/etc/cni/net.d/mynet.conflist: no plugin in the chain")
+    assert "--ipam-driver null" in str(caught.value)
+
+
+def test_an_ipam_that_reads_neither_ips_nor_args_is_refused() -> None:
+    net = conflist({"type": "tuning"}, {"type": "macvlan", "ipam": {"type": "dhcp"}})
+    with pytest.raises(ConfigError) as caught:
+        chains.from_conflist(parsed(request()), net)
+    assert caught.value.field == "plugins[1].ipam"
+    assert "IPAM 'dhcp' cannot be given Docker's address" in str(caught.value)
+
+
+@pytest.mark.parametrize(("ipv4", "ipv6", "ipam"), [
+    ([V4], [], host_local("10.200.0.0/16")),
+    ([V4], [], host_local("10.200.9.0/24")),
+    ([V4], [V6], host_local("10.200.9.0/24", "fd00:200::/32")),
+    ([V4], [], {"type": "host-local", "subnet": "10.200.0.0/16"}),  # the old single-subnet form
+    ([V4], [], {"type": "host-local"}),  # no ranges at all: nothing to check against
+])
+def test_dockers_subnet_inside_the_host_local_ranges(ipv4: list[dict[str, Any]],
+                                                     ipv6: list[dict[str, Any]],
+                                                     ipam: dict[str, Any]) -> None:
+    chains.from_conflist(parsed(request(ipv4=ipv4, ipv6=ipv6)),
+                         conflist({"type": "bridge", "ipam": ipam}))
+
+
+@pytest.mark.parametrize(("ipv4", "ipv6", "ipam", "outside"), [
+    ([V4], [], host_local("10.201.0.0/16"), "10.200.9.0/24"),
+    ([V4], [], host_local("10.200.9.0/25"), "10.200.9.0/24"),
+    ([V4], [V6], host_local("10.200.9.0/24"), "fd00:200:9::/64"),
+])
+def test_dockers_subnet_outside_the_host_local_ranges(ipv4: list[dict[str, Any]],
+                                                      ipv6: list[dict[str, Any]],
+                                                      ipam: dict[str, Any], outside: str) -> None:
+    with pytest.raises(ConfigError, match=f"Docker's subnet {outside} is outside"):
+        chains.from_conflist(parsed(request(ipv4=ipv4, ipv6=ipv6)),
+                             conflist({"type": "bridge", "ipam": ipam}))
+
+
+def test_the_bridges_a_chain_makes() -> None:
+    net = conflist({"type": "bridge", "ipam": {"type": "static"}}, {"type": "bridge",
+                                                                   "bridge": "br9"},
+                   {"type": "portmap"})
+    assert chains.Resolved(config=net, mode="conflist", ipam="cni",
+                           address_via="").bridges() == ["cni0", "br9"]
+
+
+# --- one endpoint's chain ------------------------------------------------------------------------
+
+
+def zero_template(**request_options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    body = request(**request_options)
+    return chains.zero_config(parsed(body)).config.raw, body
+
+
+def test_config_gives_the_static_ipam_dockers_address_gateway_and_default_route() -> None:
+    template, body = zero_template()
+    before = copy.deepcopy(template)
+    chain = chains.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4))
+    assert chain.config.plugins[0].raw["ipam"] == {
+        "type": "static",
+        "addresses": [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "10.200.9.1"}],
+    }
+    assert (chain.cni_args, chain.capability_args) == ((("IgnoreUnknown", "1"),), {})
+    assert template == before  # the network's template is never written to
+    assert chain.config.source == "endpoint config"
+
+
+def test_config_dual_stack() -> None:
+    template, body = zero_template(ipv6=[V6])
+    chain = chains.for_endpoint(template, body, "config",
+                                EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
+    ipam = chain.config.plugins[0].raw["ipam"]
+    assert ipam["addresses"] == [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"},
+                                 {"address": "fd00:200:9::7/64", "gateway": "fd00:200:9::1"}]
+    assert ipam["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.200.9.1"},
+                              {"dst": "::/0", "gw": "fd00:200:9::1"}]
+
+
+def test_config_on_an_internal_network_has_a_gateway_but_no_way_out() -> None:
+    template, body = zero_template(internal=True)
+    chain = chains.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4),
+                                internal=True)
+    ipam = chain.config.plugins[0].raw["ipam"]
+    assert ipam["addresses"] == [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"}]
+    assert "routes" not in ipam
+
+
+def test_config_without_a_gateway_from_docker() -> None:
+    template, body = zero_template(ipv4=[{"AddressSpace": "LocalDefault",
+                                          "Pool": "10.200.9.0/24"}])
+    chain = chains.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4))
+    assert chain.config.plugins[0].raw["ipam"] == {"type": "static",
+                                                   "addresses": [{"address": "10.200.9.7/24"}]}
+
+
+def test_ips_hands_the_addresses_over_as_a_capability() -> None:
+    net = conflist({"type": "bridge", "capabilities": {"ips": True},
+                    "ipam": host_local("10.200.9.0/24")})
+    chain = chains.for_endpoint(net.raw, request(ipv6=[V6]), "ips",
+                                EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
+    assert chain.capability_args == {"ips": ["10.200.9.7/24", "fd00:200:9::7/64"]}
+    assert chain.cni_args == (("IgnoreUnknown", "1"),)
+    assert chain.config.raw == net.raw
+
+
+def test_args_give_host_local_bare_addresses() -> None:
+    net = conflist({"type": "bridge", "ipam": host_local("10.200.9.0/24", "fd00:200:9::/64")})
+    chain = chains.for_endpoint(net.raw, request(ipv6=[V6]), "args",
+                                EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
+    assert chain.cni_args == (("IgnoreUnknown", "1"), ("IP", "10.200.9.7,fd00:200:9::7"))
+    assert chain.capability_args == {}
+
+
+def test_args_give_static_addresses_in_cidr_form_and_gateways() -> None:
+    net = conflist({"type": "tuning"}, {"type": "bridge", "ipam": {"type": "static"}})
+    chain = chains.for_endpoint(net.raw, request(ipv6=[V6]), "args",
+                                EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
+    assert chain.cni_args == (("IgnoreUnknown", "1"),
+                              ("IP", "10.200.9.7/24,fd00:200:9::7/64"),
+                              ("GATEWAY", "10.200.9.1,fd00:200:9::1"))
+
+
+def test_args_to_static_without_gateways() -> None:
+    net = conflist({"type": "bridge", "ipam": {"type": "static"}})
+    chain = chains.for_endpoint(net.raw, request(ipv4=[{"Pool": "10.200.9.0/24"}]), "args",
+                                EndpointInterface(address=ADDR4))
+    assert chain.cni_args == (("IgnoreUnknown", "1"), ("IP", "10.200.9.7/24"))
+
+
+def test_a_mac_goes_to_the_chain_both_ways() -> None:
+    net = conflist({"type": "bridge", "ipam": host_local("10.200.9.0/24")})
+    chain = chains.for_endpoint(net.raw, request(), "args",
+                                EndpointInterface(address=ADDR4, mac_address=MAC))
+    assert chain.capability_args == {"mac": MAC}
+    assert chain.cni_args == (("IgnoreUnknown", "1"), ("IP", "10.200.9.7"), ("MAC", MAC))
+
+
+def test_when_the_chain_chooses_only_the_mac_is_passed() -> None:
+    net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
+    chain = chains.for_endpoint(net.raw, request(ipv4=[NULL]), "",
+                                EndpointInterface(mac_address=MAC))
+    assert chain.cni_args == (("IgnoreUnknown", "1"), ("MAC", MAC))
+    assert chain.capability_args == {"mac": MAC}
+    assert chains.for_endpoint(net.raw, request(ipv4=[NULL]), "",
+                               EndpointInterface()).cni_args == (("IgnoreUnknown", "1"),)
+
+
+@pytest.mark.parametrize("via", ["config", "ips", "args"])
+def test_dockers_ipam_must_have_given_an_address(via: str) -> None:
+    template, body = zero_template()
+    with pytest.raises(InvalidRequest, match="gave this endpoint no address"):
+        chains.for_endpoint(template, body, via, EndpointInterface(mac_address=MAC))
