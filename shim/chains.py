@@ -20,6 +20,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import plugins
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .errors import ConfigError, InvalidRequest
 from .protocol import CreateNetworkRequest, EndpointInterface
@@ -55,10 +56,9 @@ class Resolved:
     firewall: dict[str, Any] = field(default_factory=dict)
 
     def bridges(self) -> list[str]:
-        """Bridges the chain's bridge plugins create (the plugin's default name is cni0)."""
-        return [
-            str(p.raw.get("bridge") or "cni0") for p in self.config.plugins if p.type == "bridge"
-        ]
+        """Bridges the chain's plugins create (see :func:`shim.plugins.bridges`)."""
+        return plugins.bridges(self.config)
+
 
 
 def check_options(options: dict[str, str]) -> None:
@@ -189,7 +189,7 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     plugin = net.plugins[index]
     if plugin.capabilities.get("ips"):
         via = "ips"
-    elif ipam.get("type") in ("host-local", "static"):
+    elif plugins.ip_arg(str(ipam.get("type"))):
         via = "args"
     else:
         raise ConfigError(
@@ -272,8 +272,8 @@ def for_endpoint(
         caps["ips"] = [str(a) for a in addresses]
     elif address_via == "args":
         found = _ipam_plugin(conflist_from_dict(raw))
-        ipam_type = found[1].get("type") if found else ""
-        if ipam_type == "static":
+        ipam_type = str(found[1].get("type")) if found else ""
+        if plugins.ip_arg(ipam_type) == "cidr":
             args.append(("IP", ",".join(str(a) for a in addresses)))
             gws = [gateways[a.version] for a in addresses if a.version in gateways]
             if gws:

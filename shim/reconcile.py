@@ -59,11 +59,15 @@ ASK = object()
 
 @dataclass(frozen=True)
 class Action:
-    """One leftover: ``subject: reason; outcome``, and the undo that removes it."""
+    """One leftover: ``subject: reason; outcome``, and the undo that removes it.
+
+    An undo re-checks under the locks it takes; it returns False when the leftover turned out
+    to have moved on meanwhile (then nothing is reported).
+    """
 
     subject: str
     reason: str
-    undo: Callable[[], None]
+    undo: Callable[[], bool | None]
     outcome: str = "removed"
     #: a routine step (CNI GC) that is only reported when it fails
     routine: bool = False
@@ -196,7 +200,8 @@ def run(driver: Driver, *, dry_run: bool = False, view: DockerView | None | obje
                     done.append(action)
                 continue
             try:
-                action.undo()
+                if action.undo() is False:
+                    continue
             except PycniError as exc:
                 done.append(Action(action.subject, action.reason, action.undo,
                                    outcome=f"failed: {exc}"))
@@ -230,20 +235,22 @@ def _stale(rec: EndpointRecord, sweep: Sweep) -> str | None:
     return "Docker no longer knows it"
 
 
-def _reap(sweep: Sweep, rec: EndpointRecord) -> None:
+def _reap(sweep: Sweep, rec: EndpointRecord) -> bool:
     """Tear a stale endpoint down under its network's lock, if it is still stale there."""
     driver = sweep.driver
     with driver.registry.locked_if_any(rec.network_id) as net:
         current = net.endpoints.get(rec.id) if net is not None else None
         if current is None or _stale(current, sweep) is None:
-            return  # it moved on meanwhile
+            return False  # it moved on meanwhile
         driver.teardown(current, net)
+        return True
 
 
-def _reap_orphan(driver: Driver, rec: EndpointRecord) -> None:
+def _reap_orphan(driver: Driver, rec: EndpointRecord) -> bool:
     with driver.registry.sweeping(rec.id[:12]) as claimed:
         if claimed:
             driver.teardown(rec, None)
+        return claimed
 
 
 def _known(driver: Driver, prefix: str) -> bool:
@@ -252,21 +259,24 @@ def _known(driver: Driver, prefix: str) -> bool:
     )
 
 
-def _remove_unclaimed(driver: Driver, prefix: str, remove: Callable[[], Any]) -> None:
+def _remove_unclaimed(driver: Driver, prefix: str, remove: Callable[[], Any]) -> bool:
     with driver.registry.sweeping(prefix) as claimed:
-        if claimed and not _known(driver, prefix):
-            remove()
+        if not claimed or _known(driver, prefix):
+            return False
+        remove()
+        return True
 
 
-def _gc_network(driver: Driver, network_id: str) -> None:
+def _gc_network(driver: Driver, network_id: str) -> bool:
     with driver.registry.locked_if_any(network_id) as net:
         if net is None:
-            return
+            return False
         valid = {(e.id, e.ifname) for e in net.endpoints.values()}
         try:
             driver.cni.gc(net.record.config, valid)
         except CNIError as exc:
             raise CNIError(f"CNI GC failed: {exc}") from exc
+        return True
 
 
 def _record_from_cache(driver: Driver, entry: CachedAttachment) -> EndpointRecord:

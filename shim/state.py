@@ -277,6 +277,8 @@ class Store:
             try:
                 with open(path) as f:
                     data = json.load(f)
+            except FileNotFoundError:
+                continue  # deleted since the listing: a sweep may read while verbs work
             except (OSError, ValueError) as exc:
                 raise StateError(f"cannot read {path}: {exc}") from exc
             if not isinstance(data, dict) or data.get("version") != VERSION:
