@@ -50,8 +50,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: an endpoint Docker doesn't list is left alone this long (it may be between Create and Join)
-STALE_AFTER = 120.0
+#: an endpoint Docker doesn't list is left alone this long (it may be between Create and Join,
+#: which takes well under a second; Docker lists an endpoint once its container runs)
+STALE_AFTER = 30.0
 _DOCKER_ID = re.compile(r"[0-9a-f]{64}")
 #: "ask Docker" (the default), as opposed to a view given by the caller (None: unknown)
 ASK = object()
@@ -225,7 +226,10 @@ def _stale(rec: EndpointRecord, sweep: Sweep) -> str | None:
     if view is None:
         sweep.pending.append(rec.id)  # Docker can't be asked yet: ask again later
         return None
-    if rec.id in view.endpoints or sweep.started - rec.created < STALE_AFTER:
+    if rec.id in view.endpoints:
+        return None
+    if sweep.started - rec.created < STALE_AFTER:
+        sweep.pending.append(rec.id)  # maybe between CreateEndpoint and Join: look again
         return None
     if rec.sandbox_key and os.path.exists(rec.sandbox_key):
         # The container's namespace lives on: Docker may still be restoring it, or about to

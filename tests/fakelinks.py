@@ -520,10 +520,12 @@ class FakeRules:
     networks: dict[str, dict[str, object]] = field(default_factory=dict)
     fail: dict[str, BaseException] = field(default_factory=dict)
 
-    def add_network(self, network_id: str, **rules: object) -> None:
+    def add_network(self, network_id: str, bridge: str, subnets: list[str],
+                    internal: bool) -> None:
         if "add_network" in self.fail:
             raise self.fail["add_network"]
-        self.networks[network_id] = rules
+        self.networks[network_id] = {"bridge": bridge, "subnets": subnets, "internal": internal}
 
-    def remove_network(self, network_id: str, **rules: object) -> None:
+    def remove_network(self, network_id: str, bridge: str, subnets: list[str],
+                       internal: bool) -> None:
         self.networks.pop(network_id, None)

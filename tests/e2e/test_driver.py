@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import threading
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,9 @@ from tests.e2e.conftest import PycniServer, Tracker, call
 pytestmark = pytest.mark.e2e
 
 
-def inspect_net(container: str, network: str) -> dict[str, str]:
+def inspect_net(container: str, network: str) -> dict[str, Any]:
     data = json.loads(docker("inspect", container).stdout)[0]
-    nets: dict[str, dict[str, str]] = data["NetworkSettings"]["Networks"]
+    nets: dict[str, dict[str, Any]] = data["NetworkSettings"]["Networks"]
     return nets[network]
 
 

@@ -143,3 +143,32 @@ def test_gc_removes_orphans_and_says_so(e2e: Tracker, pycni: PycniServer) -> Non
     again = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=60,
                            check=False)
     assert "nothing to remove" in again.stdout
+
+
+def test_a_container_removed_while_pycni_was_down_frees_its_port(
+        e2e: Tracker, pycni: PycniServer) -> None:
+    """Docker can't tell a stopped driver that a container went; once pycni is back, the
+    leftover is reconciled within seconds of Docker dropping its sandbox (no `pycni gc`), and
+    until then the port's error names the leftover and `pycni gc`."""
+    net = e2e.network("pycni-e2e-gone", "-d", "pycni", "--subnet", "10.201.77.0/24")
+    e2e.run("pycni-e2e-gone1", "--network", net, "-p", "127.0.0.1:48090:80",
+            TEST_IMAGE, "sleep", "600")
+    started = time.monotonic()
+    pycni.stop(signal.SIGKILL)
+    try:
+        docker("rm", "-f", "pycni-e2e-gone1", check=False, timeout=120)
+    finally:
+        pycni.start()
+    e2e.containers.append("pycni-e2e-gone2")
+    deadline = time.monotonic() + 90
+    while True:
+        proc = docker("run", "-d", "--name", "pycni-e2e-gone2", "--network", net,
+                      "-p", "127.0.0.1:48090:80", TEST_IMAGE, "sleep", "600", check=False)
+        if proc.returncode == 0:
+            break
+        docker("rm", "-f", "pycni-e2e-gone2", check=False)
+        assert "48090" in proc.stderr and "pycni gc" in proc.stderr, proc.stderr
+        assert time.monotonic() < deadline, "the leftover kept its port for 90 s"
+        time.sleep(2)
+    took = time.monotonic() - started
+    print(f"port free again {took:.0f} s after the container was created")

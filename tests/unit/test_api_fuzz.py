@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shim.api import MEDIA_TYPE
+from shim.state import Phase
 from tests.world import NULL_IPAM, World, docker_pool
 
 pytestmark = pytest.mark.unit
@@ -359,7 +360,8 @@ def run_sequence(w: World, calls: list[tuple[str, str, int]]) -> None:
 def served(w: World) -> dict[str, Any]:
     """The endpoints as a restarted driver must serve them. Leave is kept in memory only (the
     record keeps naming the sandbox, for reconciliation), so "ready" and "joined" are one."""
-    return {eid: dataclasses.replace(rec, phase=rec.phase.replace("joined", "ready"))
+    return {eid: dataclasses.replace(
+        rec, phase=Phase.READY if rec.phase == Phase.JOINED else rec.phase)
             for eid, rec in w.driver.endpoints.items()}
 
 

@@ -8,7 +8,6 @@ Plugins are :class:`~tests.fakelinks.FakeMainPlugin` behaviours in a
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import re
 from typing import Any
@@ -27,7 +26,7 @@ from shim.errors import (
     Unsupported,
 )
 from shim.protocol import EndpointRequest
-from shim.state import EndpointRecord
+from shim.state import EndpointRecord, Phase
 from tests.fakelinks import FakeMainPlugin
 from tests.world import EP, NET, NULL_IPAM, SANDBOX, World, docker_pool
 
@@ -587,7 +586,7 @@ def test_crash_mid_create_is_reconciled(world: World) -> None:
     world.create_network()
     world.create_endpoint()
     rec = world.driver.endpoints[EP]
-    rec.phase = "creating"
+    rec.phase = Phase.CREATING
     world.driver.store.save_endpoint(rec)
     actions = world.driver.gc()
     assert any("half-made" in a for a in actions)
