@@ -98,17 +98,15 @@ def netns() -> Iterator[Callable[[], str]]:
         run("ip", "netns", "delete", name, check=False)
 
 
-@pytest.fixture(scope="session")
-def shared_cni_chains() -> None:
-    """Create the iptables chains that portmap and firewall share between all containers.
+#: One priming pass per IP family: its iptables tool, a subnet and a bridge of its own.
+PRIMING_PASSES = (
+    ("iptables", "10.203.255.0/30", "pycni-prime0"),
+    ("ip6tables", "fd00:200:ff::/64", "pycni-prime6"),
+)
 
-    The first ADD of portmap creates nat CNI-HOSTPORT-{DNAT,MASQ,SETMARK} with jumps from
-    PREROUTING/OUTPUT/POSTROUTING, and the first ADD of firewall creates filter CNI-FORWARD and
-    CNI-ADMIN with a jump from FORWARD. Both plugins keep them forever, by design, so they are
-    made once here, before any leak snapshot; everything per container is still audited.
-    """
-    if os.geteuid() != 0 or not os.access(f"{CNI_BIN}/portmap", os.X_OK):
-        return
+
+def _prime(subnet: str, bridge: str) -> None:
+    """One ADD and DEL of bridge + portmap + firewall on ``subnet``, in a namespace of its own."""
     from shim.cni import CNI, RuntimeConf
     from shim.cni.config import conflist_from_dict
 
@@ -124,11 +122,11 @@ def shared_cni_chains() -> None:
                 "plugins": [
                     {
                         "type": "bridge",
-                        "bridge": "pycni-prime0",
+                        "bridge": bridge,
                         "ipam": {
                             "type": "host-local",
                             "dataDir": str(work / "ipam"),
-                            "ranges": [[{"subnet": "10.203.255.0/30"}]],
+                            "ranges": [[{"subnet": subnet}]],
                         },
                     },
                     {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -148,8 +146,34 @@ def shared_cni_chains() -> None:
         cni.delete(conf, rt)
     finally:
         run("ip", "netns", "delete", name, check=False)
-        run("ip", "link", "delete", "pycni-prime0", check=False)
+        run("ip", "link", "delete", bridge, check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_cni_chains() -> None:
+    """Create what portmap and firewall share between all containers, in both IP families.
+
+    The first ADD of portmap in a family creates nat CNI-HOSTPORT-{DNAT,MASQ,SETMARK} with jumps
+    from PREROUTING/OUTPUT/POSTROUTING, and the first ADD of firewall creates filter CNI-FORWARD
+    and CNI-ADMIN with a jump from FORWARD. Both plugins keep them forever, by design, so they
+    are made once here, for IPv4 and IPv6 alike, before any leak snapshot
+    (:data:`tests.leaks.SHARED_CHAINS`); everything per container is still audited. Both passes run every session, chains there or
+    not: the plugins also put back a jump someone removed. IPv6's is skipped on a kernel without
+    IPv6.
+    """
+    if os.geteuid() != 0 or not os.access(f"{CNI_BIN}/portmap", os.X_OK):
+        return
+    with leaks.exclusive():  # the passes make links and namespaces another run's audit would see
+        for family, subnet, bridge in PRIMING_PASSES:
+            if family == "ip6tables" and not os.path.exists("/proc/net/if_inet6"):
+                continue
+            _prime(subnet, bridge)
+            missing = leaks.missing_shared_chains([family])
+            assert not missing, (
+                f"priming {family} did not make {', '.join(missing)}: the plugins no longer "
+                "create what tests/leaks.py SHARED_CHAINS lists; update the list"
+            )
 
 
 @pytest.fixture

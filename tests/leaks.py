@@ -18,6 +18,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw")
+FAMILIES = ("iptables", "ip6tables")
+#: What CNI plugins create on first use and keep forever, by design, in each family they are
+#: used with: portmap's nat CNI-HOSTPORT-{DNAT,SETMARK,MASQ} (with their jumps from PREROUTING,
+#: OUTPUT and POSTROUTING and their fixed rules) and firewall's filter CNI-FORWARD and CNI-ADMIN
+#: (with the jumps FORWARD → CNI-FORWARD → CNI-ADMIN). A snapshot taken before the first use
+#: in a family would blame all of that on whichever test happened to use it first, so
+#: tests/conftest.py ``shared_cni_chains`` makes it once per session, in both families, before
+#: any snapshot. (The tables need no priming: ``<family>-save -t TABLE`` lists a table's
+#: built-in chains even where iptables-nft has not made the table yet.)
+SHARED_CHAINS = {
+    "nat": ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"),
+    "filter": ("CNI-FORWARD", "CNI-ADMIN"),
+}
 #: Held from a test's first snapshot to its last, by every pytest process on the machine.
 AUDIT_LOCK = "/run/lock/pycni-leak-audit.lock"
 
@@ -141,8 +154,8 @@ def _links() -> set[str]:
 def _iptables() -> tuple[set[str], set[str]]:
     chains: set[str] = set()
     rules: set[str] = set()
-    for tool in ("iptables-save", "ip6tables-save"):
-        family = tool.removesuffix("-save")
+    for family in FAMILIES:
+        tool = f"{family}-save"
         for table in IPTABLES_TABLES:
             seen: dict[str, int] = {}
             for line in _run([tool, "-t", table]).splitlines():
@@ -170,6 +183,22 @@ def snapshot(cni_cache_dir: str = "/var/lib/cni", state_dir: str = "/var/lib/pyc
         cache_files=frozenset(_files(os.path.join(cni_cache_dir, "results"))),
         state_files=frozenset(_files(state_dir)),
     )
+
+
+def shared_chains(families: Iterable[str] = FAMILIES) -> set[str]:
+    """The :data:`SHARED_CHAINS` of ``families``, as :attr:`Snapshot.chains` items."""
+    return {
+        f"{family} {table} {chain}"
+        for family in families
+        for table, chains in SHARED_CHAINS.items()
+        for chain in chains
+    }
+
+
+def missing_shared_chains(families: Iterable[str] = FAMILIES) -> list[str]:
+    """Which of the :data:`SHARED_CHAINS` of ``families`` the host does not have now."""
+    chains, _rules = _iptables()
+    return sorted(shared_chains(families) - chains)
 
 
 #: ``(kind, item) -> True`` for an expected change, e.g. ``("chains", "iptables nat DOCKER")``
