@@ -187,27 +187,15 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
 
 
 def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
-    """The server's answer to /Pycni.GC, or None when no server listens on ``path``."""
-    import http.client
-    import socket as socket_mod
+    """The server's answer to /Pycni.GC, or None when no server answers on ``path``."""
+    from .client import PluginClient
 
-    class Conn(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
-            self.sock.settimeout(self.timeout)
-            self.sock.connect(path)
-
-    conn = Conn("localhost", timeout=300)
     try:
-        conn.request("POST", "/Pycni.GC", body=json.dumps({"DryRun": dry_run}))
-        response = conn.getresponse()
-        body = json.loads(response.read() or b"{}")
-    except (OSError, ValueError):
+        status, body = PluginClient(path, timeout=300).post("Pycni.GC", {"DryRun": dry_run})
+    except PycniError:
         return None
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise PycniError(str(body.get("Err") or f"pycni serve answered {response.status}"))
+    if status != 200:
+        raise PycniError(str(body.get("Err") or f"pycni serve answered {status}"))
     return [str(a) for a in body.get("Actions") or []]
 
 

@@ -1,16 +1,61 @@
-"""What Docker itself knows about pycni's networks and endpoints (through the docker SDK).
+"""What Docker itself knows about pycni's networks, endpoints and containers (the docker SDK).
 
-Used only by reconciliation: a record Docker has forgotten is a leftover. Docker may be down or
-still starting (pycni is meant to start before it), so every question here can be answered
-"unknown" (``None``), and callers must then leave things alone.
+This is the one module that opens the SDK, always through :func:`docker_client`; the SDK's errors
+(``DockerException``, ``OSError``) end there, as :class:`~shim.errors.PycniError` —
+:class:`~shim.errors.NotFound` for Docker's 404.
+
+* Reconciliation asks :func:`snapshot`: a record Docker has forgotten is a leftover. Docker may be
+  down or still starting (pycni is meant to start before it), so the answer can be "unknown"
+  (``None``), and callers must then leave things alone.
+* ``pycni ls`` and ``pycni inspect`` ask :func:`network_names` ({} when Docker can't be asked).
+* ``pycni check`` asks :func:`container`, ``pycni doctor`` :func:`ping`; both raise.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import NotFound, PycniError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def docker_client(timeout: float = 3.0) -> Iterator[DockerClient]:
+    """A Docker SDK client for the dockerd the environment names (``DOCKER_HOST``…), closed after.
+
+    Whatever the SDK raises, opening the client or in the ``with`` block, leaves as
+    :class:`~shim.errors.PycniError` with the SDK's message (:class:`~shim.errors.NotFound` for a
+    404); callers add what they were doing.
+    """
+    try:
+        import docker
+        from docker.errors import DockerException
+        from docker.errors import NotFound as DockerNotFound
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise PycniError(f"the docker SDK is missing: {exc}") from exc
+    try:
+        client = docker.from_env(timeout=timeout)  # asks dockerd its API version
+    except (DockerException, OSError) as exc:
+        raise PycniError(str(exc)) from exc
+    try:
+        yield client
+    except DockerNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    except (DockerException, OSError) as exc:
+        raise PycniError(str(exc)) from exc
+    finally:
+        client.close()
+
+
+# --- reconciliation, pycni ls / inspect ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -22,13 +67,7 @@ class DockerView:
 def snapshot(driver_name: str = "pycni", timeout: float = 3.0) -> DockerView | None:
     """Network ids with our driver and the endpoint ids attached to them; None if unknown."""
     try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError:  # pragma: no cover - a dependency, but reconciliation must not crash
-        return None
-    try:
-        client = docker.from_env(timeout=timeout)
-        try:
+        with docker_client(timeout) as client:
             networks = client.api.networks(filters={"driver": driver_name})
             endpoints = set()
             for net in networks:
@@ -36,26 +75,83 @@ def snapshot(driver_name: str = "pycni", timeout: float = 3.0) -> DockerView | N
                 for attached in (detail.get("Containers") or {}).values():
                     if attached.get("EndpointID"):
                         endpoints.add(attached["EndpointID"])
-            return DockerView(frozenset(n["Id"] for n in networks), frozenset(endpoints))
-        finally:
-            client.close()
-    except (DockerException, OSError) as exc:
+    except PycniError as exc:
         log.info("Docker's view unavailable (%s); reconciling local state only", exc)
         return None
+    return DockerView(frozenset(n["Id"] for n in networks), frozenset(endpoints))
 
 
 def network_names(driver_name: str = "pycni", timeout: float = 3.0) -> dict[str, str]:
     """Docker's name for each of our network ids ({} when Docker can't be asked)."""
     try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError:  # pragma: no cover
+        with docker_client(timeout) as client:
+            networks = client.api.networks(filters={"driver": driver_name})
+    except PycniError:
         return {}
+    return {n["Id"]: n["Name"] for n in networks}
+
+
+# --- pycni check / doctor ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One of a container's endpoints on a pycni network, as Docker reports it."""
+
+    network: str
+    network_id: str
+    endpoint_id: str
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """What ``docker inspect`` says about a container's networking."""
+
+    id: str
+    name: str
+    running: bool
+    sandbox_key: str
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+def container(ref: str, driver_name: str = "pycni", timeout: float = 10.0) -> ContainerView:
+    """The container ``ref`` (name or id) and its endpoints on networks of ``driver_name``.
+
+    Raises NotFound if Docker has no such container, PycniError if Docker can't be asked.
+    """
     try:
-        client = docker.from_env(timeout=timeout)
-        try:
-            return {n["Id"]: n["Name"] for n in client.api.networks(filters={"driver": driver_name})}
-        finally:
-            client.close()
-    except (DockerException, OSError):
-        return {}
+        with docker_client(timeout) as client:
+            data = client.api.inspect_container(ref)
+            settings = data.get("NetworkSettings") or {}
+            endpoints = []
+            for name, net in sorted((settings.get("Networks") or {}).items()):
+                network_id = net.get("NetworkID") or ""
+                if network_id and _driver_of(client, network_id) == driver_name:
+                    endpoints.append(Endpoint(name, network_id, net.get("EndpointID") or ""))
+    except NotFound as exc:
+        raise NotFound(f"Docker has no container {ref!r}") from exc
+    except PycniError as exc:
+        raise PycniError(f"cannot inspect container {ref!r}: {exc}") from exc
+    return ContainerView(
+        id=str(data.get("Id") or ""),
+        name=str(data.get("Name") or ref).lstrip("/"),
+        running=bool((data.get("State") or {}).get("Running")),
+        sandbox_key=str(settings.get("SandboxKey") or ""),
+        endpoints=tuple(endpoints),
+    )
+
+
+def _driver_of(client: DockerClient, network_id: str) -> Any:
+    """The network's driver; None if the network is gone meanwhile."""
+    from docker.errors import NotFound as DockerNotFound
+
+    try:
+        return client.api.inspect_network(network_id).get("Driver")
+    except DockerNotFound:
+        return None
+
+
+def ping(timeout: float = 3.0) -> None:
+    """Returns if dockerd answers; raises PycniError with the SDK's reason if not."""
+    with docker_client(timeout) as client:
+        client.ping()

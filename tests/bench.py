@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from shim.chains import for_endpoint, zero_config
+from shim.client import PluginClient
 from shim.cni.invoke import format_cni_args
+from shim.errors import PycniError
 from shim.protocol import CreateNetworkRequest, EndpointInterface
 from tests import leaks
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE
@@ -114,10 +116,12 @@ def ms(seconds: float) -> str:
 
 def post(method: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST to the plugin socket as Docker does; the decoded answer, or BenchError."""
-    status, data = call(method, json.dumps(body).encode())
+    try:
+        status, answer = PluginClient(SOCKET).post(method, body)
+    except PycniError as exc:
+        raise BenchError(str(exc)) from exc
     if status != 200:
-        raise BenchError(f"{method} answered {status}: {data.decode(errors='replace')}")
-    answer: dict[str, Any] = json.loads(data or b"{}")
+        raise BenchError(f"{method} answered {status}: {answer.get('Err', answer)}")
     return answer
 
 
@@ -192,7 +196,7 @@ def state_dir_of(pid: int) -> Path:
 def answers() -> bool:
     try:
         return call("Plugin.Activate")[0] == 200
-    except OSError:
+    except PycniError:
         return False
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import fcntl
-import http.client
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from shim.client import PluginClient
+from shim.errors import PycniError
 from tests.conftest import CNI_PATH, REPO, docker
 
 SOCKET = "/run/docker/plugins/pycni.sock"
@@ -48,27 +48,9 @@ esac
 """
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def call(method: str, body: bytes = b"{}", path: str = SOCKET) -> tuple[int, bytes]:
-    """POST to the plugin socket as Docker does; (status, body)."""
-    conn = UnixHTTPConnection(path)
-    try:
-        conn.request("POST", "/" + method, body=body,
-                     headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    """POST to the plugin socket as Docker does; (status, body). PycniError if nothing answers."""
+    return PluginClient(path).post_raw(method, body)
 
 
 class PycniServer:
@@ -104,7 +86,7 @@ class PycniServer:
             try:
                 if call("Plugin.Activate")[0] == 200:
                     return
-            except OSError:
+            except PycniError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"pycni serve did not answer within 15s:\n{self.log()}")
@@ -140,7 +122,7 @@ def pycni(docker_engine: object) -> Iterator[PycniServer]:
     if os.path.exists(SOCKET):
         try:
             call("Plugin.Activate")
-        except OSError:
+        except PycniError:
             os.unlink(SOCKET)  # stale
         else:
             pytest.fail(f"another pycni is serving {SOCKET}; stop it before running the e2e tests")

@@ -1,36 +1,31 @@
 """``shim.health``: the findings of ``pycni check`` and ``pycni doctor``, with fakes only.
 
 CNI runs through :class:`tests.fakes.FakeExec`; the container's links, Docker, the plugin socket
-and the host's forwarding set-up are plain functions handed in. Nothing here needs root.
+and the host's forwarding set-up are plain functions handed in, or a socket path in ``tmp_path``
+with nothing behind it. Nothing here needs root.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shim import health
+from shim import dockerview, health
 from shim.cni import CNI
 from shim.cni.cache import CachedAttachment, ResultCache
 from shim.cni.types import Result
+from shim.dockerview import ContainerView, Endpoint
 from shim.errors import CNIError, PycniError
-from shim.health import (
-    FAIL,
-    OK,
-    SKIP,
-    WARN,
-    Attachment,
-    ContainerView,
-    Finding,
-    LiveLink,
-    Probes,
-)
+from shim.health import FAIL, OK, SKIP, WARN, Finding, container, host
+from shim.health.probes import Post, Probes, parse_forward_policy
+from shim.netlink import LiveLink
 from shim.settings import Settings
-from shim.state import EndpointRecord, NetworkRecord, Store
+from shim.state import EndpointRecord, Store
 from tests.fakes import FakeExec
 
 pytestmark = pytest.mark.unit
@@ -64,24 +59,47 @@ RESULT: dict[str, Any] = {
 
 
 def record(**changes: Any) -> EndpointRecord:
-    rec = EndpointRecord(
-        id=EID,
-        network_id="n" * 64,
-        netns="pycni-" + EID[:12],
-        ifname="eth0",
-        host_ifname="pcn" + EID[:12],
-        phase="joined",
-        config=json.loads(json.dumps(CONFIG)),
-        cni_args=[["IP", "10.203.1.5"]],
-        capability_args={},
-        result=json.loads(json.dumps(RESULT)),
-        mac=MAC,
-        addresses=["10.203.1.5/24"],
-        sandbox_key=SANDBOX,
-    )
-    for key, value in changes.items():
-        setattr(rec, key, value)
+    """An endpoint record as pycni's Store reads it back from its file (the file's layout is
+    what stays put while the record's shape in memory changes)."""
+    data = {
+        "id": EID,
+        "network_id": "n" * 64,
+        "netns": "pycni-" + EID[:12],
+        "ifname": "eth0",
+        "host_ifname": "pcn" + EID[:12],
+        "phase": "joined",
+        "config": CONFIG,
+        "cni_args": [["IP", "10.203.1.5"]],
+        "capability_args": {},
+        "result": RESULT,
+        "mac": MAC,
+        "addresses": ["10.203.1.5/24"],
+        "sandbox_key": SANDBOX,
+        **changes,
+    }
+    with tempfile.TemporaryDirectory() as root:
+        [rec] = stored(Store(root), "endpoints", data).endpoints()
     return rec
+
+
+def stored(store: Store, kind: str, data: dict[str, Any]) -> Store:
+    """``store`` with ``data`` written as one of its records of ``kind``, as pycni writes them."""
+    os.makedirs(os.path.join(store.root, kind), exist_ok=True)
+    record = {"version": 1, "kind": kind[:-1], **data}
+    Path(store.root, kind, f"{data['id']}.json").write_text(json.dumps(record))
+    return store
+
+
+def network(settings: Settings, network_id: str = "a" * 64) -> None:
+    """A pycni network with :data:`CONFIG` in the settings' state dir."""
+    data = {
+        "id": network_id,
+        "request": {"NetworkID": network_id, "Options": {}, "IPv4Data": [], "IPv6Data": []},
+        "config": CONFIG,
+        "mode": "zero-config",
+        "ipam": "docker",
+    }
+    stored(Store(settings.state_dir), "networks", data)
 
 
 CONTAINER = ContainerView(
@@ -89,7 +107,7 @@ CONTAINER = ContainerView(
     name="web",
     running=True,
     sandbox_key=SANDBOX,
-    attachments=(Attachment("mynet", "n" * 64, EID),),
+    endpoints=(Endpoint("mynet", "n" * 64, EID),),
 )
 
 
@@ -128,8 +146,8 @@ def run_endpoint(
     seams.setdefault("read_links", links("10.203.1.5/24"))
     seams.setdefault("netns_exists", lambda name: True)
     cni = CNI(list(settings.cni_path), exec=fake, cache_dir=settings.cache_dir)
-    return health.check_endpoint(
-        rec, CONTAINER.attachments[0], CONTAINER, settings, cni=cni, **seams
+    return container.check_endpoint(
+        rec, CONTAINER.endpoints[0], CONTAINER, settings, cni=cni, **seams
     )
 
 
@@ -153,7 +171,7 @@ def test_finding_renders_status_subject_message_and_hint() -> None:
 
 def test_live_result_moves_the_container_interface_into_the_sandbox() -> None:
     cached = Result.from_json(RESULT)
-    live = health.live_result(cached, staging=STAGING, sandbox=SANDBOX, ifname="eth1", mac=MAC)
+    live = container.live_result(cached, staging=STAGING, sandbox=SANDBOX, ifname="eth1", mac=MAC)
     assert [(i.name, i.sandbox, i.mac) for i in live.interfaces] == [
         ("pycni0", "", "0a:58:0a:cb:01:01"),
         ("veth1234", "", "ee:ee:ee:ee:ee:01"),
@@ -165,22 +183,22 @@ def test_live_result_moves_the_container_interface_into_the_sandbox() -> None:
 
 def test_live_result_falls_back_to_the_one_sandboxed_interface() -> None:
     cached = Result.from_json({**RESULT, "interfaces": [{"name": "eth0", "sandbox": "/x"}]})
-    live = health.live_result(cached, staging=STAGING, sandbox=SANDBOX, ifname="eth2", mac="")
+    live = container.live_result(cached, staging=STAGING, sandbox=SANDBOX, ifname="eth2", mac="")
     assert (live.interfaces[0].name, live.interfaces[0].sandbox) == ("eth2", SANDBOX)
 
 
 def test_address_and_mac_helpers_compare_values_not_strings() -> None:
-    assert health.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/24"]) == []
-    assert health.missing_addresses(["fd00::5/64"], ["fd00:0::5/64"]) == []
-    assert health.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/16"]) == ["10.203.1.5/24"]
-    found = health.find_by_mac([LiveLink("eth0", MAC.upper())], MAC)
+    assert container.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/24"]) == []
+    assert container.missing_addresses(["fd00::5/64"], ["fd00:0::5/64"]) == []
+    assert container.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/16"]) == ["10.203.1.5/24"]
+    found = container.find_by_mac([LiveLink("eth0", MAC.upper())], MAC)
     assert found is not None and found.name == "eth0"
-    assert health.find_by_mac([LiveLink("eth0", "")], "") is None
+    assert container.find_by_mac([LiveLink("eth0", "")], "") is None
 
 
 def test_known_limitations() -> None:
     def why(exc: CNIError, ifname: str = "eth0") -> str | None:
-        return health.known_limitation(exc, add_ifname="eth0", ifname=ifname)
+        return container.known_limitation(exc, add_ifname="eth0", ifname=ifname)
 
     bug = CNIError("could not check ipv6 dnat: running [...]", plugin="portmap", verb="CHECK")
     assert "known limitation of portmap" in (why(bug) or "")
@@ -339,17 +357,17 @@ def test_unknown_endpoint_and_unusable_record(settings: Settings) -> None:
 
 def test_container_not_running_or_not_on_pycni() -> None:
     stopped = ContainerView(id="c", name="web", running=False, sandbox_key="")
-    findings = health.check_container(stopped, [], Settings())
+    findings = container.check_container(stopped, [], Settings())
     assert statuses(findings) == [FAIL] and "docker start" in findings[0].hint
     elsewhere = ContainerView(id="c", name="web", running=True, sandbox_key=SANDBOX)
-    assert statuses(health.check_container(elsewhere, [], Settings())) == [WARN]
+    assert statuses(container.check_container(elsewhere, [], Settings())) == [WARN]
 
 
 def test_check_container_matches_records_by_endpoint_id(settings: Settings) -> None:
     write_cache(settings)
     cni = CNI(list(settings.cni_path), exec=FakeExec(), cache_dir=settings.cache_dir)
     other = record(id="f" * 64)
-    findings = health.check_container(
+    findings = container.check_container(
         CONTAINER,
         [other, record()],
         settings,
@@ -382,7 +400,7 @@ def test_broken_conf_file_fails_naming_file_and_field(settings: Settings) -> Non
     conflist(settings, "10-good.conflist", {**CONFIG, "name": "good"})
     conflist(settings, "20-bad.conflist", {"cniVersion": "1.0.0", "name": "bad", "plugins": [{}]})
     conflist(settings, "30-notjson.conf", "{nope")
-    chains, findings = health.conf_dir_chains(settings.conf_dir)
+    chains, findings = host.conf_dir_chains(settings.conf_dir)
     assert [c.plugins for c in chains] == [("bridge", "portmap", "firewall")]
     assert statuses(findings) == [FAIL, FAIL]
     assert "20-bad.conflist: plugins[0].type: missing" in str(findings[0])
@@ -392,48 +410,56 @@ def test_broken_conf_file_fails_naming_file_and_field(settings: Settings) -> Non
 def test_binaries_of_conf_files_and_networks_including_ipam(settings: Settings) -> None:
     plugin_dir(settings, "bridge", "portmap", "firewall")
     conflist(settings, "10-good.conflist", {**CONFIG, "name": "good"})
-    chains, _ = health.conf_dir_chains(settings.conf_dir)
+    chains, _ = host.conf_dir_chains(settings.conf_dir)
     assert chains[0].binaries == ("bridge", "static", "portmap", "firewall")
-    findings = health.check_binaries(chains, settings.cni_path)
+    findings = host.check_binaries(chains, settings.cni_path)
     assert statuses(findings) == [FAIL]
     assert "plugin(s) static not found in CNI_PATH" in str(findings[0])
     assert "10-good.conflist (network good)" in findings[0].subject
     plugin_dir(settings, "static")
-    assert statuses(health.check_binaries(chains, settings.cni_path)) == [OK]
+    assert statuses(host.check_binaries(chains, settings.cni_path)) == [OK]
 
 
 def test_network_records_are_chains_too(settings: Settings) -> None:
-    Store(settings.state_dir).save_network(
-        NetworkRecord(id="a" * 64, request={}, config=CONFIG, mode="zero-config", ipam="docker")
-    )
-    chains, findings = health.network_chains(Store(settings.state_dir))
+    network(settings)
+    chains, findings = host.network_chains(Store(settings.state_dir))
     assert findings == []
     assert chains[0].label == "pycni network " + "a" * 12
     assert chains[0].plugins == ("bridge", "portmap", "firewall")
 
 
+def test_an_unusable_network_record_fails_naming_it(settings: Settings) -> None:
+    network(settings)
+    network(settings, "b" * 64)
+    path = Path(settings.state_dir, "networks", "b" * 64 + ".json")
+    path.write_text(path.read_text().replace('"bridge"', '"a/b"'))
+    chains, findings = host.network_chains(Store(settings.state_dir))
+    assert chains == [] and statuses(findings) == [FAIL]
+    assert findings[0].subject == "state" and "b" * 64 in findings[0].message
+
+
 def test_forwarding_warns_about_bridges_without_firewall() -> None:
-    with_fw = health.Chain("a", ("bridge", "firewall"), ())
-    without = health.Chain("b.conflist (network b)", ("bridge", "portmap"), ())
-    macvlan = health.Chain("c", ("macvlan",), ())
-    findings = health.check_forwarding([with_fw, without, macvlan], True, "DROP")
+    with_fw = host.Chain("a", ("bridge", "firewall"), ())
+    without = host.Chain("b.conflist (network b)", ("bridge", "portmap"), ())
+    macvlan = host.Chain("c", ("macvlan",), ())
+    findings = host.check_forwarding([with_fw, without, macvlan], True, "DROP")
     assert statuses(findings) == [WARN]
     assert findings[0].subject == "b.conflist (network b)"
     assert "won't reach each other" in findings[0].message and "firewall" in findings[0].hint
-    assert statuses(health.check_forwarding([without], False, "DROP")) == [OK]
-    assert statuses(health.check_forwarding([without], True, "ACCEPT")) == [OK]
-    assert statuses(health.check_forwarding([with_fw], True, "DROP")) == [OK]
-    assert statuses(health.check_forwarding([without], True, None)) == [WARN]
+    assert statuses(host.check_forwarding([without], False, "DROP")) == [OK]
+    assert statuses(host.check_forwarding([without], True, "ACCEPT")) == [OK]
+    assert statuses(host.check_forwarding([with_fw], True, "DROP")) == [OK]
+    assert statuses(host.check_forwarding([without], True, None)) == [WARN]
 
 
 def test_ip_forward() -> None:
-    assert health.check_ip_forward("1\n").status == OK
-    off = health.check_ip_forward("0\n")
+    assert host.check_ip_forward("1\n").status == OK
+    off = host.check_ip_forward("0\n")
     assert off.status == WARN and "sysctl -w net.ipv4.ip_forward=1" in off.hint
-    assert health.check_ip_forward(None).status == WARN
+    assert host.check_ip_forward(None).status == WARN
 
 
-def fake_post(answers: dict[str, Any]) -> health.Post:
+def fake_post(answers: dict[str, Any]) -> Post:
     def post(method: str, body: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any]]:
         answer = answers[method]
         if isinstance(answer, Exception):
@@ -448,18 +474,20 @@ ACTIVATE = (200, {"Implements": ["NetworkDriver"]})
 
 
 def test_socket_and_leftovers() -> None:
-    assert health.check_socket("/s", fake_post({"Plugin.Activate": ACTIVATE})).status == OK
-    down = health.check_socket("/s", fake_post({"Plugin.Activate": ConnectionRefusedError()}))
+    assert host.check_socket("/s", fake_post({"Plugin.Activate": ACTIVATE})).status == OK
+    nothing = PycniError("nothing is listening on /s")
+    down = host.check_socket("/s", fake_post({"Plugin.Activate": nothing}))
     assert down.failed and "pycni serve" in down.hint
-    odd = health.check_socket("/s", fake_post({"Plugin.Activate": (200, {"Implements": []})}))
+    assert str(down) == "FAIL pycni socket /s: nothing is listening on /s — start `pycni serve`"
+    odd = host.check_socket("/s", fake_post({"Plugin.Activate": (200, {"Implements": []})}))
     assert odd.failed
 
-    missing = health.check_leftovers(fake_post({"Pycni.GC": (404, {"Err": "not found"})}))
+    missing = host.check_leftovers(fake_post({"Pycni.GC": (404, {"Err": "not found"})}))
     assert statuses(missing) == [WARN] and "gc not available" in missing[0].message
-    clean = health.check_leftovers(fake_post({"Pycni.GC": (200, {"Actions": []})}))
+    clean = host.check_leftovers(fake_post({"Pycni.GC": (200, {"Actions": []})}))
     assert statuses(clean) == [OK]
     actions = ["netns pycni-0123456789ab: no endpoint; removed", "link pcn0123: no endpoint"]
-    dirty = health.check_leftovers(fake_post({"Pycni.GC": (200, {"Actions": actions})}))
+    dirty = host.check_leftovers(fake_post({"Pycni.GC": (200, {"Actions": actions})}))
     assert statuses(dirty) == [WARN, WARN]
     assert "netns pycni-0123456789ab" in str(dirty[0]) and "pycni gc" in dirty[0].hint
 
@@ -495,7 +523,7 @@ def test_doctor_failures(settings: Settings) -> None:
         settings,
         probes(
             docker_ping=unreachable,
-            post=fake_post({"Plugin.Activate": FileNotFoundError(2, "No such file")}),
+            post=fake_post({"Plugin.Activate": PycniError("nothing is listening on /s")}),
         ),
     )
     failed = [str(f) for f in findings if f.failed]
@@ -505,10 +533,25 @@ def test_doctor_failures(settings: Settings) -> None:
     assert findings[-1].status == SKIP and findings[-1].subject == "leftovers"
 
 
+def test_doctor_asks_the_socket_of_its_settings(settings: Settings) -> None:
+    findings = health.doctor(settings, probes(post=None))
+    [socket] = [f for f in findings if f.subject.startswith("pycni socket")]
+    assert socket.failed
+    assert socket.message == f"nothing is listening on {settings.socket_path}"
+
+
+def test_dockerd_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
+    assert dockerview.snapshot() is None
+    assert dockerview.network_names() == {}
+    with pytest.raises(PycniError, match="cannot inspect container 'web': "):
+        dockerview.container("web")
+    finding = host.check_dockerd(dockerview.ping)
+    assert finding.failed and finding.message.startswith("not reachable: ")
+
+
 def test_doctor_missing_plugin_of_a_network_record(settings: Settings) -> None:
-    Store(settings.state_dir).save_network(
-        NetworkRecord(id="a" * 64, request={}, config=CONFIG, mode="zero-config", ipam="docker")
-    )
+    network(settings)
     plugin_dir(settings, "bridge", "static", "portmap")
     findings = health.doctor(settings, probes())
     failed = [f for f in findings if f.failed]
@@ -518,6 +561,6 @@ def test_doctor_missing_plugin_of_a_network_record(settings: Settings) -> None:
 
 def test_iptables_policy_parsing() -> None:
     rules = "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j CNI-FORWARD\n"
-    assert health.parse_forward_policy(rules) == "DROP"
-    assert health.parse_forward_policy("-P FORWARD ACCEPT\n") == "ACCEPT"
-    assert health.parse_forward_policy("") is None
+    assert parse_forward_policy(rules) == "DROP"
+    assert parse_forward_policy("-P FORWARD ACCEPT\n") == "ACCEPT"
+    assert parse_forward_policy("") is None

@@ -1,0 +1,309 @@
+"""``pycni check CONTAINER``: is each of a container's pycni endpoints what pycni made it?
+
+For every endpoint Docker reports on a pycni network: pycni's record of it, the staging netns and
+libcni's cache file that DeleteEndpoint will need, the link in the container (found by MAC) with
+its addresses, and CNI CHECK against the container's *live* sandbox.
+
+The cached ADD result describes the interface as ADD left it: ``eth0`` in pycni's staging netns.
+Docker has since moved it into the container and renamed it (``ethN``), so the result is rewritten
+to say where the interface is now — the container's ``SandboxKey`` and the name Docker gave it,
+found by MAC — before the plugins compare it with reality (bridge, for one, looks the interface up
+by ``CNI_IFNAME`` in ``CNI_NETNS`` and requires the result to name the same interface there).
+
+Docker is asked through :mod:`shim.dockerview`, the container's links through
+:func:`shim.netlink.links_in`; both, and CNI (a :class:`~shim.cni.CNI` with a fake executor), are
+seams of :func:`check_endpoint`. pycni's record is read in one place, :func:`recorded`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import attach, dockerview, netlink
+from ..cni import CNI, RuntimeConf
+from ..cni.cache import ResultCache
+from ..cni.config import NetworkConfigList
+from ..cni.types import Result, version_at_least
+from ..dockerview import ContainerView, Endpoint
+from ..errors import CNIError, NetlinkFailure, PluginNotFound, PycniError, StateError
+from ..netlink import LiveLink
+from ..settings import Settings
+from ..state import EndpointRecord, Store
+from .findings import FAIL, OK, SKIP, WARN, Finding
+
+
+def check(ref: str, settings: Settings) -> list[Finding]:
+    """``pycni check CONTAINER``."""
+    container = dockerview.container(ref, settings.driver_name)
+    return check_container(container, Store(settings.state_dir).endpoints(), settings)
+
+
+def check_container(
+    container: ContainerView,
+    records: Sequence[EndpointRecord],
+    settings: Settings,
+    **seams: Any,
+) -> list[Finding]:
+    """Every pycni endpoint of ``container`` (see :func:`check_endpoint` for the seams)."""
+    subject = f"container {container.name}"
+    if not container.running:
+        return [Finding(FAIL, subject, "is not running, so it has no network", "`docker start` it")]
+    if not container.endpoints:
+        return [Finding(WARN, subject, "is not attached to any pycni network; nothing to check")]
+    by_id = {r.id: r for r in records}
+    findings: list[Finding] = []
+    for endpoint in container.endpoints:
+        findings += check_endpoint(
+            by_id.get(endpoint.endpoint_id), endpoint, container, settings, **seams
+        )
+    return findings
+
+
+# --- pycni's record ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What pycni's record says an endpoint is: everything the check takes from the record."""
+
+    #: the CNI attachment ADD made, in the staging netns under the interface name ADD used
+    attachment: attach.Attachment
+    #: ADD's result, as cached with the attachment
+    result: Result
+    #: the staging netns's name
+    netns: str
+    mac: str
+    addresses: tuple[str, ...]
+
+
+def recorded(rec: EndpointRecord) -> Recorded:
+    """What the check needs of ``rec``; StateError if it is unusable. The one place that reads
+    the record (but for its phase, which :func:`check_endpoint` reports even then)."""
+    if rec.result is None:
+        raise StateError("pycni never recorded a CNI result for it")
+    return Recorded(rec.attachment, rec.result, rec.netns, rec.mac, tuple(rec.addresses))
+
+
+# --- one endpoint --------------------------------------------------------------------------------
+
+
+def check_endpoint(
+    rec: EndpointRecord | None,
+    endpoint: Endpoint,
+    container: ContainerView,
+    settings: Settings,
+    *,
+    cni: CNI | None = None,
+    read_links: Callable[[str], list[LiveLink]] = netlink.links_in,
+    netns_exists: Callable[[str], bool] = netlink.netns_exists,
+) -> list[Finding]:
+    """Everything about one endpoint: pycni's record, the staging netns, libcni's cache, the
+    link in the container, and CNI CHECK against the live sandbox."""
+    subject = f"endpoint {endpoint.endpoint_id[:12]} on network {endpoint.network}"
+    restart = f"try `docker restart {container.name}`"
+    if rec is None:
+        return [
+            Finding(
+                FAIL,
+                subject,
+                f"pycni has no record of this endpoint in {settings.state_dir}",
+                f"pass --state-dir if `pycni serve` keeps its state elsewhere; else {restart}",
+            )
+        ]
+    findings: list[Finding] = []
+    if rec.phase != "joined":
+        findings.append(
+            Finding(WARN, subject, f"pycni's record is in phase {str(rec.phase)!r}, not 'joined'")
+        )
+    try:
+        ep = recorded(rec)
+    except PycniError as exc:
+        return findings + [Finding(FAIL, subject, f"pycni's record is unusable: {exc}", restart)]
+    findings += _host_side(ep, settings, subject, restart, netns_exists)
+    try:
+        links = read_links(container.sandbox_key)
+    except NetlinkFailure as exc:
+        return findings + [
+            Finding(FAIL, subject, f"cannot look into the container: {exc}", restart)
+        ]
+    link = find_by_mac(links, ep.mac)
+    if link is None:
+        message = f"the container has no interface with MAC {ep.mac or '(none recorded)'}"
+        return findings + [Finding(FAIL, subject, message, restart)]
+    missing = missing_addresses(ep.addresses, link.addresses)
+    has = ", ".join(link.addresses) or "no address"
+    if missing:
+        message = f"{link.name} ({link.mac}) lacks {', '.join(missing)} (has {has})"
+        findings.append(Finding(FAIL, subject, message, restart))
+    else:
+        findings.append(Finding(OK, subject, f"{link.name} ({link.mac}) carries {has}"))
+    added = ep.attachment
+    live = live_result(
+        ep.result.convert(added.config.cni_version),
+        staging=added.netns,
+        sandbox=container.sandbox_key,
+        ifname=link.name,
+        mac=ep.mac,
+    )
+    rt = added.elsewhere(container.sandbox_key, link.name).runtime()
+    if cni is None:
+        cni = CNI(settings.cni_path, cache_dir=settings.cache_dir, timeout=settings.plugin_timeout)
+    return findings + run_check(
+        cni, added.config, rt, live, subject, restart, add_ifname=added.ifname
+    )
+
+
+def _host_side(
+    ep: Recorded,
+    settings: Settings,
+    subject: str,
+    hint: str,
+    netns_exists: Callable[[str], bool],
+) -> list[Finding]:
+    """What DeleteEndpoint will need: the staging netns and libcni's cached result."""
+    problems = []
+    if not netns_exists(ep.netns):
+        problems.append(f"staging netns {netlink.netns_path(ep.netns)} is missing")
+    added = ep.attachment
+    cache_file = ResultCache(settings.cache_dir).path(
+        added.config.name, added.container_id, added.ifname
+    )
+    if not os.path.exists(cache_file):
+        problems.append(
+            f"libcni's cache file {cache_file} is missing: DEL would run without ADD's result"
+        )
+    if problems:
+        return [Finding(FAIL, subject, p, hint) for p in problems]
+    return [Finding(OK, subject, f"staging netns {ep.netns} and libcni's cache file are there")]
+
+
+def find_by_mac(links: Iterable[LiveLink], mac: str) -> LiveLink | None:
+    return next((lk for lk in links if mac and lk.mac.lower() == mac.lower()), None)
+
+
+def missing_addresses(expected: Iterable[str], present: Iterable[str]) -> list[str]:
+    """Those of ``expected`` (CIDR) not on the link, compared as addresses, not strings."""
+    have = {ipaddress.ip_interface(a) for a in present}
+    return [a for a in expected if ipaddress.ip_interface(a) not in have]
+
+
+def live_result(result: Result, *, staging: str, sandbox: str, ifname: str, mac: str) -> Result:
+    """The cached result, rewritten to describe the container interface where it is now.
+
+    ADD saw the interface as ``eth0`` in the staging netns ``staging``; Docker moved it into
+    ``sandbox`` and named it ``ifname`` (and put its own MAC on it when asked to). Interfaces
+    with another sandbox (none, for host-side links) stay as they are.
+    """
+    live = copy.deepcopy(result)
+    targets = [i for i in live.interfaces if i.sandbox == staging]
+    if not targets:
+        targets = [i for i in live.interfaces if i.sandbox][:1]
+    for iface in targets:
+        iface.sandbox = sandbox
+        iface.name = ifname
+        if mac:
+            iface.mac = mac
+    return live
+
+
+# --- CNI CHECK -----------------------------------------------------------------------------------
+
+
+def run_check(
+    cni: CNI,
+    config: NetworkConfigList,
+    rt: RuntimeConf,
+    result: Result,
+    subject: str,
+    hint: str,
+    *,
+    add_ifname: str = "eth0",
+) -> list[Finding]:
+    """CNI CHECK of the whole chain against ``result``.
+
+    A known limitation (:func:`known_limitation`) is a warning, not a failure, and the plugins
+    after the one that hit it are still checked.
+    """
+    if not version_at_least(config.cni_version, "0.4.0"):
+        return [
+            Finding(SKIP, subject, f"CNI CHECK skipped (CNI {config.cni_version} has no CHECK)")
+        ]
+    if config.disable_check:
+        return [Finding(SKIP, subject, "CNI CHECK skipped (the config sets disableCheck)")]
+    findings: list[Finding] = []
+    remaining = config
+    checked = 0
+    while remaining.plugins:
+        try:
+            cni.check(remaining, rt, result=result)
+        except CNIError as exc:
+            why = known_limitation(exc, add_ifname=add_ifname, ifname=rt.ifname)
+            if why is None:
+                fix = hint
+                if isinstance(exc, PluginNotFound):
+                    fix = f"install the plugin into CNI_PATH ({':'.join(cni.path)})"
+                message = f"CNI CHECK failed: {describe_plugin_error(exc)}"
+                return findings + [Finding(FAIL, subject, message, fix)]
+            failed_at = next(n for n, p in enumerate(remaining.plugins) if p.type == exc.plugin)
+            checked += failed_at
+            findings.append(Finding(WARN, subject, why))
+            remaining = _tail(remaining, failed_at + 1)
+            continue
+        except PycniError as exc:  # the runtime parameters themselves (an invalid name, say)
+            return findings + [Finding(FAIL, subject, f"CNI CHECK could not run: {exc}", hint)]
+        checked += len(remaining.plugins)
+        break
+    findings.insert(0, Finding(OK, subject, f"CNI CHECK passed ({checked} plugins checked)"))
+    return findings
+
+
+def _tail(config: NetworkConfigList, start: int) -> NetworkConfigList:
+    """The chain from plugin ``start`` on (same name and version, so the same cache entry)."""
+    plugins = config.plugins[start:]
+    raw = {**config.raw, "plugins": [p.raw for p in plugins]}
+    return dataclasses.replace(config, plugins=plugins, raw=raw)
+
+
+def describe_plugin_error(exc: CNIError) -> str:
+    body = exc.msg
+    if exc.code:
+        body = f"[code {exc.code}] {body}"
+    if exc.details:
+        body = f"{body}: {exc.details}"
+    return f"{exc.plugin}: {body}" if exc.plugin else body
+
+
+# --- known CHECK limitations of particular plugins -----------------------------------------------
+# Plugin knowledge, kept here until it joins the table of plugin traits (shim/plugins.py).
+
+#: portmap ≤ 1.1.1 checks its DNAT rules in ip6tables too, even for IPv4-only mappings, and fails.
+PORTMAP_V6_BUG = "could not check ipv6 dnat"
+#: host-local's CHECK looks its reservation up by (container id, CNI_IFNAME); ADD ran with eth0 in
+#: the staging netns, so under any other name Docker gave the interface it finds none.
+HOST_LOCAL_BY_IFNAME = "host-local: Failed to find address added by container"
+
+
+def known_limitation(exc: CNIError, *, add_ifname: str, ifname: str) -> str | None:
+    """Why a CHECK failure is a known limitation rather than a fault; None if it is a fault.
+
+    ``add_ifname`` is the interface name ADD ran with, ``ifname`` the one CHECK runs with.
+    """
+    text = f"{exc.msg} {exc.details}"
+    if exc.plugin == "portmap" and PORTMAP_V6_BUG in text:
+        return (
+            f"portmap's CHECK failed with {PORTMAP_V6_BUG!r}: a known limitation of portmap "
+            "≤ 1.1.1 with IPv4-only port mappings, not a fault; its rules were not checked"
+        )
+    if HOST_LOCAL_BY_IFNAME in text and ifname != add_ifname:
+        return (
+            f"{exc.plugin}'s CHECK stopped at host-local, which looks its reservation up by the "
+            f"interface name ADD used ({add_ifname}), not the one Docker gave it ({ifname}); "
+            f"{exc.plugin} was not checked beyond that, the link and addresses above were"
+        )
+    return None

@@ -1,0 +1,219 @@
+"""``pycni doctor``: does the host have what pycni needs?
+
+Plugin binaries (those of every conf file and of every pycni network, their IPAM plugins
+included), config files that parse, dockerd, ``pycni serve`` answering on the plugin socket, the
+forwarding set-up CNI bridges need under Docker, and leftovers ``pycni gc`` would remove. What it
+asks of the world comes through :class:`~shim.health.probes.Probes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ..client import PluginClient
+from ..cni.config import NetworkConfigList, load_all
+from ..cni.invoke import find_in_path
+from ..errors import CNIError, PycniError
+from ..settings import Settings
+from ..state import Store
+from .findings import FAIL, OK, SKIP, WARN, Finding
+from .probes import Post, Probes
+
+
+def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
+    """``pycni doctor``: every host-side check, in the order a user would fix things."""
+    probes = probes or Probes()
+    post = probes.post or PluginClient(settings.socket_path).post
+    conf_chains, findings = conf_dir_chains(settings.conf_dir)
+    net_chains, broken = network_chains(Store(settings.state_dir))
+    findings += broken
+    chains = net_chains + conf_chains
+    findings += check_binaries(chains, settings.cni_path, probes.find)
+    findings.append(check_dockerd(probes.docker_ping))
+    serving = check_socket(settings.socket_path, post)
+    findings.append(serving)
+    findings += check_forwarding(chains, probes.bridge_netfilter(), probes.forward_policy())
+    findings.append(check_ip_forward(probes.ip_forward()))
+    if serving.status == OK:
+        findings += check_leftovers(post)
+    else:
+        findings.append(Finding(SKIP, "leftovers", "not checked: pycni serve is not answering"))
+    return findings
+
+
+# --- chains and their plugins --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A CNI chain pycni may run: a file in the conf dir, or a pycni network's stored config."""
+
+    label: str
+    #: the chain's plugin types, in order
+    plugins: tuple[str, ...]
+    #: every binary it needs: the plugins and the IPAM plugins they delegate to
+    binaries: tuple[str, ...]
+
+
+def chain_of(label: str, config: NetworkConfigList) -> Chain:
+    binaries: list[str] = []
+    for plugin in config.plugins:
+        binaries.append(plugin.type)
+        ipam = plugin.raw.get("ipam")
+        if isinstance(ipam, dict) and isinstance(ipam.get("type"), str) and ipam["type"]:
+            binaries.append(ipam["type"])
+    return Chain(label, tuple(config.plugin_types()), tuple(dict.fromkeys(binaries)))
+
+
+def conf_dir_chains(conf_dir: str) -> tuple[list[Chain], list[Finding]]:
+    """The chains in ``conf_dir``, and a FAIL naming file and field for each broken file."""
+    try:
+        confs, errors = load_all(conf_dir)
+    except PycniError as exc:
+        return [], [Finding(FAIL, "conf dir", str(exc), "make it readable")]
+    findings = [Finding(FAIL, "conf dir", str(e), "fix or remove the file") for e in errors]
+    if not errors:
+        findings.append(
+            Finding(OK, "conf dir", f"{conf_dir}: {len(confs)} network config(s) parse")
+        )
+    chains = [chain_of(f"{c.source} (network {c.name})", c) for c in confs]
+    return chains, findings
+
+
+def network_chains(store: Store) -> tuple[list[Chain], list[Finding]]:
+    """The chains of every pycni network pycni has a record of."""
+    try:
+        networks = store.networks()
+    except PycniError as exc:
+        return [], [Finding(FAIL, "state", str(exc), "fix or remove the record")]
+    return [chain_of(f"pycni network {net.id[:12]}", net.config) for net in networks], []
+
+
+def check_binaries(
+    chains: Iterable[Chain],
+    cni_path: Sequence[str],
+    find: Callable[[str, Sequence[str]], str] = find_in_path,
+) -> list[Finding]:
+    findings = []
+    for chain in chains:
+        missing = []
+        for binary in chain.binaries:
+            try:
+                find(binary, cni_path)
+            except CNIError:
+                missing.append(binary)
+        if missing:
+            findings.append(
+                Finding(
+                    FAIL,
+                    chain.label,
+                    f"plugin(s) {', '.join(missing)} not found in CNI_PATH {':'.join(cni_path)}",
+                    "install them there, or point CNI_PATH (pycni serve --cni-path) at them",
+                )
+            )
+        else:
+            findings.append(Finding(OK, chain.label, f"plugins {', '.join(chain.binaries)} found"))
+    return findings
+
+
+# --- dockerd and pycni serve ---------------------------------------------------------------------
+
+
+def check_dockerd(ping: Callable[[], None]) -> Finding:
+    try:
+        ping()
+    except PycniError as exc:
+        return Finding(
+            FAIL, "dockerd", f"not reachable: {exc}", "start dockerd, or set DOCKER_HOST"
+        )
+    return Finding(OK, "dockerd", "reachable")
+
+
+def check_socket(socket_path: str, post: Post) -> Finding:
+    subject = f"pycni socket {socket_path}"
+    try:
+        status, body = post("Plugin.Activate", {}, 5.0)
+    except PycniError as exc:
+        return Finding(FAIL, subject, str(exc), "start `pycni serve`")
+    if status != 200:
+        return Finding(FAIL, subject, f"Plugin.Activate answered {status}: {body.get('Err', body)}")
+    implements = body.get("Implements") or []
+    if "NetworkDriver" not in implements:
+        return Finding(FAIL, subject, f"answers, but implements {implements}, not NetworkDriver")
+    return Finding(OK, subject, "pycni serve answers")
+
+
+def check_leftovers(post: Post) -> list[Finding]:
+    """What ``pycni gc`` would remove, asked of the running server (a dry run)."""
+    subject = "leftovers"
+    try:
+        status, body = post("Pycni.GC", {"DryRun": True}, 120.0)
+    except PycniError as exc:
+        return [Finding(WARN, subject, f"gc dry run failed: {exc}")]
+    if status == 404:
+        return [
+            Finding(
+                WARN,
+                subject,
+                "gc not available (this pycni serve has no /Pycni.GC)",
+                "restart `pycni serve` with a newer pycni",
+            )
+        ]
+    if status != 200:
+        return [Finding(WARN, subject, f"gc dry run answered {status}: {body.get('Err', body)}")]
+    actions = [str(a) for a in body.get("Actions") or []]
+    if not actions:
+        return [Finding(OK, subject, "none: gc would remove nothing")]
+    return [Finding(WARN, subject, f"gc would act: {a}", "run `pycni gc`") for a in actions]
+
+
+# --- forwarding ----------------------------------------------------------------------------------
+
+
+def check_forwarding(
+    chains: Iterable[Chain], bridge_netfilter: bool, forward_policy: str | None
+) -> list[Finding]:
+    """Docker loads br_netfilter and sets FORWARD's policy to DROP: traffic between containers
+    on a CNI bridge is then dropped unless the chain's ``firewall`` plugin lets it through."""
+    subject = "forwarding"
+    if forward_policy is None:
+        return [
+            Finding(WARN, subject, "cannot read iptables' FORWARD policy", "is iptables installed?")
+        ]
+    if not (bridge_netfilter and forward_policy == "DROP"):
+        why = "br_netfilter is not loaded" if not bridge_netfilter else f"policy {forward_policy}"
+        return [Finding(OK, subject, f"bridged traffic is not dropped by FORWARD ({why})")]
+    findings = []
+    for chain in chains:
+        if "bridge" in chain.plugins and "firewall" not in chain.plugins:
+            findings.append(
+                Finding(
+                    WARN,
+                    chain.label,
+                    "has a bridge plugin but no firewall plugin: with br_netfilter loaded and "
+                    "FORWARD's policy DROP, containers on it won't reach each other",
+                    'add {"type": "firewall"} to the chain after the bridge plugin',
+                )
+            )
+    if not findings:
+        findings.append(
+            Finding(
+                OK, subject, "FORWARD policy is DROP; every bridge chain has the firewall plugin"
+            )
+        )
+    return findings
+
+
+def check_ip_forward(value: str | None) -> Finding:
+    subject = "net.ipv4.ip_forward"
+    if value is None:
+        return Finding(WARN, subject, "cannot read /proc/sys/net/ipv4/ip_forward")
+    if value.strip() == "1":
+        return Finding(OK, subject, "1")
+    return Finding(
+        WARN,
+        subject,
+        f"{value.strip()}: containers can't be routed beyond their bridge",
+        "`sysctl -w net.ipv4.ip_forward=1` (Docker sets it when it starts)",
+    )
