@@ -8,7 +8,6 @@ class (see :mod:`shim.errors`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -122,7 +121,7 @@ def ls(state_dir: str | None) -> None:
     names = dockerview.network_names()
     click.echo(f"{'NETWORK':<14}{'NAME':<20}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
     for net in networks:
-        chain = "+".join(str(p.get("type")) for p in net.config.get("plugins", []))
+        chain = "+".join(net.config.plugin_types())
         mine = [e for e in endpoints if e.network_id == net.id]
         name = names.get(net.id, "-")
         click.echo(
@@ -148,13 +147,13 @@ def inspect(network: str, state_dir: str | None) -> None:
     if len(matches) > 1:
         raise InvalidRequest(f"{network!r} matches {len(matches)} networks; give more of the id")
     net = matches[0]
-    data = dataclasses.asdict(net)
+    data = net.to_json()
     data["name"] = names.get(net.id, "")
     data["endpoints"] = []
     for ep in store.endpoints():
         if ep.network_id != net.id:
             continue
-        item = {k: v for k, v in dataclasses.asdict(ep).items() if k != "request"}
+        item = {k: v for k, v in ep.to_json().items() if k != "request"}
         # Docker can't show a remote driver's published ports (docker port); pycni can.
         item["ports"] = [
             str(ports.Mapping.from_cni(m)) for m in ep.capability_args.get("portMappings") or []

@@ -145,6 +145,23 @@ def test_gc_removes_orphans_and_says_so(e2e: Tracker, pycni: PycniServer) -> Non
     assert "nothing to remove" in again.stdout
 
 
+def test_gc_in_process_keeps_networks_docker_was_not_asked_about(
+        e2e: Tracker, pycni: PycniServer, tmp_path: Path) -> None:
+    """With nothing on --socket, gc runs in process; a socket named cni.sock once made it ask
+    Docker about driver "cni", find nothing, and tear down every live pycni network."""
+    net = e2e.network("pycni-e2e-gcname", "-d", "pycni", "--subnet", "10.201.78.0/24")
+    e2e.run("pycni-e2e-gcname1", "--network", net, TEST_IMAGE, "sleep", "600")
+    pcli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pycni")
+    env = {**os.environ, "PYCNI_STATE_DIR": str(pycni.state_dir)}
+    proc = subprocess.run([pcli, "gc", "--socket", str(tmp_path / "cni.sock")],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to remove" in proc.stdout, proc.stdout
+    assert len(list((pycni.state_dir / "networks").iterdir())) >= 1
+    out = docker("exec", "pycni-e2e-gcname1", "ip", "-4", "addr", "show", "eth0").stdout
+    assert "10.201.78." in out
+
+
 def test_a_container_removed_while_pycni_was_down_frees_its_port(
         e2e: Tracker, pycni: PycniServer) -> None:
     """Docker can't tell a stopped driver that a container went; once pycni is back, the
