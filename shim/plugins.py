@@ -42,6 +42,8 @@ class CheckQuirk:
     explanation: str
     #: only when CHECK runs under another interface name than ADD did
     only_when_renamed: bool = False
+    #: only in the plugin's own error (not one of a plugin that delegated to it)
+    own_error_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ TRAITS: dict[str, Traits] = {
                 PORTMAP_V6_BUG,
                 f"portmap's CHECK failed with {PORTMAP_V6_BUG!r}: a known limitation of portmap "
                 "≤ 1.1.1 with IPv4-only port mappings, not a fault; its rules were not checked",
+                own_error_only=True,
             ),
         ),
     ),
@@ -142,7 +145,11 @@ def known_check_limitation(exc: CNIError, *, add_ifname: str, ifname: str) -> st
     delegated to it.
     """
     text = f"{exc.msg} {exc.details}"
-    for quirk in (q for row in TRAITS.values() for q in row.check_quirks):
-        if quirk.marker in text and (not quirk.only_when_renamed or ifname != add_ifname):
-            return quirk.explanation.format(plugin=exc.plugin, add_ifname=add_ifname, ifname=ifname)
+    for plugin, row in TRAITS.items():
+        for quirk in row.check_quirks:
+            if quirk.own_error_only and exc.plugin != plugin:
+                continue
+            if quirk.marker in text and (not quirk.only_when_renamed or ifname != add_ifname):
+                return quirk.explanation.format(
+                    plugin=exc.plugin, add_ifname=add_ifname, ifname=ifname)
     return None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import attach, dockerview, netlink
+from .. import attach, dockerview, netlink, plugins
 from ..cni import CNI, RuntimeConf
 from ..cni.cache import ResultCache
 from ..cni.config import NetworkConfigList
@@ -227,7 +227,7 @@ def run_check(
 ) -> list[Finding]:
     """CNI CHECK of the whole chain against ``result``.
 
-    A known limitation (:func:`known_limitation`) is a warning, not a failure, and the plugins
+    A known limitation (:func:`shim.plugins.known_check_limitation`) is a warning, not a failure, and the plugins
     after the one that hit it are still checked.
     """
     if not version_at_least(config.cni_version, "0.4.0"):
@@ -243,7 +243,7 @@ def run_check(
         try:
             cni.check(remaining, rt, result=result)
         except CNIError as exc:
-            why = known_limitation(exc, add_ifname=add_ifname, ifname=rt.ifname)
+            why = plugins.known_check_limitation(exc, add_ifname=add_ifname, ifname=rt.ifname)
             if why is None:
                 fix = hint
                 if isinstance(exc, PluginNotFound):
@@ -277,33 +277,3 @@ def describe_plugin_error(exc: CNIError) -> str:
     if exc.details:
         body = f"{body}: {exc.details}"
     return f"{exc.plugin}: {body}" if exc.plugin else body
-
-
-# --- known CHECK limitations of particular plugins -----------------------------------------------
-# Plugin knowledge, kept here until it joins the table of plugin traits (shim/plugins.py).
-
-#: portmap ≤ 1.1.1 checks its DNAT rules in ip6tables too, even for IPv4-only mappings, and fails.
-PORTMAP_V6_BUG = "could not check ipv6 dnat"
-#: host-local's CHECK looks its reservation up by (container id, CNI_IFNAME); ADD ran with eth0 in
-#: the staging netns, so under any other name Docker gave the interface it finds none.
-HOST_LOCAL_BY_IFNAME = "host-local: Failed to find address added by container"
-
-
-def known_limitation(exc: CNIError, *, add_ifname: str, ifname: str) -> str | None:
-    """Why a CHECK failure is a known limitation rather than a fault; None if it is a fault.
-
-    ``add_ifname`` is the interface name ADD ran with, ``ifname`` the one CHECK runs with.
-    """
-    text = f"{exc.msg} {exc.details}"
-    if exc.plugin == "portmap" and PORTMAP_V6_BUG in text:
-        return (
-            f"portmap's CHECK failed with {PORTMAP_V6_BUG!r}: a known limitation of portmap "
-            "≤ 1.1.1 with IPv4-only port mappings, not a fault; its rules were not checked"
-        )
-    if HOST_LOCAL_BY_IFNAME in text and ifname != add_ifname:
-        return (
-            f"{exc.plugin}'s CHECK stopped at host-local, which looks its reservation up by the "
-            f"interface name ADD used ({add_ifname}), not the one Docker gave it ({ifname}); "
-            f"{exc.plugin} was not checked beyond that, the link and addresses above were"
-        )
-    return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shim import dockerview, health
+from shim import dockerview, health, plugins
 from shim.cni import CNI
 from shim.cni.cache import CachedAttachment, ResultCache
 from shim.cni.types import Result
@@ -198,7 +198,7 @@ def test_address_and_mac_helpers_compare_values_not_strings() -> None:
 
 def test_known_limitations() -> None:
     def why(exc: CNIError, ifname: str = "eth0") -> str | None:
-        return container.known_limitation(exc, add_ifname="eth0", ifname=ifname)
+        return plugins.known_check_limitation(exc, add_ifname="eth0", ifname=ifname)
 
     bug = CNIError("could not check ipv6 dnat: running [...]", plugin="portmap", verb="CHECK")
     assert "known limitation of portmap" in (why(bug) or "")
