@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from . import reconcile
 from .driver import Driver
 from .errors import InvalidRequest
 from .protocol import (
@@ -161,4 +162,4 @@ def pycni_gc() -> Response:
     dry_run = body.get("DryRun", False)
     if not isinstance(dry_run, bool):
         raise InvalidRequest("DryRun must be true or false")
-    return _answer({"Actions": _driver().gc(dry_run=dry_run)})
+    return _answer({"Actions": reconcile.gc(_driver(), dry_run=dry_run)})

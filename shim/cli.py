@@ -176,9 +176,10 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
     settings = Settings.from_env(state_dir=state_dir, socket_path=socket_path)
     actions = _gc_via_server(settings.socket_path, dry_run)
     if actions is None:
+        from . import reconcile
         from .driver import Driver
 
-        actions = Driver(settings).gc(dry_run=dry_run)
+        actions = reconcile.gc(Driver(settings), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for line in actions:
         click.echo(line)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import chains, dockerview, firewall, netlink, plugins, ports, reconcile, staging
+from . import chains, dockerview, firewall, netlink, plugins, ports, staging
 from .attach import Attacher, Attachment, has_capability, quietly
 from .cni import CNI, find
 from .cni.types import Route
@@ -372,15 +372,6 @@ class Driver:
 
     def allocate_network(self) -> None:
         raise Unsupported("pycni is a local-scope driver; swarm-scoped networks are not supported")
-
-    # --- reconciliation --------------------------------------------------------------------------
-
-    def gc(
-        self, dry_run: bool = False, view: dockerview.DockerView | None | object = reconcile.ASK
-    ) -> list[str]:
-        """Find and remove what a crash or a missed Docker call left behind; what was done
-        (see :mod:`shim.reconcile`)."""
-        return [str(a) for a in reconcile.run(self, dry_run=dry_run, view=view).actions]
 
 
 def _answer(asked: EndpointInterface, rec: EndpointRecord) -> EndpointAnswer:

@@ -188,6 +188,12 @@ SWEEPS: tuple[Callable[[Sweep], Iterator[Action]], ...] = (
 )
 
 
+def gc(driver: Driver, *, dry_run: bool = False, view: DockerView | None | object = ASK
+       ) -> list[str]:
+    """``pycni gc``: what was removed (or would be, with ``dry_run``), a line each."""
+    return [str(a) for a in run(driver, dry_run=dry_run, view=view).actions]
+
+
 def run(driver: Driver, *, dry_run: bool = False, view: DockerView | None | object = ASK
         ) -> Report:
     """Every sweep; carry out each action unless ``dry_run``. Failures are reported, and the

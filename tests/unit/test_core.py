@@ -104,7 +104,7 @@ def test_a_sweep_leaves_alone_what_an_endpoint_being_created_holds(world: World)
     try:
         assert inside.wait(10)
         actions: list[str] = []
-        sweeping = threading.Thread(target=lambda: actions.extend(world.driver.gc()))
+        sweeping = threading.Thread(target=lambda: actions.extend(reconcile.gc(world.driver)))
         sweeping.start()
         time.sleep(0.2)  # let the sweep reach the endpoint's lock, and wait there
     finally:
@@ -120,7 +120,7 @@ def test_a_sweep_does_not_remove_a_namespace_whose_id_is_claimed(world: World) -
     world.create_network()
     world.create_endpoint()
     # The endpoint's namespace and link are named after its id: never strays.
-    assert world.driver.gc() == []
+    assert reconcile.gc(world.driver) == []
     with world.driver.registry.sweeping(EP[:12]) as claimed:
         assert not claimed
     world.consistent()
@@ -158,7 +158,7 @@ def test_verbs_on_two_networks_and_sweeps_run_side_by_side(world: World) -> None
     def sweep() -> None:
         try:
             for _ in range(15):
-                world.driver.gc()
+                reconcile.gc(world.driver)
                 assert isinstance(world.driver.endpoints, dict)  # a snapshot, mid-change
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -185,14 +185,14 @@ def test_gc_never_removes_a_network_docker_was_not_asked_about(world: World) -> 
     renamed = Settings(**{**world.settings.__dict__, "driver_name": "cni"})
     world.settings = renamed
     driver = world.restart()
-    assert driver.gc(view=docker_knows()) == []
+    assert reconcile.gc(driver, view=docker_knows()) == []
     assert NET in driver.networks and world.rules.networks
 
 
 def test_gc_removes_a_network_docker_positively_forgot(world: World) -> None:
     world.create_network()
     world.create_endpoint()
-    assert world.driver.gc(view=docker_knows()) == [
+    assert reconcile.gc(world.driver, view=docker_knows()) == [
         f"network {NET[:12]}: unknown to Docker; removed"]
     assert world.driver.networks == {} and world.leftovers() == {}
 
@@ -255,7 +255,7 @@ def test_dry_run_only_reports(world: World) -> None:
     world.links.create_netns("pycni-" + "12" * 6)
     world.links.create_netns("pycni-" + "34" * 6)
     before = world.links.list_netns()
-    lines = world.driver.gc(dry_run=True)
+    lines = reconcile.gc(world.driver, dry_run=True)
     assert sorted(lines) == [f"netns pycni-{'12' * 6}: no endpoint; removed",
                              f"netns pycni-{'34' * 6}: no endpoint; removed"]
     assert world.links.list_netns() == before

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shim import reconcile
 from shim.cni import AddFailed
 from shim.driver import Driver
 from shim.errors import (
@@ -588,7 +589,7 @@ def test_crash_mid_create_is_reconciled(world: World) -> None:
     rec = world.driver.endpoints[EP]
     rec.phase = Phase.CREATING
     world.driver.store.save_endpoint(rec)
-    actions = world.driver.gc()
+    actions = reconcile.gc(world.driver)
     assert any("half-made" in a for a in actions)
     assert world.leftovers() == {}
 
@@ -602,7 +603,7 @@ def test_crash_before_the_result_was_recorded_is_reconciled(world: World) -> Non
                           host_ifname=rec.host_ifname, request=rec.request,
                           attachment=dataclasses.replace(rec.attachment, result=None))
     world.driver.store.save_endpoint(bare)
-    world.restart().gc()
+    reconcile.gc(world.restart())
     assert world.exec.calls_for("DEL")[0].stdin["prevResult"]["ips"][0]["address"] == \
         "10.200.9.7/24"
     assert world.leftovers() == {}
@@ -610,9 +611,9 @@ def test_crash_before_the_result_was_recorded_is_reconciled(world: World) -> Non
 
 def test_gc_dry_run_changes_nothing(world: World) -> None:
     world.links.create_netns("pycni-" + "12" * 6)
-    assert world.driver.gc(dry_run=True) == [f"netns pycni-{'12' * 6}: no endpoint; removed"]
+    assert reconcile.gc(world.driver, dry_run=True) == [f"netns pycni-{'12' * 6}: no endpoint; removed"]
     assert world.links.list_netns() == ["pycni-" + "12" * 6]
-    world.driver.gc()
+    reconcile.gc(world.driver)
     assert world.links.list_netns() == []
 
 
@@ -620,7 +621,7 @@ def test_gc_sends_cni_1_1_plugins_the_valid_attachments(world: World) -> None:
     world.conflist("new", {"type": "bridge", "ipam": host_local()}, version="1.1.0")
     world.create_network(cni_network="new", ipv4=NULL_IPAM)
     world.create_endpoint(address="")
-    assert world.driver.gc() == []  # nothing stale
+    assert reconcile.gc(world.driver) == []  # nothing stale
     [gc] = world.exec.calls_for("GC", "bridge")
     assert gc.stdin["cni.dev/valid-attachments"] == [{"containerID": EP, "ifname": "eth0"}]
     assert gc.stdin["cni.dev/attachments"] == gc.stdin["cni.dev/valid-attachments"]
