@@ -149,23 +149,27 @@ def cached_attachments(sweep: Sweep) -> Iterator[Action]:
 
 
 def stray_namespaces(sweep: Sweep) -> Iterator[Action]:
-    driver = sweep.driver
-    for name in driver.links.list_netns(staging.NETNS_PREFIX):
-        match = staging.NETNS_NAME.fullmatch(name)
-        if match and not _known(driver, match.group(1)):
-            yield Action(f"netns {name}", "no endpoint",
-                         partial(_remove_unclaimed, driver, match.group(1),
-                                 partial(driver.links.remove_netns, name)))
+    """Staging namespaces (``pycni-<12 hex>``) of no endpoint."""
+    links = sweep.driver.links
+    names = links.list_netns(staging.NETNS_PREFIX)
+    yield from _strays(sweep, "netns", names, staging.NETNS_NAME, links.remove_netns)
 
 
 def stray_links(sweep: Sweep) -> Iterator[Action]:
-    driver = sweep.driver
-    for name in driver.links.link_names():
-        match = staging.HOST_LINK_NAME.fullmatch(name)
-        if match and not _known(driver, match.group(1)):
-            yield Action(f"link {name}", "no endpoint",
-                         partial(_remove_unclaimed, driver, match.group(1),
-                                 partial(driver.links.delete_link, name)))
+    """Temporary host links (``pcn<12 hex>``) of no endpoint."""
+    links = sweep.driver.links
+    yield from _strays(sweep, "link", links.link_names(), staging.HOST_LINK_NAME,
+                       links.delete_link)
+
+
+def _strays(sweep: Sweep, kind: str, names: list[str], pattern: re.Pattern[str],
+            remove: Callable[[str], Any]) -> Iterator[Action]:
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and not _known(sweep.driver, match.group(1)):
+            yield Action(f"{kind} {name}", "no endpoint",
+                         partial(_remove_unclaimed, sweep.driver, match.group(1),
+                                 partial(remove, name)))
 
 
 def cni_gc(sweep: Sweep) -> Iterator[Action]:
