@@ -34,6 +34,11 @@ from .settings import (
 )
 from .state import Store
 
+#: Docker calls a driver once per container starting or stopping, all at once, with no limit of
+#: its own; most calls wait on their network's lock or a plugin process, which costs a thread
+#: and no CPU. 64 serves 50 parallel `docker run`/`docker rm` without queueing a call.
+DEFAULT_THREADS = 64
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -66,7 +71,12 @@ def main() -> None:
 @click.option("--conf-dir", default=None, help=f"CNI conf dir (default {DEFAULT_CONF_DIR}).")
 @click.option("--cni-path", default=None, help=f"Plugin dirs (default {DEFAULT_CNI_PATH}).")
 @click.option("--cache-dir", default=None, help=f"libcni cache (default {DEFAULT_CACHE_DIR}).")
-@click.option("--threads", default=8, show_default=True, help="Requests served at once.")
+@click.option(
+    "--threads",
+    default=DEFAULT_THREADS,
+    show_default=True,
+    help="Requests served at once (Docker sends as many at once as containers start and stop).",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -112,24 +122,27 @@ def _settings(state_dir: str | None) -> Settings:
 @reports_errors
 def ls(state_dir: str | None) -> None:
     """List pycni networks and their endpoints with their addresses."""
-    store = Store(_settings(state_dir).state_dir)
+    settings = _settings(state_dir)
+    store = Store(settings.state_dir)
     endpoints = store.endpoints()
     networks = store.networks()
     if not networks:
         click.echo("no pycni networks")
         return
-    names = dockerview.network_names()
+    names = dockerview.names(settings.driver_name)
     click.echo(f"{'NETWORK':<14}{'NAME':<20}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
     for net in networks:
         chain = "+".join(net.config.plugin_types())
         mine = [e for e in endpoints if e.network_id == net.id]
-        name = names.get(net.id, "-")
+        name = names.networks.get(net.id, "-")
         click.echo(
             f"{net.id[:12]:<14}{name:<20}{net.mode:<13}{net.ipam:<8}{chain:<32}{len(mine)}"
         )
         for ep in mine:
             addrs = ",".join(ep.addresses) or "-"
-            click.echo(f"  └ {ep.id[:12]}  {ep.phase:<9} {addrs}  {ep.mac}")
+            attached = names.endpoints.get(ep.id)
+            container = attached.name if attached else "-"
+            click.echo(f"  └ {ep.id[:12]}  {container:<20} {ep.phase:<9} {addrs}  {ep.mac}")
 
 
 @main.command()
@@ -139,21 +152,27 @@ def ls(state_dir: str | None) -> None:
 def inspect(network: str, state_dir: str | None) -> None:
     """Show a pycni network (Docker name, id or id prefix): Docker's request, its CNI chain, its
     endpoints with their addresses and published ports."""
-    store = Store(_settings(state_dir).state_dir)
-    names = dockerview.network_names()
-    matches = [n for n in store.networks() if n.id.startswith(network) or names.get(n.id) == network]
+    settings = _settings(state_dir)
+    store = Store(settings.state_dir)
+    names = dockerview.names(settings.driver_name)
+    matches = [
+        n for n in store.networks()
+        if n.id.startswith(network) or names.networks.get(n.id) == network
+    ]
     if not matches:
         raise NotFound(f"pycni has no network {network!r}")
     if len(matches) > 1:
         raise InvalidRequest(f"{network!r} matches {len(matches)} networks; give more of the id")
     net = matches[0]
     data = net.to_json()
-    data["name"] = names.get(net.id, "")
+    data["name"] = names.networks.get(net.id, "")
     data["endpoints"] = []
     for ep in store.endpoints():
         if ep.network_id != net.id:
             continue
         item = {k: v for k, v in ep.to_json().items() if k != "request"}
+        attached = names.endpoints.get(ep.id)
+        item["container"] = {"id": attached.id, "name": attached.name} if attached else None
         # Docker can't show a remote driver's published ports (docker port); pycni can.
         item["ports"] = [
             str(ports.Mapping.from_cni(m)) for m in ep.capability_args.get("portMappings") or []
@@ -170,7 +189,7 @@ def inspect(network: str, state_dir: str | None) -> None:
 def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
     """Remove what crashes or missed Docker calls left behind, and say what it was.
 
-    Asks the running ``pycni serve`` to do it (it holds the locks); with no server running,
+    Asks the running pycni serve to do it (it holds the locks); with no server running,
     does it in this process.
     """
     settings = Settings.from_env(state_dir=state_dir, socket_path=socket_path)
@@ -250,7 +269,7 @@ def doctor(
     state_dir: str | None, conf_dir: str | None, cni_path: str | None, socket_path: str | None
 ) -> None:
     """Check the host for what pycni needs: plugin binaries, config files, dockerd, the plugin
-    socket, forwarding for CNI bridges, and leftovers `pycni gc` would remove.
+    socket, forwarding for CNI bridges, and leftovers pycni gc would remove.
 
     Each line is ok, warn or FAIL with what to do; exits 1 if any is a FAIL.
     """

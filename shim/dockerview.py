@@ -7,7 +7,8 @@ This is the one module that opens the SDK, always through :func:`docker_client`;
 * Reconciliation asks :func:`snapshot`: a record Docker has forgotten is a leftover. Docker may be
   down or still starting (pycni is meant to start before it), so the answer can be "unknown"
   (``None``), and callers must then leave things alone.
-* ``pycni ls`` and ``pycni inspect`` ask :func:`network_names` ({} when Docker can't be asked).
+* ``pycni ls`` and ``pycni inspect`` ask :func:`names`, ``pycni doctor`` :func:`network_names`
+  (nothing when Docker can't be asked).
 * ``pycni check`` asks :func:`container`, ``pycni doctor`` :func:`ping`; both raise.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import NotFound, PycniError
@@ -89,6 +90,42 @@ def network_names(driver_name: str = "pycni", timeout: float = 3.0) -> dict[str,
     except PycniError:
         return {}
     return {n["Id"]: n["Name"] for n in networks}
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container Docker lists on one of our networks."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names Docker knows what pycni keeps by id under."""
+
+    #: network id → the network's name
+    networks: dict[str, str] = field(default_factory=dict)
+    #: endpoint id → the container attached through it
+    endpoints: dict[str, Container] = field(default_factory=dict)
+
+
+def names(driver_name: str = "pycni", timeout: float = 3.0) -> Names:
+    """Docker's names for our networks and the containers on them (empty when Docker can't be
+    asked: callers show ids alone then)."""
+    try:
+        with docker_client(timeout) as client:
+            networks = client.api.networks(filters={"driver": driver_name})
+            endpoints = {}
+            for net in networks:
+                detail = client.api.inspect_network(net["Id"])
+                for cid, attached in (detail.get("Containers") or {}).items():
+                    if attached.get("EndpointID"):
+                        name = str(attached.get("Name") or "")
+                        endpoints[attached["EndpointID"]] = Container(cid, name)
+    except PycniError:
+        return Names()
+    return Names({n["Id"]: n["Name"] for n in networks}, endpoints)
 
 
 # --- pycni check / doctor ------------------------------------------------------------------------

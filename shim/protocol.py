@@ -87,10 +87,25 @@ def _object(data: Any, what: str) -> dict[str, Any]:
     return data
 
 
+def _json_type(value: Any) -> str:
+    """What JSON calls the type of a parsed ``value`` (for messages about the wrong one)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"
+
+
 def _id(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise InvalidRequest(f"missing {key}")
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{key} must be a string (a Docker id), not {_json_type(value)}")
     if not _ID_RE.fullmatch(value):
         raise InvalidRequest(f"{key} {value[:80]!r} is not a Docker id (64 hex digits)")
     return value

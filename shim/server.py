@@ -60,7 +60,7 @@ def notify_ready() -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
-def run(settings: Settings, threads: int = 8) -> None:
+def run(settings: Settings, threads: int = 64) -> None:
     path = settings.socket_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _remove_stale_socket(path)

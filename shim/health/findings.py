@@ -32,3 +32,13 @@ class Finding:
 
 def any_failed(findings: Iterable[Finding]) -> bool:
     return any(f.failed for f in findings)
+
+
+def needs_root(uid: int, command: str, what: str) -> Finding:
+    """The first line of a report run by another user than root: ``what`` is root's."""
+    return Finding(
+        FAIL,
+        "user",
+        f"{command} runs as uid {uid}: {what} are root's",
+        f"run it as root (sudo {command})",
+    )

@@ -8,29 +8,47 @@ asks of the world comes through :class:`~shim.health.probes.Probes`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..client import PluginClient
-from ..cni.config import NetworkConfigList, load_all
+from ..cni.config import NetworkConfigList, load_all, validate_plugin_type
 from ..cni.invoke import find_in_path
-from ..errors import CNIError, PycniError
+from ..errors import CNIError, ConfigError, PycniError
 from ..settings import Settings
 from ..state import Store
-from .findings import FAIL, OK, SKIP, WARN, Finding
+from .findings import FAIL, OK, SKIP, WARN, Finding, needs_root
 from .probes import Post, Probes
 
 
 def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
-    """``pycni doctor``: every host-side check, in the order a user would fix things."""
+    """``pycni doctor``: every host-side check, in the order a user would fix things.
+
+    Run by another user than root, it says so first, and skips what only root can look at
+    (pycni's records, the plugin socket, iptables) rather than blaming what it could not see.
+    """
     probes = probes or Probes()
     post = probes.post or PluginClient(settings.socket_path).post
-    conf_chains, findings = conf_dir_chains(settings.conf_dir)
-    net_chains, broken = network_chains(Store(settings.state_dir))
-    findings += broken
+    uid = probes.euid()
+    as_root = uid == 0
+    findings = [] if as_root else [check_user(uid)]
+    conf_chains, conf_findings = conf_dir_chains(settings.conf_dir)
+    findings += conf_findings
+    if as_root:
+        names = probes.network_names(settings.driver_name)
+        net_chains, broken = network_chains(Store(settings.state_dir), names)
+        findings += broken
+    else:
+        net_chains = []
+        findings.append(Finding(SKIP, "pycni networks", NEEDS_ROOT))
     chains = net_chains + conf_chains
     findings += check_binaries(chains, settings.cni_path, probes.find)
-    findings.append(check_dockerd(probes.docker_ping))
+    findings.append(check_dockerd(probes.docker_ping, as_root=as_root))
+    if not as_root:
+        for subject in (f"pycni socket {settings.socket_path}", "forwarding", "leftovers"):
+            findings.append(Finding(SKIP, subject, NEEDS_ROOT))
+        findings.append(check_ip_forward(probes.ip_forward()))
+        return findings
     serving = check_socket(settings.socket_path, post)
     findings.append(serving)
     findings += check_forwarding(chains, probes.bridge_netfilter(), probes.forward_policy())
@@ -40,6 +58,15 @@ def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
     else:
         findings.append(Finding(SKIP, "leftovers", "not checked: pycni serve is not answering"))
     return findings
+
+
+NEEDS_ROOT = "not checked: only root can look"
+
+
+def check_user(uid: int) -> Finding:
+    return needs_root(
+        uid, "pycni doctor", "pycni's records, the plugin socket (mode 0600) and iptables"
+    )
 
 
 # --- chains and their plugins --------------------------------------------------------------------
@@ -54,16 +81,35 @@ class Chain:
     plugins: tuple[str, ...]
     #: every binary it needs: the plugins and the IPAM plugins they delegate to
     binaries: tuple[str, ...]
+    #: what makes the chain unusable as it stands, each naming its field
+    problems: tuple[str, ...] = ()
+    #: pycni sets up this network's forwarding itself (a zero-config network, :mod:`shim.firewall`)
+    own_forwarding: bool = False
 
 
-def chain_of(label: str, config: NetworkConfigList) -> Chain:
+def chain_of(label: str, config: NetworkConfigList, *, own_forwarding: bool = False) -> Chain:
     binaries: list[str] = []
-    for plugin in config.plugins:
+    problems: list[str] = []
+    for n, plugin in enumerate(config.plugins):
         binaries.append(plugin.type)
         ipam = plugin.raw.get("ipam")
         if isinstance(ipam, dict) and isinstance(ipam.get("type"), str) and ipam["type"]:
+            try:  # a plugin's own type was checked when the file was read; its IPAM's wasn't
+                validate_plugin_type(ipam["type"])
+            except ConfigError:
+                problems.append(
+                    f"plugins[{n}].ipam.type: invalid plugin type {ipam['type']!r}: must be a "
+                    "bare executable name (no '/')"
+                )
+                continue
             binaries.append(ipam["type"])
-    return Chain(label, tuple(config.plugin_types()), tuple(dict.fromkeys(binaries)))
+    return Chain(
+        label,
+        tuple(config.plugin_types()),
+        tuple(dict.fromkeys(binaries)),
+        tuple(problems),
+        own_forwarding,
+    )
 
 
 def conf_dir_chains(conf_dir: str) -> tuple[list[Chain], list[Finding]]:
@@ -81,13 +127,28 @@ def conf_dir_chains(conf_dir: str) -> tuple[list[Chain], list[Finding]]:
     return chains, findings
 
 
-def network_chains(store: Store) -> tuple[list[Chain], list[Finding]]:
-    """The chains of every pycni network pycni has a record of."""
+def network_chains(
+    store: Store, names: Mapping[str, str] | None = None
+) -> tuple[list[Chain], list[Finding]]:
+    """The chains of every pycni network pycni has a record of, labelled with the name Docker
+    knows the network by (``names``: network id → name), where it has one."""
+    names = names or {}
     try:
         networks = store.networks()
     except PycniError as exc:
         return [], [Finding(FAIL, "state", str(exc), "fix or remove the record")]
-    return [chain_of(f"pycni network {net.id[:12]}", net.config) for net in networks], []
+    return [
+        chain_of(network_label(net.id, names.get(net.id)), net.config,
+                 own_forwarding=bool(net.firewall))
+        for net in networks
+    ], []
+
+
+def network_label(network_id: str, name: str | None) -> str:
+    """``pycni network web (0123456789ab)``, or the id alone when Docker has no name for it."""
+    if name:
+        return f"pycni network {name} ({network_id[:12]})"
+    return f"pycni network {network_id[:12]}"
 
 
 def check_binaries(
@@ -97,12 +158,16 @@ def check_binaries(
 ) -> list[Finding]:
     findings = []
     for chain in chains:
+        for problem in chain.problems:
+            findings.append(Finding(FAIL, chain.label, problem, "fix the config"))
         missing = []
         for binary in chain.binaries:
             try:
                 find(binary, cni_path)
             except CNIError:
                 missing.append(binary)
+        if chain.problems and not missing:
+            continue
         if missing:
             findings.append(
                 Finding(
@@ -120,13 +185,14 @@ def check_binaries(
 # --- dockerd and pycni serve ---------------------------------------------------------------------
 
 
-def check_dockerd(ping: Callable[[], None]) -> Finding:
+def check_dockerd(ping: Callable[[], None], *, as_root: bool = True) -> Finding:
     try:
         ping()
     except PycniError as exc:
-        return Finding(
-            FAIL, "dockerd", f"not reachable: {exc}", "start dockerd, or set DOCKER_HOST"
-        )
+        hint = "start dockerd, or set DOCKER_HOST"
+        if not as_root:
+            hint = "run it as root (or as a member of the docker group)"
+        return Finding(FAIL, "dockerd", f"not reachable: {exc}", hint)
     return Finding(OK, "dockerd", "reachable")
 
 
@@ -186,6 +252,8 @@ def check_forwarding(
         return [Finding(OK, subject, f"bridged traffic is not dropped by FORWARD ({why})")]
     findings = []
     for chain in chains:
+        if chain.own_forwarding:
+            continue  # pycni's own rules let the network's bridge forward (shim.firewall)
         if "bridge" in chain.plugins and "firewall" not in chain.plugins:
             findings.append(
                 Finding(
@@ -199,7 +267,10 @@ def check_forwarding(
     if not findings:
         findings.append(
             Finding(
-                OK, subject, "FORWARD policy is DROP; every bridge chain has the firewall plugin"
+                OK,
+                subject,
+                "FORWARD policy is DROP; every bridge chain lets its traffic through (the "
+                "firewall plugin, or pycni's own rules on a zero-config network)",
             )
         )
     return findings

@@ -66,6 +66,9 @@ class Probes:
     """Everything doctor asks of the world; tests replace any of it."""
 
     docker_ping: Callable[[], None] = dockerview.ping
+    #: Docker's name for each of the driver's network ids ({} when Docker can't be asked)
+    network_names: Callable[[str], dict[str, str]] = dockerview.network_names
+    euid: Callable[[], int] = os.geteuid
     #: None: the plugin socket of the settings doctor runs with
     post: Post | None = None
     forward_policy: Callable[[], str | None] = iptables_forward_policy

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +91,21 @@ def stored(store: Store, kind: str, data: dict[str, Any]) -> Store:
     return store
 
 
-def network(settings: Settings, network_id: str = "a" * 64) -> None:
-    """A pycni network with :data:`CONFIG` in the settings' state dir."""
+def network(
+    settings: Settings,
+    network_id: str = "a" * 64,
+    config: dict[str, Any] = CONFIG,
+    firewall: dict[str, Any] | None = None,
+) -> None:
+    """A pycni network with ``config`` in the settings' state dir (``firewall``: the rules pycni
+    puts in itself, as for a zero-config network)."""
     data = {
         "id": network_id,
         "request": {"NetworkID": network_id, "Options": {}, "IPv4Data": [], "IPv6Data": []},
-        "config": CONFIG,
-        "mode": "zero-config",
+        "config": config,
+        "mode": "zero-config" if firewall else "conflist",
         "ipam": "docker",
+        "firewall": firewall or {},
     }
     stored(Store(settings.state_dir), "networks", data)
 
@@ -277,6 +285,75 @@ def test_host_local_on_a_secondary_interface_is_a_warning(settings: Settings) ->
         settings, fake, record(), read_links=links("10.203.1.5/24", name="eth0")
     )
     assert findings[-1].failed and "host-local: Failed to find address" in str(findings[-1])
+
+
+PTP_CONFIG: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "name": "pycni-abc",
+    "plugins": [
+        {"type": "ptp", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.203.1.0/24"}]]}},
+        {"type": "firewall"},
+    ],
+}
+
+
+def ptp_check(config: dict[str, Any], env: Mapping[str, str]) -> bytes:
+    """ptp's CHECK as libcni's ValidateExpectedInterfaceIPs does it: every address of the
+    result, with its prefix, on the interface (which carries the /32 pycni gave it)."""
+    for ip in config["prevResult"].get("ips", []):
+        if ip["address"] != "10.203.1.5/32":
+            raise CNIError(f"Failed to match addr {ip['address']} on interface eth1", code=999)
+    return b""
+
+
+def test_a_host_address_pycni_gave_on_purpose_is_no_check_failure(settings: Settings) -> None:
+    """ptp routes its subnet via the gateway; the container carries 10.203.1.5/32, not the /24
+    of the result. ptp is checked again without that address, and the chain goes on."""
+    write_cache(settings)
+    fake = FakeExec().on("ptp", "CHECK", ptp_check)
+    rec = record(config=PTP_CONFIG, addresses=["10.203.1.5/32"])
+    findings = run_endpoint(settings, fake, rec, read_links=links("10.203.1.5/32"))
+    assert statuses(findings) == [OK, OK, OK, OK], findings
+    assert "eth1 (" in str(findings[1]) and "carries 10.203.1.5/32" in str(findings[1])
+    assert "CNI CHECK passed (2 plugins checked)" in str(findings[2])
+    assert "ptp checked without the address 10.203.1.5/24" in str(findings[3])
+    assert "carries it as 10.203.1.5/32" in str(findings[3])
+    calls = fake.calls_for("CHECK")
+    assert [c.plugin for c in calls] == ["ptp", "ptp", "firewall"]
+    assert "ips" not in calls[1].stdin["prevResult"]
+    assert calls[1].stdin["prevResult"]["routes"] == RESULT["routes"]  # routes still compared
+    assert [ip["address"] for ip in calls[2].stdin["prevResult"]["ips"]] == ["10.203.1.5/24"]
+
+
+def test_a_host_address_does_not_excuse_other_failures(settings: Settings) -> None:
+    write_cache(settings)
+    rec = record(config=PTP_CONFIG, addresses=["10.203.1.5/32"])
+
+    def ptp_bad_mac(config: dict[str, Any], env: Mapping[str, str]) -> bytes:
+        if config["prevResult"].get("ips"):
+            return ptp_check(config, env)
+        raise CNIError("ptp: Interface eth1 Mac x doesn't match container Mac: y")
+
+    for fake in (
+        FakeExec().on("ptp", "CHECK", ptp_bad_mac),
+        FakeExec().on("ptp", "CHECK", CNIError("Failed to match addr 10.203.1.6/24 on eth1")),
+    ):
+        findings = run_endpoint(settings, fake, rec, read_links=links("10.203.1.5/32"))
+        assert findings[-1].failed, findings
+        assert "CNI CHECK failed: ptp:" in str(findings[-1])
+    # An address the record holds with its prefix is no host address: the mismatch fails.
+    fake = FakeExec().on("ptp", "CHECK", ptp_check)
+    findings = run_endpoint(settings, fake, record(config=PTP_CONFIG))
+    assert findings[-1].failed and "Failed to match addr 10.203.1.5/24" in str(findings[-1])
+
+
+def test_host_addresses_are_the_result_addresses_recorded_as_hosts() -> None:
+    result = Result.from_json({**RESULT, "ips": [
+        {"address": "10.203.1.5/24"}, {"address": "fd00::5/64"}, {"address": "10.9.0.1/32"},
+    ]})
+    assert container.host_addresses(result, ["10.203.1.5/32", "fd00::5/128", "10.9.0.1/32"]) \
+        == ("10.203.1.5/24", "fd00::5/64")
+    assert container.host_addresses(result, ["10.203.1.5/24", "fd00::5/64"]) == ()
 
 
 def test_missing_plugin_says_to_install_it(settings: Settings) -> None:
@@ -499,6 +576,8 @@ def probes(**changes: Any) -> Probes:
         forward_policy=lambda: "DROP",
         bridge_netfilter=lambda: True,
         ip_forward=lambda: "1",
+        network_names=lambda driver: {},
+        euid=lambda: 0,
     )
     for key, value in changes.items():
         setattr(base, key, value)
@@ -564,3 +643,114 @@ def test_iptables_policy_parsing() -> None:
     assert parse_forward_policy(rules) == "DROP"
     assert parse_forward_policy("-P FORWARD ACCEPT\n") == "ACCEPT"
     assert parse_forward_policy("") is None
+
+
+# --- doctor: what it says, and about what -------------------------------------------------------
+
+ZERO_CONFIG_CHAIN: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "name": "pycni-aaaaaaaaaaaa",
+    "plugins": [
+        {"type": "bridge", "bridge": "pycni-aaaaaaaaa", "ipam": {"type": "static"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+    ],
+}
+
+
+def test_a_zero_config_network_needs_no_firewall_plugin(settings: Settings) -> None:
+    """pycni lets a zero-config network's bridge forward with rules of its own (shim.firewall):
+    no warning. A conflist's bridge without the firewall plugin still gets one."""
+    plugin_dir(settings, "bridge", "static", "portmap")
+    network(settings, config=ZERO_CONFIG_CHAIN,
+            firewall={"bridge": "pycni-aaaaaaaaa", "subnets": ["10.203.1.0/24"]})
+    findings = health.doctor(settings, probes())
+    assert statuses(findings) == [OK] * len(findings), "\n".join(map(str, findings))
+    [forwarding] = [f for f in findings if f.subject == "forwarding"]
+    assert "pycni's own rules on a zero-config network" in forwarding.message
+
+    network(settings, "b" * 64, config=ZERO_CONFIG_CHAIN)  # the same chain, from a conflist
+    findings = health.doctor(settings, probes())
+    warned = [f for f in findings if f.status == WARN]
+    assert [f.subject for f in warned] == ["pycni network " + "b" * 12]
+    assert "no firewall plugin" in warned[0].message
+
+
+def test_an_ipam_type_with_a_slash_names_file_and_field_and_the_report_goes_on(
+    settings: Settings,
+) -> None:
+    plugin_dir(settings, "bridge", "firewall")
+    conflist(settings, "10-good.conflist", {
+        "cniVersion": "1.0.0", "name": "good", "plugins": [{"type": "firewall"}]})
+    conflist(settings, "20-slash.conflist", {
+        "cniVersion": "1.0.0", "name": "slash",
+        "plugins": [{"type": "bridge", "ipam": {"type": "../host-local"}}, {"type": "firewall"}]})
+    findings = health.doctor(settings, probes())
+    [failed] = [f for f in findings if f.failed]
+    path = os.path.join(settings.conf_dir, "20-slash.conflist")
+    assert str(failed) == (
+        f"FAIL {path} (network slash): plugins[0].ipam.type: invalid plugin type "
+        "'../host-local': must be a bare executable name (no '/') — fix the config"
+    )
+    subjects = [f.subject for f in findings]
+    assert "dockerd" in subjects and "leftovers" in subjects and "forwarding" in subjects
+    assert any("10-good.conflist" in f.subject and f.status == OK for f in findings)
+
+
+def test_as_a_user_doctor_says_run_as_root_and_blames_nothing_else(settings: Settings) -> None:
+    def denied(*args: Any) -> Any:
+        raise PycniError("/Plugin.Activate on /s failed: [Errno 13] Permission denied")
+
+    network(settings)
+    findings = health.doctor(
+        settings,
+        probes(euid=lambda: 1000, post=denied, forward_policy=lambda: None,
+               network_names=denied),
+    )
+    assert str(findings[0]) == (
+        "FAIL user: pycni doctor runs as uid 1000: pycni's records, the plugin socket (mode "
+        "0600) and iptables are root's — run it as root (sudo pycni doctor)"
+    )
+    assert [f.subject for f in findings if f.failed] == ["user"]
+    skipped = {f.subject for f in findings if f.status == SKIP}
+    assert skipped == {
+        "pycni networks", f"pycni socket {settings.socket_path}", "forwarding", "leftovers"
+    }
+    text = "\n".join(map(str, findings))
+    assert "start `pycni serve`" not in text and "iptables installed" not in text
+
+
+def test_as_a_user_an_unreachable_dockerd_says_run_as_root() -> None:
+    def denied() -> None:
+        raise PycniError("Permission denied")
+
+    assert "start dockerd" in host.check_dockerd(denied).hint
+    assert host.check_dockerd(denied, as_root=False).hint == (
+        "run it as root (or as a member of the docker group)"
+    )
+
+
+def test_doctor_names_networks_as_docker_does(settings: Settings) -> None:
+    network(settings)
+    network(settings, "b" * 64)
+    plugin_dir(settings, "bridge", "static", "portmap", "firewall")
+    asked = []
+
+    def names(driver: str) -> dict[str, str]:
+        asked.append(driver)
+        return {"a" * 64: "web"}
+
+    findings = health.doctor(Settings(**{**settings.__dict__, "driver_name": "pycni:latest"}),
+                             probes(network_names=names))
+    subjects = [f.subject for f in findings]
+    assert f"pycni network web ({'a' * 12})" in subjects
+    assert f"pycni network {'b' * 12}" in subjects  # Docker has no name for it
+    assert asked == ["pycni:latest"]
+
+
+def test_check_as_a_user_says_run_as_root(settings: Settings) -> None:
+    findings = health.check("web", settings, euid=lambda: 1000)
+    [finding] = findings
+    assert str(finding) == (
+        "FAIL user: pycni check runs as uid 1000: pycni's records, the container's namespace "
+        "and the plugins' CHECK are root's — run it as root (sudo pycni check)"
+    )

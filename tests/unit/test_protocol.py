@@ -122,13 +122,27 @@ def test_anything_else_is_no_docker_id(bad: str) -> None:
 @pytest.mark.parametrize(("body", "message"), [
     ({}, "missing NetworkID"),
     ({"NetworkID": ""}, "missing NetworkID"),
-    ({"NetworkID": 7}, "missing NetworkID"),
+    ({"NetworkID": None}, "missing NetworkID"),
     ({"NetworkID": NET}, "missing EndpointID"),
 ])
 def test_missing_ids(body: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         JoinRequest.from_json(body)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("value", "kind"), [
+    (5, "a number"), (5.5, "a number"), (True, "a boolean"), ([NET], "an array"),
+    ({"Id": NET}, "an object"),
+])
+def test_an_id_of_the_wrong_type_is_named_so(value: Any, kind: str) -> None:
+    """{"NetworkID": 5} is there, and of the wrong type: not "missing"."""
+    with pytest.raises(InvalidRequest) as caught:
+        NetworkRequest.from_json({"NetworkID": value})
+    assert str(caught.value) == f"NetworkID must be a string (a Docker id), not {kind}"
+    with pytest.raises(InvalidRequest) as caught:
+        EndpointRequest.from_json({"NetworkID": NET, "EndpointID": value})
+    assert str(caught.value) == f"EndpointID must be a string (a Docker id), not {kind}"
 
 
 def test_a_long_bad_id_is_cut_short_in_the_message() -> None:
