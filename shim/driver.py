@@ -1,10 +1,11 @@
 """CNM → CNI: Docker's network driver verbs, each carried out on the attachment core.
 
-Each verb is short: it takes its network's lock from the :class:`~shim.registry.Registry` (whose
-docstring holds the one lock rule), then works through the attachment core
-(:mod:`shim.attach`: ADD with undo, DEL with the cached config and arguments), the staging
-namespace (:mod:`shim.staging`: where the chain runs before Docker has a container netns, and how
-the link gets out and back) and the port publisher (:mod:`shim.ports`).
+Each verb is short: it takes its locks from the :class:`~shim.registry.Registry` (whose
+docstring holds the one lock rule: network verbs hold their network, endpoint verbs their
+endpoint), then works through the attachment core (:mod:`shim.attach`: ADD with undo, DEL with
+the cached config and arguments), the staging namespace (:mod:`shim.staging`: where the chain
+runs before Docker has a container netns, and how the link gets out and back) and the port
+publisher (:mod:`shim.ports`).
 
 * **CreateNetwork** settles the chain (:mod:`shim.chains`), negotiates its version with the
   plugins, and installs the per-network rules of zero-config networks (:mod:`shim.firewall`).
@@ -161,7 +162,7 @@ class Driver:
         with self.registry.locked_if_any(network_id) as net:
             if net is None:
                 return  # already gone: deleting twice is fine
-            for rec in list(net.endpoints.values()):
+            for rec in net.snapshot():
                 self.teardown(rec, net)
             for name in net.record.owned_links:
                 # A bridge with no ports left is ours to remove; one still in use is not.
@@ -184,8 +185,10 @@ class Driver:
             # Endpoint ids are Docker's and unique: one that exists on another network is a
             # leftover of Docker's. One network lock at a time: that one first.
             self._delete(elsewhere, req.endpoint_id)
-        with self.registry.locked(req.network_id) as net:
-            stale = net.endpoints.get(req.endpoint_id)
+        with self.registry.endpoint_locked(req.network_id, req.endpoint_id) as net:
+            if net is None:
+                raise NotFound(f"pycni has no network {req.network_id[:12]}")
+            stale = net.endpoint(req.endpoint_id)
             if stale is not None:
                 # Docker retried an endpoint that half-exists: clean it, then make it anew.
                 log.warning("endpoint %s exists already; recreating it", req.endpoint_id[:12])
@@ -255,8 +258,8 @@ class Driver:
         """Nothing to undo: Docker takes the link out of the container itself, and
         DeleteEndpoint finds it wherever it is. Kept in memory only; the record still names
         the sandbox, which tells reconciliation whether the container lives."""
-        with self.registry.locked_if_any(self._network_of(req)) as net:
-            rec = net.endpoints.get(req.endpoint_id) if net else None
+        with self.registry.endpoint_locked(self._network_of(req), req.endpoint_id) as net:
+            rec = net.endpoint(req.endpoint_id) if net else None
             if rec is not None and rec.phase == Phase.JOINED:
                 rec.phase = Phase.READY
 
@@ -264,8 +267,8 @@ class Driver:
         self._delete(self._network_of(req), req.endpoint_id)
 
     def _delete(self, network_id: str, endpoint_id: str) -> None:
-        with self.registry.locked_if_any(network_id) as net:
-            rec = net.endpoints.get(endpoint_id) if net else None
+        with self.registry.endpoint_locked(network_id, endpoint_id) as net:
+            rec = net.endpoint(endpoint_id) if net else None
             if rec is None:
                 return  # already gone: DEL semantics
             self.teardown(rec, net)
@@ -278,8 +281,8 @@ class Driver:
     def _endpoint(self, req: EndpointRequest | JoinRequest
                   ) -> Iterator[tuple[Network, EndpointRecord]]:
         """The endpoint a verb names, under its network's lock."""
-        with self.registry.locked_if_any(self._network_of(req)) as net:
-            rec = net.endpoints.get(req.endpoint_id) if net is not None else None
+        with self.registry.endpoint_locked(self._network_of(req), req.endpoint_id) as net:
+            rec = net.endpoint(req.endpoint_id) if net is not None else None
             if net is None or rec is None:
                 raise NotFound(f"pycni has no endpoint {req.endpoint_id[:12]} "
                                f"on network {req.network_id[:12]}")
@@ -360,8 +363,8 @@ class Driver:
         log.info("endpoint %s publishes %s", rec.id[:12], ", ".join(map(str, mappings)))
 
     def revoke_external(self, req: EndpointRequest) -> None:
-        with self.registry.locked_if_any(self._network_of(req)) as net:
-            rec = net.endpoints.get(req.endpoint_id) if net else None
+        with self.registry.endpoint_locked(self._network_of(req), req.endpoint_id) as net:
+            rec = net.endpoint(req.endpoint_id) if net else None
             if net is None or rec is None or PORTS not in rec.capability_args:
                 return
             # DEL with the same portMappings as ADD (portmap removes nothing otherwise), then

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import staging
 from .attach import Attachment
@@ -43,6 +43,7 @@ from .cni.config import conflist_from_dict
 from .cni.types import Result
 from .dockerview import DockerView
 from .errors import CNIError, PycniError
+from .seams import Links
 from .state import EndpointRecord, Phase
 
 if TYPE_CHECKING:
@@ -105,6 +106,10 @@ def networks_docker_forgot(sweep: Sweep) -> Iterator[Action]:
     for net in driver.registry.networks():
         if net.created > sweep.started or net.id in view.networks:
             continue
+        if sweep.started - net.created < STALE_AFTER:
+            # Docker asks the driver before it stores the network: it may not list it yet.
+            sweep.pending.append(net.id)
+            continue
         if net.driver != driver.settings.driver_name:
             log.info("network %s was made by driver %r; Docker was asked about %r: kept",
                      net.id[:12], net.driver, driver.settings.driver_name)
@@ -116,14 +121,15 @@ def networks_docker_forgot(sweep: Sweep) -> Iterator[Action]:
 def stale_endpoints(sweep: Sweep) -> Iterator[Action]:
     """Endpoints no verb will ever finish or remove."""
     driver = sweep.driver
-    known = set(driver.registry.network_ids())
-    for rec in driver.store.endpoints():
-        if rec.created > sweep.started:
-            continue
-        if rec.network_id not in known:
-            # Nobody owns it, so no network lock covers it: claim its names instead.
+    # Records of networks that are gone were never loaded: they are on disk only.
+    for eid in sorted(driver.store.endpoint_ids() - driver.registry.endpoint_ids()):
+        rec = driver.store.load_endpoint(eid)
+        if rec is not None and rec.created <= sweep.started:
+            # Nobody owns it, so no lock of a network covers it: claim its names instead.
             yield Action(f"endpoint {rec.id[:12]}", "its network is gone",
                          partial(_reap_orphan, driver, rec), outcome="torn down")
+    for rec in driver.registry.endpoints():
+        if rec.created > sweep.started:
             continue
         reason = _stale(rec, sweep)
         if reason is not None:
@@ -134,7 +140,7 @@ def stale_endpoints(sweep: Sweep) -> Iterator[Action]:
 def cached_attachments(sweep: Sweep) -> Iterator[Action]:
     """libcni cache entries of pycni's (a staging netns) that no endpoint owns."""
     driver = sweep.driver
-    known = driver.registry.endpoint_ids() | {e.id for e in driver.store.endpoints()}
+    known = driver.registry.endpoint_ids() | driver.store.endpoint_ids()
     staging_dir = driver.links.netns_path(staging.NETNS_PREFIX)
     for entry in driver.cni.cached_attachments():
         cid = entry.container_id
@@ -152,7 +158,7 @@ def stray_namespaces(sweep: Sweep) -> Iterator[Action]:
     """Staging namespaces (``pycni-<12 hex>``) of no endpoint."""
     links = sweep.driver.links
     names = links.list_netns(staging.NETNS_PREFIX)
-    yield from _strays(sweep, "netns", names, staging.NETNS_NAME, links.remove_netns)
+    yield from _strays(sweep, "netns", names, staging.NETNS_NAME, partial(_remove_netns, links))
 
 
 def stray_links(sweep: Sweep) -> Iterator[Action]:
@@ -162,8 +168,15 @@ def stray_links(sweep: Sweep) -> Iterator[Action]:
                        links.delete_link)
 
 
+def _remove_netns(links: Links, name: str) -> bool:
+    if not links.netns_exists(name):
+        return False
+    links.remove_netns(name)
+    return True
+
+
 def _strays(sweep: Sweep, kind: str, names: list[str], pattern: re.Pattern[str],
-            remove: Callable[[str], Any]) -> Iterator[Action]:
+            remove: Callable[[str], bool]) -> Iterator[Action]:
     for name in names:
         match = pattern.fullmatch(name)
         if match and not _known(sweep.driver, match.group(1)):
@@ -252,8 +265,8 @@ def _stale(rec: EndpointRecord, sweep: Sweep) -> str | None:
 def _reap(sweep: Sweep, rec: EndpointRecord) -> bool:
     """Tear a stale endpoint down under its network's lock, if it is still stale there."""
     driver = sweep.driver
-    with driver.registry.locked_if_any(rec.network_id) as net:
-        current = net.endpoints.get(rec.id) if net is not None else None
+    with driver.registry.endpoint_locked(rec.network_id, rec.id) as net:
+        current = net.endpoint(rec.id) if net is not None else None
         if current is None or _stale(current, sweep) is None:
             return False  # it moved on meanwhile
         driver.teardown(current, net)
@@ -268,24 +281,24 @@ def _reap_orphan(driver: Driver, rec: EndpointRecord) -> bool:
 
 
 def _known(driver: Driver, prefix: str) -> bool:
-    return any(eid.startswith(prefix) for eid in driver.registry.endpoint_ids()) or any(
-        e.id.startswith(prefix) for e in driver.store.endpoints()
-    )
+    ids = driver.registry.endpoint_ids() | driver.store.endpoint_ids()
+    return any(eid.startswith(prefix) for eid in ids)
 
 
-def _remove_unclaimed(driver: Driver, prefix: str, remove: Callable[[], Any]) -> bool:
+def _remove_unclaimed(driver: Driver, prefix: str, remove: Callable[[], bool]) -> bool:
+    """Remove a host object named after ``prefix`` unless an endpoint claims it; whether there
+    was one to remove (a sweep's listing may be older than an endpoint's DeleteEndpoint)."""
     with driver.registry.sweeping(prefix) as claimed:
         if not claimed or _known(driver, prefix):
             return False
-        remove()
-        return True
+        return remove()
 
 
 def _gc_network(driver: Driver, network_id: str) -> bool:
     with driver.registry.locked_if_any(network_id) as net:
         if net is None:
             return False
-        valid = {(e.id, e.ifname) for e in net.endpoints.values()}
+        valid = {(e.id, e.ifname) for e in net.snapshot()}
         try:
             driver.cni.gc(net.record.config, valid)
         except CNIError as exc:
@@ -345,7 +358,7 @@ class Reconciler:
         self._wake.set()
 
     def _loop(self) -> None:
-        deadline = time.monotonic() + self.patience
+        deadline = time.monotonic()  # looks again only once something is pending
         while not self._stop.is_set():
             try:
                 report = run(self.driver)

@@ -1,26 +1,29 @@
 """The one owner of pycni's in-memory state: networks, their endpoints, and the store behind them.
 
 Modelled on moby's bridge driver, which keeps each network's endpoints inside the network object
-under the network's own mutex. The lock rule, written once, here:
+under the network's own lock, and runs endpoints of one network side by side. The lock rule,
+written once, here:
 
-1. **A verb takes its network's lock and re-reads inside it.** :meth:`Registry.locked` finds the
-   network, takes its lock, and only then checks that the network still exists (a DeleteNetwork
-   may have won the race). Everything about a network and its endpoints is read and changed
-   only under that lock: ``Network.endpoints`` belongs to it.
-2. **One network lock at a time.** No code holds two network locks. The ports lock
-   (:class:`shim.ports.Publisher`) may be taken *inside* a network lock, never the other way.
+1. **A verb takes its locks, then re-reads inside them.** A network verb (CreateNetwork,
+   DeleteNetwork, reconciliation's network sweeps) holds the network *exclusively*
+   (:meth:`Registry.locked`). An endpoint verb (CreateEndpoint, Join, Leave, DeleteEndpoint,
+   ports) holds the network *shared* and its endpoint *exclusively*
+   (:meth:`Registry.endpoint_locked`): endpoints of one network are made and removed in
+   parallel — plugins run for tens of milliseconds — while a DeleteNetwork waits for them and
+   then has the network to itself. Inside, a verb checks that what it wants still exists (a
+   DeleteNetwork or a DeleteEndpoint may have won the race).
+2. **Lock order: network, then endpoint, then the leaves.** Nobody waits for a network while
+   holding an endpoint; nobody holds two networks or two endpoints. The leaves, taken last and
+   held only for bookkeeping, never across I/O: a network's ``mutex`` over its endpoints dict,
+   the registry's guard over its own dicts, the ports lock (:class:`shim.ports.Publisher`).
 3. **Iterate over snapshots.** :meth:`Registry.networks` and :meth:`Registry.endpoints` return
-   lists copied under the locks (so they are taken while holding no network lock); nobody
-   iterates a dict another thread may change.
+   lists copied under the leaf locks; nobody iterates a dict another thread may change.
 4. **Names on the host are claimed before they exist.** An endpoint's staging netns and host
-   link are named after its id; :meth:`Registry.add_endpoint` claims the id under the registry's
-   guard before anything is created, and a sweep removes a namespace or link only through
-   :meth:`Registry.sweeping`, which refuses names claimed meanwhile and makes a verb that wants
-   one wait until the sweep is done with it.
+   link are named after its id; :meth:`Registry.add_endpoint` claims the id before anything is
+   created, and a sweep removes a namespace or link only through :meth:`Registry.sweeping`,
+   which refuses names claimed meanwhile and makes a verb that wants one wait until the sweep is
+   done with it.
 5. **Sweeps take the same locks as the verbs** and skip anything newer than the sweep's start.
-
-The registry's own guard protects only its dicts and claims; it is never held across I/O or
-while waiting for a network lock.
 """
 
 from __future__ import annotations
@@ -29,24 +32,87 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import NotFound
 from .state import EndpointRecord, NetworkRecord, Store
 
 
+class SharedLock:
+    """Many holders in shared mode, or one in exclusive mode; exclusive waiters go first."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 @dataclass(eq=False)
 class Network:
-    """A network and its endpoints; everything in it belongs to ``lock`` (rule 1)."""
+    """A network and its endpoints (rule 1: ``lock`` shared or exclusive; ``mutex`` a leaf)."""
 
     record: NetworkRecord
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: SharedLock = field(default_factory=SharedLock)
+    #: guards ``endpoints`` and ``_endpoint_locks`` (a leaf: held for bookkeeping only)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    #: endpoint id → [its lock, how many hold or wait for it]
+    _endpoint_locks: dict[str, list[Any]] = field(default_factory=dict)
     #: false once deleted: a verb that waited for the lock must not act on it
     alive: bool = True
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    def endpoint(self, endpoint_id: str) -> EndpointRecord | None:
+        with self.mutex:
+            return self.endpoints.get(endpoint_id)
+
+    def snapshot(self) -> list[EndpointRecord]:
+        with self.mutex:
+            return list(self.endpoints.values())
+
+    @contextlib.contextmanager
+    def _endpoint_lock(self, endpoint_id: str) -> Iterator[None]:
+        with self.mutex:
+            entry = self._endpoint_locks.setdefault(endpoint_id, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self.mutex:
+                entry[1] -= 1
+                if not entry[1]:  # nobody holds or waits for it
+                    self._endpoint_locks.pop(endpoint_id, None)
 
 
 class Registry:
@@ -76,11 +142,15 @@ class Registry:
             self._networks, self._owner = networks, owner
         return len(networks), len(owner)
 
-    # --- rule 1: one network under its lock --------------------------------------------------
+    def _network(self, network_id: str) -> Network | None:
+        with self._guard:
+            return self._networks.get(network_id)
+
+    # --- rule 1: network verbs ---------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self, network_id: str) -> Iterator[Network]:
-        """The network, under its lock; NotFound if it doesn't exist (or stopped existing)."""
+        """The network, held exclusively; NotFound if it doesn't exist (or stopped existing)."""
         with self.locked_if_any(network_id) as net:
             if net is None:
                 raise NotFound(f"pycni has no network {network_id[:12]}")
@@ -88,13 +158,12 @@ class Registry:
 
     @contextlib.contextmanager
     def locked_if_any(self, network_id: str) -> Iterator[Network | None]:
-        """The network under its lock, or None: for verbs where "already gone" is success."""
-        with self._guard:
-            net = self._networks.get(network_id)
+        """The network held exclusively, or None: for verbs where "already gone" is success."""
+        net = self._network(network_id)
         if net is None:
             yield None
             return
-        with net.lock:
+        with net.lock.exclusive():
             yield net if net.alive else None
 
     @contextlib.contextmanager
@@ -104,9 +173,7 @@ class Registry:
             lock = self._creating.setdefault(network_id, threading.Lock())
         try:
             with lock:
-                with self._guard:
-                    net = self._networks.get(network_id)
-                yield net
+                yield self._network(network_id)
         finally:
             with self._guard:
                 self._creating.pop(network_id, None)
@@ -119,15 +186,26 @@ class Registry:
         return net
 
     def remove_network(self, net: Network) -> None:
-        """Forget a network (under its lock); its record is deleted from the store."""
+        """Forget a network (held exclusively); its record is deleted from the store."""
         self.store.delete_network(net.id)
         net.alive = False
         with self._guard:
             self._networks.pop(net.id, None)
-            for eid in list(net.endpoints):
-                self._owner.pop(eid, None)
+            for eid in net.snapshot():
+                self._owner.pop(eid.id, None)
 
-    # --- endpoints (always under their network's lock) ---------------------------------------
+    # --- rule 1: endpoint verbs --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def endpoint_locked(self, network_id: str, endpoint_id: str) -> Iterator[Network | None]:
+        """The network held shared, with ``endpoint_id`` held exclusively; None if the network
+        doesn't exist (or stopped existing)."""
+        net = self._network(network_id)
+        if net is None:
+            yield None
+            return
+        with net.lock.shared(), net._endpoint_lock(endpoint_id):
+            yield net if net.alive else None
 
     def add_endpoint(self, net: Network, rec: EndpointRecord) -> None:
         """Claim an endpoint's id and save its record, before anything of it exists (rule 4)."""
@@ -135,7 +213,8 @@ class Registry:
         with self._guard:
             self._guard.wait_for(lambda: prefix not in self._sweeping, timeout=60)
             self._owner[rec.id] = net.id
-        net.endpoints[rec.id] = rec
+        with net.mutex:
+            net.endpoints[rec.id] = rec
         try:
             self.store.save_endpoint(rec)
         except BaseException:
@@ -144,11 +223,13 @@ class Registry:
 
     def save_endpoint(self, net: Network, rec: EndpointRecord) -> None:
         self.store.save_endpoint(rec)
-        net.endpoints[rec.id] = rec
+        with net.mutex:
+            net.endpoints[rec.id] = rec
 
     def remove_endpoint(self, net: Network, endpoint_id: str) -> None:
         self.store.delete_endpoint(endpoint_id)
-        net.endpoints.pop(endpoint_id, None)
+        with net.mutex:
+            net.endpoints.pop(endpoint_id, None)
         with self._guard:
             self._owner.pop(endpoint_id, None)
 
@@ -167,17 +248,13 @@ class Registry:
             return list(self._networks)
 
     def endpoints(self, network_id: str | None = None) -> list[EndpointRecord]:
-        """Every endpoint (of one network), each network's copied under its lock."""
+        """Every endpoint (of one network)."""
         with self._guard:
             nets = [n for n in self._networks.values() if network_id in (None, n.id)]
-        found: list[EndpointRecord] = []
-        for net in nets:
-            with net.lock:
-                found += net.endpoints.values()
-        return found
+        return [rec for net in nets for rec in net.snapshot()]
 
     def endpoint_ids(self) -> set[str]:
-        """Every endpoint id known or being created (cheap: no network lock)."""
+        """Every endpoint id known or being created."""
         with self._guard:
             return set(self._owner)
 

@@ -322,6 +322,17 @@ class Store:
         rec: EndpointRecord = _build(EndpointRecord, data)
         return rec
 
+    def endpoint_ids(self) -> set[str]:
+        """The ids of the endpoint records on disk, without reading them."""
+        try:
+            names = os.listdir(self._dir("endpoints"))
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise StateError(f"cannot list {self._dir('endpoints')}: {exc.strerror}") from exc
+        return {n.removesuffix(".json") for n in names
+                if n.endswith(".json") and not n.startswith(".")}
+
     def endpoints(self) -> list[EndpointRecord]:
         return [_build(EndpointRecord, d) for d in self._read_all("endpoints")]
 
