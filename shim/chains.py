@@ -11,25 +11,62 @@ Two sources of config:
   chain's IPAM chooses and pycni reports its choice to Docker. With Docker's IPAM, Docker's address
   goes to the chain through the ``ips`` capability (when the plugin declares it) or CNI_ARGS ``IP=``
   (host-local, static); a chain that can honour neither is refused at CreateNetwork.
+
+Docker's own bridge options (``com.docker.network.driver.mtu``, ``com.docker.network.bridge.name``,
+``enable_icc``, ``enable_ip_masquerade``, ``host_binding_ipv4``) mean on a zero-config network
+what they mean on Docker's bridge (:func:`bridge_options`). A conflist decides for itself: such an
+option is taken where the conflist says the same, and refused where it says otherwise or can't
+say it at all — except ``host_binding_ipv4``, which only concerns publishing ports
+(:func:`default_host_ip`). Options Docker's bridge honours and pycni can't are refused, never
+ignored.
+
+CreateNetwork also refuses a network that would hurt the host or another network
+(:func:`refuse_collisions`): a bridge name that is an existing link but no bridge (``eth0``,
+``lo``), or another network's bridge (pycni's or Docker's); addresses that overlap another
+network's subnet.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import plugins
 from .cni.config import NetworkConfigList, conflist_from_dict
-from .errors import ConfigError, InvalidRequest
+from .dockerview import DockerNetwork
+from .errors import ConfigError, InvalidRequest, Unsupported
 from .protocol import CreateNetworkRequest, EndpointInterface
+
+if TYPE_CHECKING:
+    from .seams import Links
 
 #: ``-o`` options pycni understands; any other ``cni.*`` option is a typo worth reporting.
 OPT_NETWORK = "cni.network"
 OPT_BRIDGE = "cni.bridge"
 OPT_MTU = "cni.mtu"
 KNOWN_OPTIONS = (OPT_NETWORK, OPT_BRIDGE, OPT_MTU)
+
+#: Docker's bridge driver options (moby ``netlabel.DriverMTU`` and ``drivers/bridge``), which
+#: compose files set; each means on a zero-config network what it means on Docker's bridge.
+DOCKER_MTU = "com.docker.network.driver.mtu"
+DOCKER_BRIDGE = "com.docker.network.bridge.name"
+DOCKER_ICC = "com.docker.network.bridge.enable_icc"
+DOCKER_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
+DOCKER_HOST_IP = "com.docker.network.bridge.host_binding_ipv4"
+#: Options of Docker's bridge that pycni can't honour, with the value that asks for nothing
+#: (Docker's default): any other value is refused.
+DOCKER_UNSUPPORTED = {
+    "com.docker.network.bridge.inhibit_ipv4": "false",
+    "com.docker.network.bridge.default_bridge": "false",
+    "com.docker.network.container_iface_prefix": "eth",
+}
+#: Go's ``strconv.ParseBool``, which Docker reads its boolean options with
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 ZERO_CONFIG_VERSION = "1.0.0"
 NULL_IPAM_HINT = "create the network with --ipam-driver null to let the chain's IPAM choose"
@@ -61,24 +98,101 @@ class Resolved:
 
 
 
-def check_options(options: dict[str, str]) -> None:
+def check_options(options: Mapping[str, str]) -> None:
     for key in options:
         if key.startswith("cni.") and key not in KNOWN_OPTIONS:
             raise InvalidRequest(
                 f"unknown option {key!r}; pycni knows {', '.join(KNOWN_OPTIONS)}"
             )
-    if OPT_MTU in options:
+    bridge_options(options)
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    """What a network asked of its bridge, Docker's defaults where it asked nothing."""
+
+    #: the bridge's name (``cni.bridge`` or Docker's ``bridge.name``); "" for pycni's own
+    bridge: str = ""
+    #: the MTU (``cni.mtu`` or Docker's ``driver.mtu``); 0 for the plugin's default
+    mtu: int = 0
+    #: containers of the network may talk to each other (``enable_icc``)
+    icc: bool = True
+    #: traffic leaving the network is masqueraded (``enable_ip_masquerade``)
+    masquerade: bool = True
+    #: the host address ports are published on when ``-p`` names none (``host_binding_ipv4``)
+    host_ip: str = ""
+
+
+def bridge_options(options: Mapping[str, str]) -> BridgeOptions:
+    """Parse and validate the bridge options; refuse what pycni can't honour."""
+    for key, default in DOCKER_UNSUPPORTED.items():
+        if key in options and not _same_value(options[key], default):
+            raise Unsupported(
+                f"option {key}={options[key]} is an option of Docker's bridge driver that pycni "
+                f"can't honour; leave it out (or at {default}, Docker's default)"
+            )
+    bridge = _one_of(options, OPT_BRIDGE, DOCKER_BRIDGE)
+    for key in (OPT_BRIDGE, DOCKER_BRIDGE):
+        if key in options and not _valid_link_name(options[key]):
+            raise InvalidRequest(
+                f"option {key}={options[key]!r} is not a valid interface name "
+                "(1 to 15 bytes, not '.' or '..', no '/', ':' or whitespace)"
+            )
+    mtu = 0
+    for key in (OPT_MTU, DOCKER_MTU):
+        if key in options:
+            try:
+                mtu = int(options[key])
+            except ValueError:
+                mtu = 0
+            if not 68 <= mtu <= 65535:
+                raise InvalidRequest(f"option {key} must be a number from 68 to 65535")
+    _one_of(options, OPT_MTU, DOCKER_MTU, same=lambda a, b: int(a) == int(b))
+    host_ip = options.get(DOCKER_HOST_IP, "")
+    if host_ip:
         try:
-            mtu = int(options[OPT_MTU])
-        except ValueError:
-            mtu = 0
-        if not 68 <= mtu <= 65535:
-            raise InvalidRequest(f"option {OPT_MTU} must be a number from 68 to 65535")
-    if OPT_BRIDGE in options and not _valid_link_name(options[OPT_BRIDGE]):
+            host_ip = str(ipaddress.ip_address(host_ip))
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"option {DOCKER_HOST_IP}={host_ip!r} is not an IP address") from exc
+    return BridgeOptions(
+        bridge=bridge,
+        mtu=mtu,
+        icc=_bool(options, DOCKER_ICC, True),
+        masquerade=_bool(options, DOCKER_MASQUERADE, True),
+        host_ip=host_ip,
+    )
+
+
+def default_host_ip(req: CreateNetworkRequest) -> str:
+    """The host address a network publishes ports on when ``-p`` names none: Docker's
+    ``host_binding_ipv4`` option, else "" (every address). The port publisher asks this."""
+    return bridge_options(req.driver_options).host_ip
+
+
+def _bool(options: Mapping[str, str], key: str, default: bool) -> bool:
+    if key not in options:
+        return default
+    value = options[key]
+    if value not in _TRUE | _FALSE:
+        raise InvalidRequest(f"option {key}={value!r} must be true or false")
+    return value in _TRUE
+
+
+def _same_value(value: str, default: str) -> bool:
+    if default in _FALSE:
+        return value in _FALSE
+    return value == default
+
+
+def _one_of(options: Mapping[str, str], key: str, alias: str,
+            same: Callable[[str, str], bool] = str.__eq__) -> str:
+    """The value of ``key`` or of its Docker ``alias``; both given must agree."""
+    if key in options and alias in options and not same(options[key], options[alias]):
         raise InvalidRequest(
-            f"option {OPT_BRIDGE}={options[OPT_BRIDGE]!r} is not a valid interface name "
-            "(1 to 15 bytes, not '.' or '..', no '/', ':' or whitespace)"
+            f"options {key}={options[key]} and {alias}={options[alias]} disagree; give one"
         )
+    return options.get(key) or options.get(alias) or ""
 
 
 #: The kernel's ``isspace`` (lib/ctype.c) on a byte: \t \n \v \f \r, space, and 0xA0, which
@@ -111,27 +225,29 @@ def docker_ipam(req: CreateNetworkRequest) -> bool:
 
 def zero_config(req: CreateNetworkRequest) -> Resolved:
     """pycni's own bridge chain for a network created with no CNI config named."""
-    options = req.driver_options
     if not docker_ipam(req):
         raise InvalidRequest(
             "a pycni network without -o cni.network=NAME takes its addresses from Docker's IPAM; "
             "--ipam-driver null needs a CNI config whose IPAM chooses them"
         )
-    bridge = options.get(OPT_BRIDGE) or default_bridge_name(req.network_id)
+    asked = bridge_options(req.driver_options)
+    bridge = asked.bridge or default_bridge_name(req.network_id)
     internal = req.internal
-    # Masquerading and forwarding are set up once per network by pycni (shim.firewall), as
-    # Docker's bridge driver does, not per container by ipMasq and the firewall plugin: that
-    # saves several iptables runs on every ADD and DEL.
+    # Masquerading, forwarding and isolation are set up once per network by pycni
+    # (shim.firewall), as Docker's bridge driver does, not per container by ipMasq and the
+    # firewall plugin: that saves several iptables runs on every ADD and DEL. The bridge has the
+    # gateway address on an --internal network too, as Docker's has: the host reaches the
+    # containers, and they get no route out (for_endpoint).
     main: dict[str, Any] = {
         "type": "bridge",
         "bridge": bridge,
-        "isGateway": not internal,
+        "isGateway": True,
         "ipMasq": False,
         "hairpinMode": True,
         "ipam": {"type": "static"},
     }
-    if OPT_MTU in options:
-        main["mtu"] = int(options[OPT_MTU])
+    if asked.mtu:
+        main["mtu"] = asked.mtu
     plugins: list[dict[str, Any]] = [main]
     if not internal:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
@@ -149,6 +265,9 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
             "bridge": bridge,
             "subnets": [str(p.pool) for p in req.ipv4_data + req.ipv6_data if not p.is_null],
             "internal": internal,
+            # only what differs from Docker's defaults, so records keep one shape
+            **{k: False for k, on in (("icc", asked.icc), ("masquerade", asked.masquerade))
+               if not on},
         },
     )
 
@@ -176,6 +295,7 @@ def _host_local_subnets(ipam: dict[str, Any]) -> list[ipaddress.IPv4Network | ip
 
 def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved:
     """Settle how a named conflist gets its addresses; refuse what can't work."""
+    _conflist_decides(req.driver_options, net)
     if not docker_ipam(req):
         return Resolved(config=net, mode="conflist", ipam="cni", address_via="")
     found = _ipam_plugin(net)
@@ -217,6 +337,131 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     return Resolved(config=net, mode="conflist", ipam="docker", address_via=via)
 
 
+def _conflist_decides(options: Mapping[str, str], net: NetworkConfigList) -> None:
+    """Refuse a bridge option the conflist contradicts, or can't express at all."""
+    asked = bridge_options(options)
+
+    def refuse(key: str, says: str) -> ConfigError:
+        return ConfigError(f"option {key}={options[key]}: the conflist {says}; on a conflist "
+                           "network, the conflist decides", source=net.source)
+
+    for key in (OPT_BRIDGE, DOCKER_BRIDGE):
+        if key in options and asked.bridge not in plugins.bridges(net):
+            made = plugins.bridges(net)
+            raise refuse(key, f"uses bridge {', '.join(made)}" if made else "makes no bridge")
+    for key in (OPT_MTU, DOCKER_MTU):
+        mtus = {p.raw["mtu"] for p in net.plugins if isinstance(p.raw.get("mtu"), int)}
+        if key in options and mtus != {asked.mtu}:
+            raise refuse(key, f"sets mtu {', '.join(map(str, sorted(mtus)))}" if mtus
+                         else "sets no mtu")
+    if DOCKER_ICC in options and not asked.icc:
+        raise refuse(DOCKER_ICC, "decides how its containers reach each other")
+    if DOCKER_MASQUERADE in options:
+        masquerades = any(p.raw.get("ipMasq") is True for p in net.plugins)
+        if masquerades != asked.masquerade:
+            raise refuse(DOCKER_MASQUERADE, "masquerades" if masquerades else "does not masquerade")
+
+
+# --- what a new network must not collide with ----------------------------------------------------
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: the names Docker gives its bridges: the default one, and br-<network id[:12]>
+_DOCKER_BRIDGE = re.compile(r"docker0|br-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """Another network on this host, as far as a new one could collide with it."""
+
+    #: how an error names it ("pycni network 'web'", "Docker network 'bridge'")
+    name: str
+    bridges: tuple[str, ...] = ()
+    subnets: tuple[IPNetwork, ...] = ()
+
+
+def address_ranges(req: CreateNetworkRequest, config: NetworkConfigList, ipam: str
+                   ) -> list[IPNetwork]:
+    """The subnets a network hands addresses from: Docker's pools where Docker's IPAM chooses,
+    else the chain's IPAM ranges (host-local's ranges, static's addresses)."""
+    if ipam == "docker":
+        return [p.pool for p in req.ipv4_data + req.ipv6_data if not p.is_null]
+    found = _ipam_plugin(config)
+    if found is None:
+        return []
+    ipam_conf = found[1]
+    subnets = _host_local_subnets(ipam_conf)
+    for entry in ipam_conf.get("addresses") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("address"), str):
+            try:
+                subnets.append(ipaddress.ip_interface(entry["address"]).network)
+            except ValueError:
+                continue
+    return subnets
+
+
+def neighbours(pycni: Iterable[tuple[str, CreateNetworkRequest, NetworkConfigList, str]],
+               docker: Iterable[DockerNetwork] | None) -> list[Neighbour]:
+    """Every other network: pycni's (id, Docker's request, config, ipam), and Docker's own
+    (None when Docker can't be asked), each named as Docker names it."""
+    pycni, docker = list(pycni), list(docker or [])
+    names = {d.id: d.name for d in docker}
+    found = [
+        Neighbour(f"pycni network {names.get(nid, nid[:12])!r}", tuple(plugins.bridges(config)),
+                  tuple(address_ranges(req, config, ipam)))
+        for nid, req, config, ipam in pycni
+    ]
+    ours = {nid for nid, *_ in pycni}
+    for d in docker:
+        if d.id in ours:
+            continue  # named above, as pycni's
+        subnets = []
+        for subnet in d.subnets:
+            try:
+                subnets.append(ipaddress.ip_network(subnet, strict=False))
+            except ValueError:
+                continue
+        found.append(Neighbour(f"Docker network {d.name!r}", (d.bridge,) if d.bridge else (),
+                               tuple(subnets)))
+    return found
+
+
+def refuse_collisions(req: CreateNetworkRequest, resolved: Resolved, config: NetworkConfigList,
+                      *, links: Links, others: Iterable[Neighbour]) -> None:
+    """Refuse a network that would hurt the host or another network.
+
+    * Its bridge must be a bridge: a name that is an existing link of another kind (``eth0``,
+      ``lo``) would have pycni's forwarding rules accept whatever comes in on that link.
+    * It must not be another network's bridge, pycni's or Docker's (``docker0``, ``br-…``):
+      the two would share their containers, and removing one would break the other.
+    * Its addresses must not overlap another network's subnet: two bridges with one subnet
+      route it twice, and the two IPAMs hand out the same addresses.
+    """
+    others = list(others)
+    key = next((k for k in (OPT_BRIDGE, DOCKER_BRIDGE) if k in req.driver_options), "")
+    where = f"option {key}" if resolved.mode == "zero-config" and key else config.source
+    for bridge in plugins.bridges(config):
+        for other in others:
+            if bridge in other.bridges:
+                raise InvalidRequest(f"{where}: bridge {bridge!r} is the bridge of {other.name}; "
+                                     "each network needs a bridge of its own")
+        link = links.link_info(bridge)
+        if link is not None and link.kind != "bridge":
+            raise InvalidRequest(
+                f"{where}: {bridge!r} is an existing {link.kind or 'network device'} link, not "
+                "a bridge; name a bridge of the network's own (or one that doesn't exist yet)")
+        if link is not None and _DOCKER_BRIDGE.fullmatch(bridge):
+            raise InvalidRequest(f"{where}: bridge {bridge!r} is one of Docker's; each network "
+                                 "needs a bridge of its own")
+    mine = address_ranges(req, config, resolved.ipam)
+    what = "subnet" if resolved.ipam == "docker" else f"{config.source}: the chain's range"
+    for subnet in mine:
+        for other in others:
+            clash = next((s for s in other.subnets
+                          if s.version == subnet.version and s.overlaps(subnet)), None)
+            if clash is not None:
+                raise InvalidRequest(
+                    f"{what} {subnet} overlaps {clash}, the subnet of {other.name}: their "
+                    "addresses would be handed out twice; choose a range no other network uses")
 @dataclass(frozen=True)
 class EndpointChain:
     """What one endpoint's ADD runs with."""

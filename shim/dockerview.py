@@ -10,6 +10,8 @@ This is the one module that opens the SDK, always through :func:`docker_client`;
 * ``pycni ls`` and ``pycni inspect`` ask :func:`names`, ``pycni doctor`` :func:`network_names`
   (nothing when Docker can't be asked).
 * ``pycni check`` asks :func:`container`, ``pycni doctor`` :func:`ping`; both raise.
+* CreateNetwork asks :func:`networks` (None when Docker can't be asked) which subnets and bridges
+  Docker's networks have, so a new network collides with none of them.
 """
 
 from __future__ import annotations
@@ -90,6 +92,54 @@ def network_names(driver_name: str = "pycni", timeout: float = 3.0) -> dict[str,
     except PycniError:
         return {}
     return {n["Id"]: n["Name"] for n in networks}
+
+
+# --- CreateNetwork: what a new network must not collide with -------------------------------------
+
+
+@dataclass(frozen=True)
+class DockerNetwork:
+    """One of Docker's networks, as far as a new pycni network could collide with it."""
+
+    id: str
+    name: str
+    driver: str
+    #: the subnets Docker's IPAM hands out (a null IPAM's placeholder pool left out)
+    subnets: tuple[str, ...] = ()
+    #: the Linux bridge of a network of Docker's bridge driver, else ""
+    bridge: str = ""
+
+
+#: moby ``netlabel`` / bridge driver: the option naming a bridge network's Linux bridge
+BRIDGE_NAME = "com.docker.network.bridge.name"
+_NULL_POOLS = frozenset({"0.0.0.0/0", "::/0"})
+
+
+def networks(timeout: float = 3.0) -> list[DockerNetwork] | None:
+    """Every network Docker has, any driver; None if Docker can't be asked (it may be down or
+    still starting: callers then check what they can without it)."""
+    try:
+        with docker_client(timeout) as client:
+            listed = client.api.networks()
+    except PycniError as exc:
+        log.info("Docker's networks unavailable (%s); not checked against", exc)
+        return None
+    return [_network(n) for n in listed if isinstance(n, dict)]
+
+
+def _network(data: dict[str, Any]) -> DockerNetwork:
+    ipam = data.get("IPAM") or {}
+    subnets = tuple(
+        str(c["Subnet"]) for c in ipam.get("Config") or []
+        if isinstance(c, dict) and c.get("Subnet") and str(c["Subnet"]) not in _NULL_POOLS
+    ) if ipam.get("Driver") != "null" else ()
+    net_id, driver = str(data.get("Id") or ""), str(data.get("Driver") or "")
+    bridge = ""
+    if driver == "bridge":
+        # Docker names a bridge network's bridge br-<id[:12]> unless told a name (docker0 is
+        # the default network's, told by the daemon)
+        bridge = str((data.get("Options") or {}).get(BRIDGE_NAME) or f"br-{net_id[:12]}")
+    return DockerNetwork(net_id, str(data.get("Name") or ""), driver, subnets, bridge)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import chains, dockerview, firewall, netlink, plugins, ports, staging
@@ -91,6 +91,10 @@ class Driver:
         self.ports = ports.Publisher()
         # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
         self.docker_view = docker_view or (lambda: dockerview.snapshot(settings.driver_name))
+        # Docker's networks, which a new one must not collide with; not asked where tests fake
+        # Docker's view
+        self.docker_networks: Callable[[], list[dockerview.DockerNetwork] | None] = (
+            (lambda: None) if docker_view else dockerview.networks)
         self.load()
 
     def load(self) -> None:
@@ -131,6 +135,13 @@ class Driver:
                 resolved = chains.zero_config(req)
             # Every binary is in CNI_PATH and speaks the config's version (or a negotiated one).
             config = self.cni.negotiate(resolved.config)
+            # Nothing that would hurt the host or another network: pycni's, or Docker's.
+            others = chains.neighbours(
+                [(n.id, n.docker, n.config, str(n.ipam)) for n in self.registry.networks()
+                 if n.id != req.network_id],
+                [d for d in self.docker_networks() or [] if d.id != req.network_id],
+            )
+            chains.refuse_collisions(req, resolved, config, links=self.links, others=others)
             # A bridge the chain will create is this network's to remove; one that exists
             # already (another network's, or the admin's) is not.
             owned = [b for b in plugins.bridges(config) if self.links.link_info(b) is None]
@@ -346,7 +357,8 @@ class Driver:
         network, as with Docker's own bridge driver.
         """
         with self._endpoint(req) as (net, rec):
-            bindings = ports.parse(req.options)
+            host_ip = chains.default_host_ip(net.record.docker)  # Docker's host_binding_ipv4
+            bindings = [replace(b, host_ip=b.host_ip or host_ip) for b in ports.parse(req.options)]
             if not bindings:
                 return
             if not has_capability(rec.config, PORTS):

@@ -1,20 +1,60 @@
 """Per-network iptables rules for zero-config networks, the way Docker's bridge driver does it.
 
-A zero-config network masquerades its subnets and lets its bridge forward once, for the whole
-network, instead of per container: the chain's bridge plugin runs without ``ipMasq`` and without
-the firewall plugin, which saves several iptables runs on every ADD and DEL. The rules live in
-two chains of pycni's own, jumped to from the top of FORWARD and POSTROUTING::
+A zero-config network masquerades its subnets, lets its bridge forward and keeps other networks
+out once, for the whole network, instead of per container: the chain's bridge plugin runs
+without ``ipMasq`` and without the firewall plugin, which saves several iptables runs on every
+ADD and DEL. The rules live in chains of pycni's own, each jumped to from the top of its
+built-in chain::
 
-    filter PYCNI-FORWARD   -i BR -o BR -j ACCEPT                       (containers talk)
-                           -i BR ! -o BR -j ACCEPT                      (they go out)
-                           -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-                           -o BR -m conntrack --ctstate DNAT -j ACCEPT  (published ports)
-    nat PYCNI-POSTROUTING  -s SUBNET ! -o BR -j MASQUERADE
+    filter PYCNI-FORWARD    -i BR -o BR -j ACCEPT                  (containers talk; DROP with
+                                                                    enable_icc=false)
+                            -i BR ! -o BR -j DOCKER-ISOLATION-STAGE-2   (not into Docker's bridges)
+                            -i BR ! -o BR -j ACCEPT                 (they go out)
+                            -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+                            -o BR -m conntrack --ctstate DNAT -j ACCEPT  (published ports)
+    mangle PYCNI-ISOLATION  ! -i BR -o BR -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+    nat PYCNI-POSTROUTING   -s SUBNET ! -o BR -j MASQUERADE         (not with
+                                                                    enable_ip_masquerade=false)
 
-An internal network gets only the first rule. Every rule carries the comment ``pycni:<net12>`` so
-removal finds exactly its own; a chain left empty is removed with its jump, so nothing of pycni's
-outlives its last network. iptables is run with list arguments (never a shell) and ``-w``, through
-:data:`runner`, the module's one contact with the system (unit tests put a fake iptables there).
+**Isolation.** Docker keeps its bridge networks apart with DOCKER-ISOLATION-STAGE-1/2: a packet
+that comes in on one network's bridge and leaves by another's is dropped, whichever two they
+are. Docker's chains can't hold pycni's rules (dockerd deletes and rebuilds them when it
+starts), and where pycni's jump sits in FORWARD is not pycni's to keep: Docker inserts each new
+network's rules at the top, above it, and those accept whatever leaves that network. So pycni
+stops each direction where Docker can't get in the way:
+
+* *into* a pycni network, in the mangle table, which the filter table's FORWARD comes after
+  and Docker leaves alone: nothing from another interface unless it answers the network's own
+  traffic or was sent to a published port (what the network's filter rules accept anyway). That
+  keeps out other pycni networks, Docker's networks, and whatever else forwards to it;
+* *out of* a pycni network into Docker's bridges, in PYCNI-FORWARD, before the rule that lets
+  the network out: a jump to Docker's own DOCKER-ISOLATION-STAGE-2, which drops ``-o`` each of
+  Docker's bridges and returns otherwise — Docker keeps that list, as networks come and go.
+  Where Docker made no such chain (no Docker, or Docker's iptables off) there is nothing of
+  Docker's to keep out, and the rule is left out. (A Docker network created after the pycni
+  network has its rules above pycni's, so a container port that network publishes stays
+  reachable by the container's address, as it is through the host's port anyway.)
+
+A container attached to two networks reaches both: its traffic to each leaves by that
+network's own interface.
+
+An ``--internal`` network lets nothing in or out but its own traffic (Docker's
+``setupInternalNetworkRules``), in PYCNI-ISOLATION, and has no masquerading; the host still
+reaches its containers through the bridge's address::
+
+    filter PYCNI-FORWARD    -i BR -o BR -j ACCEPT                  (DROP with enable_icc=false)
+    mangle PYCNI-ISOLATION  -i BR ! -o BR -j DROP
+                            ! -i BR -o BR -j DROP
+
+``enable_icc=false`` needs bridged frames to pass iptables (br_netfilter's
+``net.bridge.bridge-nf-call-iptables``); without that a network asking for it is refused rather
+than left talking.
+
+Every rule carries the comment ``pycni:<net12>`` so removal finds exactly its own; a chain left
+empty is removed with its jump, so nothing of pycni's outlives its last network. iptables is run
+with list arguments (never a shell) and ``-w``, through :data:`runner`, the module's one contact
+with iptables (unit tests put a fake iptables there); :data:`bridged_frames_filtered` is its one
+look at br_netfilter.
 """
 
 from __future__ import annotations
@@ -28,6 +68,15 @@ from .errors import FirewallError
 
 FORWARD_CHAIN = "PYCNI-FORWARD"
 NAT_CHAIN = "PYCNI-POSTROUTING"
+ISOLATION_CHAIN = "PYCNI-ISOLATION"
+#: Docker's list of its bridges to keep out (moby ``IsolationChain2``): ``-o BR -j DROP`` each
+DOCKER_ISOLATION = "DOCKER-ISOLATION-STAGE-2"
+#: (table, chain) → the built-in chain that jumps to it
+_PARENTS = {
+    ("filter", FORWARD_CHAIN): "FORWARD",
+    ("nat", NAT_CHAIN): "POSTROUTING",
+    ("mangle", ISOLATION_CHAIN): "FORWARD",
+}
 _lock = threading.Lock()
 
 #: Runs one command line (``iptables``/``ip6tables`` and its arguments) and answers
@@ -48,6 +97,21 @@ def run_subprocess(argv: list[str]) -> tuple[int, str, str]:
 runner: Runner = run_subprocess
 
 
+def bridge_nf_call(version: int) -> bool:
+    """Whether bridged frames of this IP version pass iptables (br_netfilter, and its
+    ``net.bridge.bridge-nf-call-ip{,6}tables`` at 1)."""
+    name = "iptables" if version == 4 else "ip6tables"
+    try:
+        with open(f"/proc/sys/net/bridge/bridge-nf-call-{name}") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False  # no br_netfilter
+
+
+#: The module's one look at br_netfilter; replaced in unit tests.
+bridged_frames_filtered: Callable[[int], bool] = bridge_nf_call
+
+
 def _tool(version: int) -> str:
     return "iptables" if version == 4 else "ip6tables"
 
@@ -63,8 +127,12 @@ def _run(version: int, *args: str, check: bool = True) -> bool:
     return status == 0
 
 
+def _has_chain(version: int, table: str, chain: str) -> bool:
+    return _run(version, "-t", table, "-n", "-L", chain, check=False)
+
+
 def _ensure_chain(version: int, table: str, chain: str, parent: str) -> None:
-    if not _run(version, "-t", table, "-n", "-L", chain, check=False):
+    if not _has_chain(version, table, chain):
         _run(version, "-t", table, "-N", chain)
     if not _run(version, "-t", table, "-C", parent, "-j", chain, check=False):
         _run(version, "-t", table, "-I", parent, "1", "-j", chain)
@@ -80,17 +148,34 @@ def _drop_chain_if_empty(version: int, table: str, chain: str, parent: str) -> N
     _run(version, "-t", table, "-X", chain, check=False)
 
 
-def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str
-           ) -> list[tuple[int, str, str, list[str]]]:
-    """(ip version, table, chain, rule args) for one network."""
+Rule = tuple[int, str, str, list[str]]
+
+
+def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc: bool = True,
+           masquerade: bool = True, docker_isolation: Callable[[int], bool] = lambda v: True,
+           ) -> list[Rule]:
+    """(ip version, table, chain, rule args) for one network, in the order they go in.
+
+    ``docker_isolation(version)`` says whether the jump to Docker's isolation chain belongs
+    (whether Docker made that chain); removal takes it whenever it is there.
+    """
     comment = ["-m", "comment", "--comment", f"pycni:{tag}"]
     versions = sorted({ipaddress.ip_network(s, strict=False).version for s in subnets}) or [4]
-    rules: list[tuple[int, str, str, list[str]]] = []
+    rules: list[Rule] = []
     for v in versions:
         rules.append((v, "filter", FORWARD_CHAIN, ["-i", bridge, "-o", bridge, *comment,
-                                                   "-j", "ACCEPT"]))
+                                                   "-j", "ACCEPT" if icc else "DROP"]))
         if internal:
+            rules += [
+                (v, "mangle", ISOLATION_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
+                                                "-j", "DROP"]),
+                (v, "mangle", ISOLATION_CHAIN, ["!", "-i", bridge, "-o", bridge, *comment,
+                                                "-j", "DROP"]),
+            ]
             continue
+        if docker_isolation(v):
+            rules.append((v, "filter", FORWARD_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
+                                                       "-j", DOCKER_ISOLATION]))
         rules += [
             (v, "filter", FORWARD_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
                                           "-j", "ACCEPT"]),
@@ -98,8 +183,11 @@ def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str
                                           "RELATED,ESTABLISHED", *comment, "-j", "ACCEPT"]),
             (v, "filter", FORWARD_CHAIN, ["-o", bridge, "-m", "conntrack", "--ctstate", "DNAT",
                                           *comment, "-j", "ACCEPT"]),
+            (v, "mangle", ISOLATION_CHAIN, ["!", "-i", bridge, "-o", bridge, "-m", "conntrack",
+                                            "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+                                            *comment, "-j", "DROP"]),
         ]
-    if not internal:
+    if masquerade and not internal:
         for subnet in subnets:
             v = ipaddress.ip_network(subnet, strict=False).version
             rules.append((v, "nat", NAT_CHAIN, ["-s", subnet, "!", "-o", bridge, *comment,
@@ -107,25 +195,42 @@ def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str
     return rules
 
 
-_PARENTS = {FORWARD_CHAIN: "FORWARD", NAT_CHAIN: "POSTROUTING"}
-
-
-def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool) -> None:
-    """Install a network's rules (idempotent)."""
+def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
+                icc: bool = True, masquerade: bool = True) -> None:
+    """Install a network's rules (idempotent). ``icc`` and ``masquerade`` are Docker's
+    ``enable_icc`` and ``enable_ip_masquerade``."""
     with _lock:
-        for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12]):
-            _ensure_chain(v, table, chain, _PARENTS[chain])
+        if not icc:
+            _require_bridged_frames_filtered(subnets)
+        rules = _rules(bridge, subnets, internal, network_id[:12], icc=icc, masquerade=masquerade,
+                       docker_isolation=lambda v: _has_chain(v, "filter", DOCKER_ISOLATION))
+        for v, table, chain, rule in rules:
+            _ensure_chain(v, table, chain, _PARENTS[(table, chain)])
             if not _run(v, "-t", table, "-C", chain, *rule, check=False):
                 _run(v, "-t", table, "-A", chain, *rule)
 
 
-def remove_network(network_id: str, bridge: str, subnets: list[str], internal: bool) -> None:
+def remove_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
+                   icc: bool = True, masquerade: bool = True) -> None:
     """Remove a network's rules, and pycni's chains once they are empty. Repeat-safe."""
     with _lock:
         touched = set()
-        for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12]):
+        for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12], icc=icc,
+                                            masquerade=masquerade):
             while _run(v, "-t", table, "-D", chain, *rule, check=False):
                 pass
             touched.add((v, table, chain))
-        for v, table, chain in touched:
-            _drop_chain_if_empty(v, table, chain, _PARENTS[chain])
+        for v, table, chain in sorted(touched):
+            _drop_chain_if_empty(v, table, chain, _PARENTS[(table, chain)])
+
+
+def _require_bridged_frames_filtered(subnets: Iterable[str]) -> None:
+    versions = sorted({ipaddress.ip_network(s, strict=False).version for s in subnets}) or [4]
+    for v in versions:
+        if not bridged_frames_filtered(v):
+            setting = f"net.bridge.bridge-nf-call-{_tool(v)}"
+            raise FirewallError(
+                "com.docker.network.bridge.enable_icc=false needs frames bridged between "
+                f"containers to pass {_tool(v)}, and they don't on this host: load br_netfilter "
+                f"(modprobe br_netfilter) and set {setting}=1, as Docker's bridge driver does"
+            )

@@ -43,6 +43,8 @@ class LinkInfo:
     name: str
     mac: str
     mtu: int
+    #: the link type (``bridge``, ``veth``…; "" for a physical device or loopback)
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,8 @@ def _lookup(ipr: IPRoute, name: str) -> int | None:
 def _info(ipr: IPRoute, index: int) -> LinkInfo:
     link = ipr.get_links(index)[0]
     return LinkInfo(
-        name=str(link.get("ifname")), mac=str(link.get("address")), mtu=int(link.get("mtu") or 0)
+        name=str(link.get("ifname")), mac=str(link.get("address")), mtu=int(link.get("mtu") or 0),
+        kind=str(link.get(("linkinfo", "kind")) or ""),
     )
 
 

@@ -46,8 +46,10 @@ class Rules(Protocol):
     """Per-network iptables rules (:mod:`shim.firewall`)."""
 
     def add_network(
-        self, network_id: str, bridge: str, subnets: list[str], internal: bool
+        self, network_id: str, bridge: str, subnets: list[str], internal: bool, *,
+        icc: bool = True, masquerade: bool = True,
     ) -> None: ...
     def remove_network(
-        self, network_id: str, bridge: str, subnets: list[str], internal: bool
+        self, network_id: str, bridge: str, subnets: list[str], internal: bool, *,
+        icc: bool = True, masquerade: bool = True,
     ) -> None: ...

@@ -257,7 +257,8 @@ class FakeLinks:
     def link_info(self, name: str, ns: str | None = None) -> netlink.LinkInfo | None:
         self._enter("link_info", name, ns)
         link = self._space(ns, f"cannot look up link {name}").get(name)
-        return None if link is None else netlink.LinkInfo(name=name, mac=link.mac, mtu=1500)
+        return None if link is None else netlink.LinkInfo(name=name, mac=link.mac, mtu=1500,
+                                                          kind=link.kind)
 
     def link_names(self, ns: str | None = None) -> list[str]:
         self._enter("link_names", ns)
@@ -515,17 +516,24 @@ class FakeMainPlugin:
 
 @dataclass
 class FakeRules:
-    """An in-memory stand-in for :mod:`shim.firewall`: which networks have their rules."""
+    """An in-memory stand-in for :mod:`shim.firewall`: which networks have their rules.
+
+    A network's entry holds what it was added with; ``icc`` and ``masquerade`` only when they
+    are off (Docker's ``enable_icc``/``enable_ip_masquerade=false``), as a network record keeps
+    them.
+    """
 
     networks: dict[str, dict[str, object]] = field(default_factory=dict)
     fail: dict[str, BaseException] = field(default_factory=dict)
 
     def add_network(self, network_id: str, bridge: str, subnets: list[str],
-                    internal: bool) -> None:
+                    internal: bool, *, icc: bool = True, masquerade: bool = True) -> None:
         if "add_network" in self.fail:
             raise self.fail["add_network"]
-        self.networks[network_id] = {"bridge": bridge, "subnets": subnets, "internal": internal}
+        entry: dict[str, object] = {"bridge": bridge, "subnets": subnets, "internal": internal}
+        entry.update({k: False for k, on in (("icc", icc), ("masquerade", masquerade)) if not on})
+        self.networks[network_id] = entry
 
     def remove_network(self, network_id: str, bridge: str, subnets: list[str],
-                       internal: bool) -> None:
+                       internal: bool, *, icc: bool = True, masquerade: bool = True) -> None:
         self.networks.pop(network_id, None)

@@ -13,8 +13,10 @@ import pytest
 
 from shim import chains
 from shim.cni.config import NetworkConfigList, conflist_from_dict
-from shim.errors import ConfigError, InvalidRequest
+from shim.dockerview import DockerNetwork
+from shim.errors import ConfigError, InvalidRequest, Unsupported
 from shim.protocol import CreateNetworkRequest, EndpointInterface
+from tests.fakelinks import FakeLinks
 
 pytestmark = pytest.mark.unit
 
@@ -28,12 +30,14 @@ MAC = "02:42:0a:c8:09:07"
 
 
 def request(ipv4: list[dict[str, Any]] | None = None, ipv6: list[dict[str, Any]] | None = None,
-            internal: bool = False, **options: str) -> dict[str, Any]:
-    """Docker's CreateNetwork request, as received (``-o cni.bridge=x`` → ``cni_bridge="x"``)."""
+            internal: bool = False, opts: dict[str, str] | None = None,
+            **options: str) -> dict[str, Any]:
+    """Docker's CreateNetwork request, as received (``-o cni.bridge=x`` → ``cni_bridge="x"``;
+    ``opts`` as they are, for Docker's option names, which have ``_`` in them)."""
+    generic = {k.replace("_", "."): v for k, v in options.items()} | (opts or {})
     return {
         "NetworkID": NET,
-        "Options": {"com.docker.network.generic": {k.replace("_", "."): v
-                                                   for k, v in options.items()},
+        "Options": {"com.docker.network.generic": generic,
                     "com.docker.network.internal": internal},
         "IPv4Data": [V4] if ipv4 is None else ipv4,
         "IPv6Data": ipv6 or [],
@@ -99,6 +103,48 @@ def test_names_made_from_the_network_id_fit_the_kernel() -> None:
     assert len(chains.default_bridge_name(NET).encode()) == 15
 
 
+@pytest.mark.parametrize(("options", "match"), [
+    ({"com.docker.network.driver.mtu": "9"},
+     "option com.docker.network.driver.mtu must be a number from 68 to 65535"),
+    ({"com.docker.network.bridge.name": "a/b"},
+     "option com.docker.network.bridge.name='a/b' is not a valid interface name"),
+    ({"com.docker.network.bridge.enable_icc": "no"},
+     "option com.docker.network.bridge.enable_icc='no' must be true or false"),
+    ({"com.docker.network.bridge.enable_ip_masquerade": ""}, "must be true or false"),
+    ({"com.docker.network.bridge.host_binding_ipv4": "localhost"},
+     "host_binding_ipv4='localhost' is not an IP address"),
+    ({"cni.bridge": "br0", "com.docker.network.bridge.name": "br1"},
+     "options cni.bridge=br0 and com.docker.network.bridge.name=br1 disagree"),
+    ({"cni.mtu": "1400", "com.docker.network.driver.mtu": "1500"}, "disagree"),
+])
+def test_bad_docker_options(options: dict[str, str], match: str) -> None:
+    with pytest.raises(InvalidRequest, match=match):
+        chains.check_options(options)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("com.docker.network.bridge.inhibit_ipv4", "true"),
+    ("com.docker.network.bridge.default_bridge", "1"),
+    ("com.docker.network.container_iface_prefix", "ens"),
+])
+def test_docker_options_pycni_cannot_honour_are_refused(key: str, value: str) -> None:
+    with pytest.raises(Unsupported) as caught:
+        chains.check_options({key: value})
+    assert str(caught.value).startswith(
+        f"option {key}={value} is an option of Docker's bridge driver that pycni can't honour")
+
+
+def test_agreeing_aliases_and_the_default_host_ip() -> None:
+    asked = chains.bridge_options({"cni.mtu": "1400", "com.docker.network.driver.mtu": "01400",
+                                   "cni.bridge": "br0", "com.docker.network.bridge.name": "br0",
+                                   "com.docker.network.bridge.host_binding_ipv4": "::0001"})
+    assert (asked.mtu, asked.bridge, asked.host_ip) == (1400, "br0", "::1")
+    assert asked.icc and asked.masquerade
+    body = request(opts={"com.docker.network.bridge.host_binding_ipv4": "127.0.0.1"})
+    assert chains.default_host_ip(parsed(body)) == "127.0.0.1"
+    assert chains.default_host_ip(parsed(request())) == ""
+
+
 # --- Docker's IPAM or the chain's ----------------------------------------------------------------
 
 
@@ -145,11 +191,38 @@ def test_zero_config_takes_the_bridge_name_and_mtu_options() -> None:
     assert resolved.bridges() == ["br-test0"]
 
 
-def test_an_internal_zero_config_network_has_no_gateway_and_no_ports() -> None:
+def test_an_internal_zero_config_network_has_a_gateway_bridge_but_no_ports() -> None:
+    """As Docker's: the bridge has the gateway address, so the host reaches the containers
+    (they get no route out: see the endpoint's chain below)."""
     resolved = chains.zero_config(parsed(request(internal=True)))
     assert resolved.config.plugin_types() == ["bridge"]
-    assert resolved.config.plugins[0].raw["isGateway"] is False
+    assert resolved.config.plugins[0].raw["isGateway"] is True
     assert resolved.firewall["internal"] is True
+
+
+def test_dockers_bridge_options_mean_what_they_mean_on_dockers_bridge() -> None:
+    resolved = chains.zero_config(parsed(request(opts={
+        "com.docker.network.driver.mtu": "1400",
+        "com.docker.network.bridge.name": "mybr0",
+        "com.docker.network.bridge.enable_icc": "false",
+        "com.docker.network.bridge.enable_ip_masquerade": "0",
+        "com.docker.network.bridge.host_binding_ipv4": "127.0.0.1",
+    })))
+    main = resolved.config.plugins[0].raw
+    assert (main["bridge"], main["mtu"]) == ("mybr0", 1400)
+    assert resolved.firewall == {"bridge": "mybr0", "subnets": ["10.200.9.0/24"],
+                                 "internal": False, "icc": False, "masquerade": False}
+
+
+def test_docker_options_at_their_defaults_change_nothing() -> None:
+    resolved = chains.zero_config(parsed(request(opts={
+        "com.docker.network.bridge.enable_icc": "true",
+        "com.docker.network.bridge.enable_ip_masquerade": "True",
+        "com.docker.network.bridge.inhibit_ipv4": "false",
+        "com.docker.network.container_iface_prefix": "eth",
+    })))
+    assert resolved.firewall == chains.zero_config(parsed(request())).firewall
+    assert resolved.config.raw == chains.zero_config(parsed(request())).config.raw
 
 
 def test_zero_config_needs_dockers_ipam() -> None:
@@ -219,6 +292,43 @@ def test_dockers_subnet_outside_the_host_local_ranges(ipv4: list[dict[str, Any]]
     with pytest.raises(ConfigError, match=f"Docker's subnet {outside} is outside"):
         chains.from_conflist(parsed(request(ipv4=ipv4, ipv6=ipv6)),
                              conflist({"type": "bridge", "ipam": ipam}))
+
+
+BRIDGE_CONF = {"type": "bridge", "bridge": "br9", "mtu": 1450, "ipMasq": True,
+               "ipam": host_local("10.200.9.0/24")}
+
+
+@pytest.mark.parametrize("options", [
+    {"com.docker.network.bridge.name": "br9", "cni.bridge": "br9"},
+    {"com.docker.network.driver.mtu": "1450"},
+    {"com.docker.network.bridge.enable_ip_masquerade": "true"},
+    {"com.docker.network.bridge.enable_icc": "true"},
+    {"com.docker.network.bridge.host_binding_ipv4": "127.0.0.1"},
+])
+def test_a_conflist_takes_docker_options_that_say_what_it_says(options: dict[str, str]) -> None:
+    chains.from_conflist(parsed(request(opts=options)), conflist(BRIDGE_CONF))
+
+
+@pytest.mark.parametrize(("plugin", "option", "says"), [
+    (BRIDGE_CONF, "com.docker.network.bridge.name=br0", "uses bridge br9"),
+    (BRIDGE_CONF, "cni.bridge=br0", "uses bridge br9"),
+    ({"type": "macvlan", "master": "eth9", "ipam": host_local("10.200.9.0/24")},
+     "com.docker.network.bridge.name=br0", "makes no bridge"),
+    (BRIDGE_CONF, "com.docker.network.driver.mtu=1400", "sets mtu 1450"),
+    ({"type": "bridge", "ipam": host_local("10.200.9.0/24")}, "cni.mtu=1400", "sets no mtu"),
+    (BRIDGE_CONF, "com.docker.network.bridge.enable_icc=false",
+     "decides how its containers reach each other"),
+    (BRIDGE_CONF, "com.docker.network.bridge.enable_ip_masquerade=false", "masquerades"),
+    ({"type": "bridge", "ipam": host_local("10.200.9.0/24")},
+     "com.docker.network.bridge.enable_ip_masquerade=true", "does not masquerade"),
+])
+def test_a_conflist_refuses_docker_options_it_contradicts(plugin: dict[str, Any], option: str,
+                                                          says: str) -> None:
+    key, value = option.split("=")
+    with pytest.raises(ConfigError) as caught:
+        chains.from_conflist(parsed(request(opts={key: value})), conflist(plugin))
+    assert str(caught.value) == (f"/etc/cni/net.d/mynet.conflist: option {option}: the "
+                                 f"conflist {says}; on a conflist network, the conflist decides")
 
 
 def test_the_bridges_a_chain_makes() -> None:
@@ -336,3 +446,121 @@ def test_dockers_ipam_must_have_given_an_address(via: str) -> None:
     template, body = zero_template()
     with pytest.raises(InvalidRequest, match="gave this endpoint no address"):
         chains.for_endpoint(template, body, via, EndpointInterface(mac_address=MAC))
+
+
+# --- what a new network must not collide with ----------------------------------------------------
+
+
+def neighbour(name: str, bridges: tuple[str, ...] = (), *subnets: str) -> chains.Neighbour:
+    return chains.Neighbour(name, bridges, tuple(ipaddress.ip_network(n) for n in subnets))
+
+
+def collide(body: dict[str, Any], *others: chains.Neighbour, links: FakeLinks | None = None,
+            net: NetworkConfigList | None = None) -> None:
+    req = parsed(body)
+    resolved = chains.zero_config(req) if net is None else chains.from_conflist(req, net)
+    chains.refuse_collisions(req, resolved, resolved.config, links=links or FakeLinks(),
+                             others=others)
+
+
+@pytest.mark.parametrize(("kind", "called"), [("", "network device"), ("veth", "veth")])
+def test_a_link_that_is_no_bridge_is_refused(kind: str, called: str) -> None:
+    links = FakeLinks()
+    links.add_link("eth0", kind=kind)
+    with pytest.raises(InvalidRequest) as caught:
+        collide(request(cni_bridge="eth0"), links=links)
+    assert str(caught.value) == (
+        f"option cni.bridge: 'eth0' is an existing {called} link, not a bridge; name a bridge of "
+        "the network's own (or one that doesn't exist yet)")
+
+
+def test_an_existing_bridge_nobody_else_uses_is_taken() -> None:
+    links = FakeLinks()
+    links.add_link("br-admin", kind="bridge")
+    collide(request(cni_bridge="br-admin"), neighbour("Docker network 'bridge'", ("docker0",)),
+            links=links)
+
+
+@pytest.mark.parametrize("name", ["docker0", "br-0123456789ab"])
+def test_dockers_bridges_are_refused_even_when_docker_cannot_be_asked(name: str) -> None:
+    links = FakeLinks()
+    links.add_link(name, kind="bridge")
+    with pytest.raises(InvalidRequest, match=f"option com.docker.network.bridge.name: bridge "
+                                             f"'{name}' is one of Docker's"):
+        collide(request(opts={"com.docker.network.bridge.name": name}), links=links)
+
+
+def test_another_networks_bridge_is_refused_made_yet_or_not() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        collide(request(cni_bridge="pycni-web"),
+                neighbour("pycni network 'web'", ("pycni-web",), "10.200.1.0/24"))
+    assert str(caught.value) == ("option cni.bridge: bridge 'pycni-web' is the bridge of pycni "
+                                 "network 'web'; each network needs a bridge of its own")
+
+
+def test_a_conflists_bridge_is_checked_the_same_way() -> None:
+    net = conflist({"type": "bridge", "bridge": "docker0", "ipam": host_local("10.200.9.0/24")})
+    with pytest.raises(InvalidRequest, match="^/etc/cni/net.d/mynet.conflist: bridge 'docker0' "
+                                             "is the bridge of Docker network 'bridge'"):
+        collide(request(ipv4=[NULL]), neighbour("Docker network 'bridge'", ("docker0",)), net=net)
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [
+    ("10.200.9.0/24", "10.200.9.0/24"),
+    ("10.200.9.0/24", "10.200.0.0/16"),
+    ("10.200.9.0/24", "10.200.9.128/25"),
+])
+def test_a_conflist_range_overlapping_another_network_is_refused(mine: str, theirs: str) -> None:
+    net = conflist({"type": "bridge", "bridge": "br9", "ipam": host_local(mine)})
+    with pytest.raises(InvalidRequest) as caught:
+        collide(request(ipv4=[NULL]), neighbour("Docker network 'db'", (), theirs), net=net)
+    assert str(caught.value) == (
+        f"/etc/cni/net.d/mynet.conflist: the chain's range {mine} overlaps {theirs}, the subnet "
+        "of Docker network 'db': their addresses would be handed out twice; choose a range no "
+        "other network uses")
+
+
+def test_dockers_subnet_overlapping_a_conflist_range_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="^subnet 10.200.9.0/24 overlaps 10.200.0.0/16, the "
+                                             "subnet of pycni network 'hl'"):
+        collide(request(), neighbour("pycni network 'hl'", ("cni0",), "10.200.0.0/16"))
+
+
+def test_ranges_that_do_not_overlap_pass() -> None:
+    net = conflist({"type": "bridge", "bridge": "br9",
+                    "ipam": host_local("10.200.9.0/24", "fd00:200:9::/64")})
+    collide(request(ipv4=[NULL]), neighbour("a", ("br8",), "10.200.8.0/24", "fd00:200:8::/64"),
+            neighbour("b", (), "fd00:200::/48", "0a00::/8"), net=net)
+
+
+def test_the_ranges_a_network_hands_addresses_from() -> None:
+    body = parsed(request(ipv6=[V6]))
+    hl = conflist({"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.200.7.0/24",
+                                              "ranges": [[{"subnet": "10.200.8.0/24"}]]}})
+    static = conflist({"type": "macvlan", "ipam": {"type": "static", "addresses": [
+        {"address": "10.200.6.5/24"}, {"address": "nonsense"}, "nonsense"]}})
+    assert chains.address_ranges(body, hl, "docker") == [
+        ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_network("fd00:200:9::/64")]
+    assert chains.address_ranges(body, hl, "cni") == [
+        ipaddress.ip_network("10.200.8.0/24"), ipaddress.ip_network("10.200.7.0/24")]
+    assert chains.address_ranges(body, static, "cni") == [ipaddress.ip_network("10.200.6.0/24")]
+    assert chains.address_ranges(body, conflist({"type": "macvlan"}), "cni") == []
+
+
+def test_neighbours_are_named_as_docker_names_them() -> None:
+    other = "ab" * 32
+    config = conflist({"type": "bridge", "bridge": "br9", "ipam": host_local("10.200.8.0/24")})
+    docker = [
+        DockerNetwork(other, "web", "pycni", ("10.200.8.0/24",)),
+        DockerNetwork("ef" * 32, "bridge", "bridge", ("172.17.0.0/16", "bad"), "docker0"),
+        DockerNetwork("12" * 32, "host", "host"),
+    ]
+    found = chains.neighbours([(other, parsed(request(ipv4=[NULL])), config, "cni")], docker)
+    assert found == [
+        neighbour("pycni network 'web'", ("br9",), "10.200.8.0/24"),
+        neighbour("Docker network 'bridge'", ("docker0",), "172.17.0.0/16"),
+        neighbour("Docker network 'host'"),
+    ]
+    # Docker can't be asked: pycni's own networks, by id
+    assert chains.neighbours([(other, parsed(request(ipv4=[NULL])), config, "cni")], None) == [
+        neighbour(f"pycni network '{other[:12]}'", ("br9",), "10.200.8.0/24")]

@@ -79,8 +79,8 @@ def test_zero_config_network_is_a_bridge_chain_with_static_ipam(world: World) ->
 def test_zero_config_options_and_internal(world: World) -> None:
     world.create_network(cni_bridge="br-mine", cni_mtu="1400", internal=True)
     rec = world.driver.networks[NET]
-    [main] = rec.config.raw["plugins"]  # internal: no portmap, no gateway, no masquerade
-    assert (main["bridge"], main["mtu"], main["isGateway"]) == ("br-mine", 1400, False)
+    [main] = rec.config.raw["plugins"]  # internal: no portmap, no route out, no masquerade
+    assert (main["bridge"], main["mtu"], main["isGateway"]) == ("br-mine", 1400, True)
     assert rec.firewall["internal"] is True
 
 
@@ -204,14 +204,16 @@ def test_null_ipam_answer_carries_the_chains_address_and_mac(world: World) -> No
 def test_dockers_address_through_the_ips_capability_and_cni_args(world: World) -> None:
     world.conflist("caps", {"type": "bridge", "capabilities": {"ips": True},
                             "ipam": host_local("10.200.9.0/24")})
-    world.conflist("args", {"type": "bridge", "ipam": host_local("10.200.9.0/24")})
+    world.conflist("args", {"type": "bridge", "bridge": "cni1",
+                            "ipam": host_local("10.200.10.0/24")})
     world.create_network(NET, cni_network="caps")
-    world.create_network(NET2, cni_network="args")
+    world.create_network(NET2, cni_network="args",
+                         ipv4=docker_pool("10.200.10.0/24", "10.200.10.1"))
     assert world.create_endpoint(EP, NET, address="10.200.9.7/24", mac=DOCKER_MAC) == {}
-    assert world.create_endpoint(EP2, NET2, address="10.200.9.8/24", mac=DOCKER_MAC) == {}
+    assert world.create_endpoint(EP2, NET2, address="10.200.10.8/24", mac=DOCKER_MAC) == {}
     caps, args = world.exec.calls_for("ADD")
     assert caps.stdin["runtimeConfig"] == {"ips": ["10.200.9.7/24"]}
-    assert args.env["CNI_ARGS"] == f"IgnoreUnknown=1;IP=10.200.9.8;MAC={DOCKER_MAC}"
+    assert args.env["CNI_ARGS"] == f"IgnoreUnknown=1;IP=10.200.10.8;MAC={DOCKER_MAC}"
 
 
 def test_chain_assigning_another_address_is_refused_and_undone(world: World) -> None:

@@ -20,7 +20,8 @@ NET = "cd" * 32
 NET2 = "34" * 32
 TAG = ["-m", "comment", "--comment", f"pycni:{NET[:12]}"]
 BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
-           "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+           "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+           "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")}
 
 Rule = tuple[str, ...]
 
@@ -97,16 +98,32 @@ class FakeIptables:
 def iptables(monkeypatch: pytest.MonkeyPatch) -> FakeIptables:
     fake = FakeIptables()
     monkeypatch.setattr(firewall, "runner", fake)
+    monkeypatch.setattr(firewall, "bridged_frames_filtered", lambda version: True)
     return fake
 
 
-def forward_rules(bridge: str, tag: list[str] = TAG) -> list[Rule]:
+def forward_rules(bridge: str, tag: list[str] = TAG, *, icc: str = "ACCEPT",
+                  docker: bool = False) -> list[Rule]:
+    """PYCNI-FORWARD for a network; ``docker``: with the jump to Docker's isolation chain."""
+    out: list[Rule] = [("-i", bridge, "!", "-o", bridge, *tag, "-j", DOCKER_STAGE_2)]
     return [
-        ("-i", bridge, "-o", bridge, *tag, "-j", "ACCEPT"),
+        ("-i", bridge, "-o", bridge, *tag, "-j", icc),
+        *(out if docker else []),
         ("-i", bridge, "!", "-o", bridge, *tag, "-j", "ACCEPT"),
         ("-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"),
         ("-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", *tag, "-j", "ACCEPT"),
     ]
+
+
+def keep_out(bridge: str, tag: list[str] = TAG) -> list[Rule]:
+    """PYCNI-ISOLATION for a network: nothing new comes in from elsewhere."""
+    return [("!", "-i", bridge, "-o", bridge, "-m", "conntrack", "!", "--ctstate",
+             "RELATED,ESTABLISHED,DNAT", *tag, "-j", "DROP")]
+
+
+def internal_isolation(bridge: str, tag: list[str] = TAG) -> list[Rule]:
+    return [("-i", bridge, "!", "-o", bridge, *tag, "-j", "DROP"),
+            ("!", "-i", bridge, "-o", bridge, *tag, "-j", "DROP")]
 
 
 def masquerade(subnet: str, bridge: str, tag: list[str] = TAG) -> Rule:
@@ -115,16 +132,29 @@ def masquerade(subnet: str, bridge: str, tag: list[str] = TAG) -> Rule:
 
 JUMP_FORWARD = ("-j", "PYCNI-FORWARD")
 JUMP_NAT = ("-j", "PYCNI-POSTROUTING")
+JUMP_ISOLATION = ("-j", "PYCNI-ISOLATION")
+DOCKER_STAGE_2 = "DOCKER-ISOLATION-STAGE-2"
+
+
+def docker_made_its_chains(iptables: FakeIptables, tool: str = "iptables") -> None:
+    """What dockerd (iptables on) has: its isolation chains, jumped to from FORWARD."""
+    filt = iptables.tables[(tool, "filter")]
+    filt["DOCKER-ISOLATION-STAGE-1"] = [("-j", "RETURN")]
+    filt[DOCKER_STAGE_2] = [("-j", "RETURN")]
+    filt["FORWARD"].insert(0, ("-j", "DOCKER-ISOLATION-STAGE-1"))
 
 
 # --- what a network gets -------------------------------------------------------------------------
 
 
-def test_an_ipv4_network_forwards_and_masquerades(iptables: FakeIptables) -> None:
+def test_an_ipv4_network_forwards_masquerades_and_keeps_others_out(
+        iptables: FakeIptables) -> None:
     firewall.add_network(NET, "pycni-br0", ["10.200.9.0/24"], internal=False)
     assert iptables.own() == {
         ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("pycni-br0"),
+        ("iptables", "mangle", "FORWARD"): [JUMP_ISOLATION],
+        ("iptables", "mangle", "PYCNI-ISOLATION"): keep_out("pycni-br0"),
         ("iptables", "nat", "POSTROUTING"): [JUMP_NAT],
         ("iptables", "nat", "PYCNI-POSTROUTING"): [masquerade("10.200.9.0/24", "pycni-br0")],
     }
@@ -136,16 +166,49 @@ def test_an_ipv6_network_gets_the_same_rules_from_ip6tables(iptables: FakeIptabl
     assert iptables.own() == {
         ("ip6tables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("ip6tables", "filter", "PYCNI-FORWARD"): forward_rules("pycni-br0"),
+        ("ip6tables", "mangle", "FORWARD"): [JUMP_ISOLATION],
+        ("ip6tables", "mangle", "PYCNI-ISOLATION"): keep_out("pycni-br0"),
         ("ip6tables", "nat", "POSTROUTING"): [JUMP_NAT],
         ("ip6tables", "nat", "PYCNI-POSTROUTING"): [masquerade("fd00:200:9::/64", "pycni-br0")],
     }
     assert not [c for c in iptables.calls if c[0] == "iptables"]
 
 
+def test_where_docker_isolates_its_bridges_they_are_kept_out_too(
+        iptables: FakeIptables) -> None:
+    """Traffic out of the network into one of Docker's bridges meets Docker's own list of them
+    first, before the rule that lets the network out."""
+    docker_made_its_chains(iptables)
+    firewall.add_network(NET, "br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules(
+        "br0", docker=True)
+    # Docker's ip6tables are off by default: no chain of its to jump to there.
+    assert iptables.chain("ip6tables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
+    assert iptables.chain("iptables", "filter", DOCKER_STAGE_2) == [("-j", "RETURN")]
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
+    assert not [k for k in iptables.own() if "PYCNI" in k[2]]
+    assert iptables.chain("iptables", "filter", "FORWARD") == [
+        ("-j", "DOCKER-ISOLATION-STAGE-1")]  # Docker's left as they were
+
+
+def test_removal_copes_with_dockers_chain_gone_since(iptables: FakeIptables) -> None:
+    """dockerd rebuilds its chains when it starts; pycni's jump to one outlives that, and
+    removal takes it whether or not Docker is still there."""
+    docker_made_its_chains(iptables)
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert not [k for k in iptables.own() if "PYCNI" in k[2]]
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    del iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"][1]  # as if never made
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert not [k for k in iptables.own() if "PYCNI" in k[2]]
+
+
 def test_a_dual_stack_network_gets_both_families(iptables: FakeIptables) -> None:
     firewall.add_network(NET, "pycni-br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
     for tool, subnet in (("iptables", "10.200.9.0/24"), ("ip6tables", "fd00:200:9::/64")):
         assert iptables.chain(tool, "filter", "PYCNI-FORWARD") == forward_rules("pycni-br0")
+        assert iptables.chain(tool, "mangle", "PYCNI-ISOLATION") == keep_out("pycni-br0")
         assert iptables.chain(tool, "nat", "PYCNI-POSTROUTING") == [
             masquerade(subnet, "pycni-br0")]
 
@@ -161,12 +224,15 @@ def test_every_subnet_of_a_family_is_masqueraded(iptables: FakeIptables) -> None
                                      ["10.200.9.0/24", "fd00:200:9::/64"]])
 def test_an_internal_network_only_lets_its_containers_talk(iptables: FakeIptables,
                                                            subnets: list[str]) -> None:
+    docker_made_its_chains(iptables)
     firewall.add_network(NET, "br0", subnets, internal=True)
     tools = {"iptables" if ":" not in s else "ip6tables" for s in subnets}
-    assert iptables.own() == {
+    assert {k: v for k, v in iptables.own().items() if "DOCKER" not in k[2]} == {
         **{(tool, "filter", "FORWARD"): [JUMP_FORWARD] for tool in tools},
         **{(tool, "filter", "PYCNI-FORWARD"): forward_rules("br0")[:1] for tool in tools},
-    }  # no way out, no masquerading, not even an empty nat chain
+        **{(tool, "mangle", "FORWARD"): [JUMP_ISOLATION] for tool in tools},
+        **{(tool, "mangle", "PYCNI-ISOLATION"): internal_isolation("br0") for tool in tools},
+    }  # nothing in or out, no masquerading, not even an empty nat chain
 
 
 def test_no_subnets_means_ipv4_forwarding_only(iptables: FakeIptables) -> None:
@@ -174,7 +240,45 @@ def test_no_subnets_means_ipv4_forwarding_only(iptables: FakeIptables) -> None:
     assert iptables.own() == {
         ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("br0"),
+        ("iptables", "mangle", "FORWARD"): [JUMP_ISOLATION],
+        ("iptables", "mangle", "PYCNI-ISOLATION"): keep_out("br0"),
     }
+
+
+# --- Docker's bridge options ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("internal", [False, True])
+def test_without_icc_the_containers_are_kept_apart(iptables: FakeIptables,
+                                                   internal: bool) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=internal, icc=False)
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD")[0] == (  # type: ignore[index]
+        "-i", "br0", "-o", "br0", *TAG, "-j", "DROP")
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=internal, icc=False)
+    assert iptables.own() == {}
+
+
+def test_without_icc_needs_bridged_frames_to_pass_iptables(
+        iptables: FakeIptables, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(firewall, "bridged_frames_filtered", lambda version: version == 4)
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False, icc=False)
+    with pytest.raises(FirewallError, match=r"enable_icc=false needs frames bridged between "
+                       r"containers to pass ip6tables.*net.bridge.bridge-nf-call-ip6tables=1"):
+        firewall.add_network(NET2, "br1", ["fd00:200:9::/64"], internal=False, icc=False)
+    firewall.add_network(NET2, "br1", ["fd00:200:9::/64"], internal=False)  # icc on: fine
+
+
+def test_without_masquerade_nothing_is_masqueraded(iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False, masquerade=False)
+    assert iptables.chain("iptables", "nat", "PYCNI-POSTROUTING") is None
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False, masquerade=False)
+    assert iptables.own() == {}
+
+
+def test_the_real_br_netfilter_probe_reads_proc() -> None:
+    assert firewall.bridged_frames_filtered is firewall.bridge_nf_call
+    assert isinstance(firewall.bridge_nf_call(4), bool)
 
 
 def test_the_jump_goes_first_and_adding_twice_changes_nothing(iptables: FakeIptables) -> None:
@@ -213,12 +317,15 @@ def test_removal_takes_only_its_own_rules(iptables: FakeIptables) -> None:
     assert iptables.own() == {
         ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("br1", tag2)[:1],
+        ("iptables", "mangle", "FORWARD"): [JUMP_ISOLATION],
+        ("iptables", "mangle", "PYCNI-ISOLATION"): internal_isolation("br1", tag2),
     }  # the nat chain, empty now, went with its jump
 
 
 def test_a_duplicated_rule_is_removed_in_full(iptables: FakeIptables) -> None:
     firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
     iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"] += forward_rules("br0")
+    iptables.tables[("iptables", "mangle")]["PYCNI-ISOLATION"] += keep_out("br0")
     firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
     assert iptables.own() == {}
 
