@@ -22,6 +22,7 @@ from .app import create_app
 from .driver import Driver
 from .errors import PycniError
 from .reconcile import Reconciler
+from .revive import Reviver
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ def run(settings: Settings, threads: int = 64) -> None:
         # It keeps looking while a leftover waits for Docker to drop its sandbox.
         reconciler = Reconciler(driver)
         reconciler.start()
+        # Containers whose restart policy Docker honours as it starts, and which it could not
+        # start because it started before pycni: started now, beside serving (Docker calls the
+        # driver while it starts them), as Docker would have.
+        Reviver(settings.driver_name).start()
         server.run()
     except SystemExit:
         pass

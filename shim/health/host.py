@@ -2,7 +2,8 @@
 
 Plugin binaries (those of every conf file and of every pycni network, their IPAM plugins
 included), config files that parse, dockerd, ``pycni serve`` answering on the plugin socket, the
-forwarding set-up CNI bridges need under Docker, and leftovers ``pycni gc`` would remove. What it
+forwarding set-up CNI bridges need under Docker, leftovers ``pycni gc`` would remove, and
+containers whose restart policy Docker could not honour because pycni was not serving. What it
 asks of the world comes through :class:`~shim.health.probes.Probes`.
 """
 
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from ..client import PluginClient
 from ..cni.config import NetworkConfigList, load_all, validate_plugin_type
 from ..cni.invoke import find_in_path
+from ..dockerview import Stopped
 from ..errors import CNIError, ConfigError, PycniError
+from ..revive import stranded
 from ..settings import Settings
 from ..state import Store
 from .findings import FAIL, OK, SKIP, WARN, Finding, needs_root
@@ -43,7 +46,10 @@ def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
         findings.append(Finding(SKIP, "pycni networks", NEEDS_ROOT))
     chains = net_chains + conf_chains
     findings += check_binaries(chains, settings.cni_path, probes.find)
-    findings.append(check_dockerd(probes.docker_ping, as_root=as_root))
+    dockerd = check_dockerd(probes.docker_ping, as_root=as_root)
+    findings.append(dockerd)
+    if dockerd.status == OK:
+        findings += check_stranded(lambda: probes.stopped(settings.driver_name))
     if not as_root:
         for subject in (f"pycni socket {settings.socket_path}", "forwarding", "leftovers"):
             findings.append(Finding(SKIP, subject, NEEDS_ROOT))
@@ -194,6 +200,30 @@ def check_dockerd(ping: Callable[[], None], *, as_root: bool = True) -> Finding:
             hint = "run it as root (or as a member of the docker group)"
         return Finding(FAIL, "dockerd", f"not reachable: {exc}", hint)
     return Finding(OK, "dockerd", "reachable")
+
+
+def check_stranded(stopped: Callable[[], list[Stopped]]) -> list[Finding]:
+    """Containers on pycni networks that Docker would have started as it started but could
+    not (pycni was not serving), and that ``pycni serve`` could not start either
+    (:mod:`shim.revive`)."""
+    subject = "restart policies"
+    try:
+        found = stranded(stopped())
+    except PycniError as exc:
+        return [Finding(WARN, subject, str(exc))]
+    if not found:
+        return [Finding(OK, subject, "no container on a pycni network waits for a start")]
+    return [
+        Finding(
+            FAIL,
+            f"container {c.name}",
+            f"not running, though its {why} says Docker should have started it; its last "
+            f"start failed: {c.error}",
+            f"fix that, then `docker start {c.name}` (pycni serve starts such containers "
+            "itself when it starts)",
+        )
+        for c, why in found
+    ]
 
 
 def check_socket(socket_path: str, post: Post) -> Finding:

@@ -69,6 +69,8 @@ class Probes:
     #: Docker's name for each of the driver's network ids ({} when Docker can't be asked)
     network_names: Callable[[str], dict[str, str]] = dockerview.network_names
     euid: Callable[[], int] = os.geteuid
+    #: the exited containers on the driver's networks (PycniError if Docker can't be asked)
+    stopped: Callable[[str], list[dockerview.Stopped]] = dockerview.stopped_containers
     #: None: the plugin socket of the settings doctor runs with
     post: Post | None = None
     forward_policy: Callable[[], str | None] = iptables_forward_policy

@@ -7,6 +7,7 @@ with nothing behind it. Nothing here needs root.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -578,6 +579,7 @@ def probes(**changes: Any) -> Probes:
         ip_forward=lambda: "1",
         network_names=lambda driver: {},
         euid=lambda: 0,
+        stopped=lambda driver: [],
     )
     for key, value in changes.items():
         setattr(base, key, value)
@@ -623,6 +625,9 @@ def test_dockerd_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
     assert dockerview.snapshot() is None
     assert dockerview.network_names() == {}
+    assert dockerview.names() == dockerview.Names()
+    with pytest.raises(PycniError, match="cannot list Docker's stopped containers: "):
+        dockerview.stopped_containers()
     with pytest.raises(PycniError, match="cannot inspect container 'web': "):
         dockerview.container("web")
     finding = host.check_dockerd(dockerview.ping)
@@ -754,3 +759,78 @@ def test_check_as_a_user_says_run_as_root(settings: Settings) -> None:
         "FAIL user: pycni check runs as uid 1000: pycni's records, the container's namespace "
         "and the plugins' CHECK are root's — run it as root (sudo pycni check)"
     )
+
+
+# --- doctor: containers Docker could not start while pycni was not serving ---------------------
+
+
+def test_doctor_names_containers_docker_and_pycni_could_not_start(settings: Settings) -> None:
+    error = 'failed to add endpoint: CNI plugin "gate" failed (ADD): [code 11] closed'
+    blocked = stopped_container("web", error=error)
+    by_user = stopped_container("db", policy="unless-stopped", error="")
+    asked = []
+
+    def stopped(driver: str) -> list[dockerview.Stopped]:
+        asked.append(driver)
+        return [blocked, by_user]
+
+    findings = health.doctor(settings, probes(stopped=stopped))
+    [failed] = [f for f in findings if f.failed]
+    assert str(failed) == (
+        "FAIL container web: not running, though its restart policy always says Docker should "
+        f"have started it; its last start failed: {error} — fix that, then `docker start web` "
+        "(pycni serve starts such containers itself when it starts)"
+    )
+    assert "db" not in "\n".join(map(str, findings))
+    assert asked == [settings.driver_name]
+
+
+def test_doctor_restart_policies_ok_or_unknown(settings: Settings) -> None:
+    [ok] = host.check_stranded(list)
+    assert str(ok) == "ok   restart policies: no container on a pycni network waits for a start"
+
+    def down() -> list[dockerview.Stopped]:
+        raise PycniError("cannot list Docker's stopped containers: connection refused")
+
+    assert statuses(host.check_stranded(down)) == [WARN]
+
+    def unreachable() -> None:
+        raise PycniError("connection refused")
+
+    def never(driver: str) -> list[dockerview.Stopped]:
+        raise AssertionError("asked with dockerd down")
+
+    findings = health.doctor(settings, probes(docker_ping=unreachable, stopped=never))
+    assert "restart policies" not in [f.subject for f in findings]
+
+
+def stopped_container(name: str, **changes: Any) -> dockerview.Stopped:
+    base = dockerview.Stopped(
+        id=name * 8, name=name, status="exited", error='plugin "pycni" not found',
+        exit_code=255, started_before=True, policy="always", max_retries=0, restart_count=0,
+        networks=("mynet",),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_stopped_reads_what_dockers_restart_logic_reads() -> None:
+    data = {
+        "Id": "c" * 64,
+        "Name": "/web",
+        "RestartCount": 2,
+        "State": {"Status": "exited", "Running": False, "ExitCode": 255,
+                  "Error": 'failed to add endpoint: plugin "pycni" not found',
+                  "StartedAt": "2026-12-03T08:12:07.649212683Z"},
+        "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 5}},
+    }
+    got = dockerview._stopped(data, ("mynet",))
+    assert got == dockerview.Stopped(
+        id="c" * 64, name="web", status="exited",
+        error='failed to add endpoint: plugin "pycni" not found', exit_code=255,
+        started_before=True, policy="on-failure", max_retries=5, restart_count=2,
+        networks=("mynet",),
+    )
+    never = dockerview._stopped(
+        {"Id": "d" * 64, "State": {"Status": "created", "StartedAt": dockerview.ZERO_TIME}}, ()
+    )
+    assert not never.started_before and never.policy == "" and never.error == ""
