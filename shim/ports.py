@@ -8,13 +8,18 @@ hands the portmap plugin the CNI form (``{"hostPort", "containerPort", "protocol
 
 The portmap plugin only writes DNAT rules — nothing listens on the host port — so a free port is
 one that no socket holds *and* no other pycni endpoint has published.
+
+A port Docker leaves to the driver (``-P``, ``-p 80``, a range) is chosen as Docker's own port
+allocator does (moby ``libnetwork/portallocator``): from the kernel's ephemeral range
+(``ip_local_port_range``; 49153-60999 if it can't be read), in order, each search starting after
+the port the previous one of the same protocol, address and range found. The first container
+that publishes ``-p 80`` gets 32768, as on Docker's bridge.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import random
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -25,8 +30,35 @@ from .errors import InvalidRequest
 from .protocol import PORT_MAP
 
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
-EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
-_TRIES = 200
+PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+#: Docker's fallback when the kernel's range can't be read (portallocator_unix.go)
+FALLBACK_RANGE = (49153, 60999)
+
+
+def ephemeral_range(path: str = PORT_RANGE_FILE) -> tuple[int, int]:
+    """The host ports Docker picks from: the kernel's ``ip_local_port_range``, read as moby's
+    ``getDynamicPortRange`` does, or Docker's fallback range."""
+    try:
+        with open(path) as f:
+            first, last = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        return FALLBACK_RANGE
+    if not 0 < first <= last <= 65535:
+        return FALLBACK_RANGE
+    return first, last
+
+
+#: Where the next search for a port starts, per (protocol, host IP, first, last): Docker's
+#: ``portRange.last``, which starts at the range's end, so the first search finds its start.
+Cursors = dict[tuple[str, str, int, int], int]
+
+
+def _in_order(begin: int, end: int, last: int) -> Iterator[int]:
+    """Every port of ``begin``-``end`` once, starting after ``last`` and wrapping round."""
+    size = end - begin + 1
+    start = last + 1 - begin if begin <= last <= end else 0
+    for n in range(size):
+        yield begin + (start + n) % size
 
 
 @dataclass(frozen=True)
@@ -160,23 +192,36 @@ class PortInUse(InvalidRequest):
 
 
 def allocate(
-    bindings: Iterable[Binding], in_use: Iterable[tuple[str, str, int]]
+    bindings: Iterable[Binding],
+    in_use: Iterable[tuple[str, str, int]],
+    cursors: Cursors | None = None,
+    ephemeral: tuple[int, int] | None = None,
 ) -> list[Mapping]:
-    """Choose a host port for every binding; raise if an asked-for port is taken."""
+    """Choose a host port for every binding; raise if an asked-for port is taken.
+
+    A fixed port is that port or nothing. A range — the ``ephemeral`` one (default: the
+    kernel's) for a binding with no host port — is searched in order from after the port the
+    last search of the same range found (``cursors``, updated here; a fresh dict starts each
+    range at its beginning).
+    """
     used = set(in_use)
+    cursors = {} if cursors is None else cursors
     chosen: list[Mapping] = []
     for b in bindings:
         if b.host_port == 0:
-            candidates: Iterable[int] = random.sample(range(EPHEMERAL[0], EPHEMERAL[1] + 1), _TRIES)
+            begin, end = ephemeral or ephemeral_range()
         else:
-            candidates = range(b.host_port, b.host_port_end + 1)
-        for port in candidates:
+            begin, end = b.host_port, b.host_port_end
+        where = (b.protocol, b.host_ip, begin, end)
+        for port in _in_order(begin, end, cursors.get(where, end)):
             if not _taken(used, b.protocol, b.host_ip, port) and _socket_free(
                 b.protocol, b.host_ip, port
             ):
                 mapping = Mapping(b.protocol, b.container_port, port, b.host_ip)
                 used.add(mapping.key())
                 chosen.append(mapping)
+                if end > begin:
+                    cursors[where] = port
                 break
         else:
             want = (
@@ -206,9 +251,11 @@ class Publisher:
     choosing a port never iterates another network's endpoints.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ephemeral: tuple[int, int] | None = None) -> None:
         self._lock = threading.Lock()
         self._held: dict[str, list[Mapping]] = {}
+        self._cursors: Cursors = {}
+        self.ephemeral = ephemeral or ephemeral_range()
 
     def load(self, held: Iterable[tuple[str, Iterable[dict[str, Any]]]]) -> None:
         """(endpoint id, its CNI portMappings) for every endpoint that publishes ports."""
@@ -223,7 +270,7 @@ class Publisher:
             in_use = {m.key(): eid for eid, maps in self._held.items() if eid != owner
                       for m in maps}
             try:
-                chosen = allocate(bindings, in_use)
+                chosen = allocate(bindings, in_use, self._cursors, self.ephemeral)
             except PortInUse as exc:
                 holder = in_use.get(exc.key) if exc.key else None
                 if holder is None:

@@ -8,13 +8,14 @@ own.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shim import ports
 from shim.errors import InvalidRequest
-from shim.ports import EPHEMERAL, Binding, Mapping, allocate, parse
+from shim.ports import Binding, Mapping, allocate, ephemeral_range, parse
 from shim.protocol import PORT_MAP
 
 pytestmark = pytest.mark.unit
@@ -192,19 +193,76 @@ def test_the_same_port_for_tcp_and_udp(busy: set[tuple[str, str, int]]) -> None:
     assert got == [Mapping("tcp", 53, 53), Mapping("udp", 53, 53)]
 
 
-def test_an_ephemeral_port(busy: set[tuple[str, str, int]]) -> None:
-    got = allocate([tcp(0), tcp(0, port=81)], [])
-    assert [m.container_port for m in got] == [80, 81]
-    assert all(EPHEMERAL[0] <= m.host_port <= EPHEMERAL[1] for m in got)
-    assert got[0].host_port != got[1].host_port
+EPHEMERAL = (32768, 60999)  # this kernel's default ip_local_port_range
+
+
+def test_ephemeral_ports_in_order_from_the_range_start(busy: set[tuple[str, str, int]]) -> None:
+    """As Docker's port allocator: -p 80 on a fresh engine gets 32768, then 32769, ..."""
+    got = allocate([tcp(0), tcp(0, port=81)], [], ephemeral=EPHEMERAL)
+    assert [(m.container_port, m.host_port) for m in got] == [(80, 32768), (81, 32769)]
+
+
+def test_the_search_starts_after_the_last_port_found(busy: set[tuple[str, str, int]]) -> None:
+    """Docker's ``portRange.last``: a released port is not handed out again straight away."""
+    cursors: ports.Cursors = {}
+    assert allocate([tcp(0)], [], cursors, EPHEMERAL)[0].host_port == 32768
+    busy.add(("tcp", "", 32770))  # some socket holds it: skipped
+    assert allocate([tcp(0)], [], cursors, EPHEMERAL)[0].host_port == 32769
+    assert allocate([tcp(0)], [], cursors, EPHEMERAL)[0].host_port == 32771
+    # Another protocol, address or range has a cursor of its own.
+    assert allocate([Binding("udp", 53, "", 0, 0)], [], cursors, EPHEMERAL)[0].host_port == 32768
+    assert allocate([tcp(0, host_ip="127.0.0.1")], [], cursors, EPHEMERAL)[0].host_port == 32768
+    assert allocate([tcp(8000, 8002)], [], cursors)[0].host_port == 8000
+    assert allocate([tcp(8000, 8002)], [], cursors)[0].host_port == 8001
+    # A fixed port moves no cursor.
+    assert allocate([tcp(32772)], [], cursors, EPHEMERAL)[0].host_port == 32772
+    assert allocate([tcp(0)], [], cursors, EPHEMERAL)[0].host_port == 32772
+
+
+def test_the_search_wraps_round_at_the_range_end(busy: set[tuple[str, str, int]]) -> None:
+    cursors: ports.Cursors = {}
+    got = [allocate([tcp(8000, 8002)], [("tcp", "", 8001)], cursors)[0].host_port
+           for _ in range(3)]
+    assert got == [8000, 8002, 8000]
 
 
 def test_no_free_ephemeral_port(busy: set[tuple[str, str, int]]) -> None:
-    busy.update(("tcp", "", port) for port in range(EPHEMERAL[0], EPHEMERAL[1] + 1))
+    busy.update(("tcp", "", port) for port in range(40000, 40011))
     with pytest.raises(InvalidRequest) as caught:
-        allocate([tcp(0)], [])
+        allocate([tcp(0)], [], ephemeral=(40000, 40010))
     assert str(caught.value) == (
         "cannot publish 80/tcp: a free ephemeral port on all addresses is already in use")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("32768\t60999\n", (32768, 60999)),
+    ("1024 65535", (1024, 65535)),
+    ("", (49153, 60999)),  # Docker's fallback when the kernel's range can't be read
+    ("60999 32768", (49153, 60999)),
+    ("0 10", (49153, 60999)),
+    ("a b", (49153, 60999)),
+])
+def test_the_ephemeral_range_is_the_kernels(tmp_path: Path, content: str,
+                                            expected: tuple[int, int]) -> None:
+    path = tmp_path / "ip_local_port_range"
+    path.write_text(content)
+    assert ephemeral_range(str(path)) == expected
+    assert ephemeral_range(str(tmp_path / "missing")) == (49153, 60999)
+
+
+def test_the_publisher_reads_the_kernels_range() -> None:
+    assert ports.Publisher().ephemeral == ephemeral_range()
+    assert ports.Publisher((40000, 40010)).ephemeral == (40000, 40010)
+
+
+def test_the_publisher_keeps_its_cursor(busy: set[tuple[str, str, int]]) -> None:
+    pub = ports.Publisher(EPHEMERAL)
+    with pub.reserve("a", [tcp(0)]) as first:
+        pass
+    pub.release("a")
+    with pub.reserve("b", [tcp(0)]) as second:
+        pass
+    assert [first[0].host_port, second[0].host_port] == [32768, 32769]
 
 
 def test_nothing_to_allocate(busy: set[tuple[str, str, int]]) -> None:
