@@ -152,6 +152,8 @@ def ls(state_dir: str | None) -> None:
 def inspect(network: str, state_dir: str | None) -> None:
     """Show a pycni network (Docker name, id or id prefix): Docker's request, its CNI chain, its
     endpoints with their addresses and published ports."""
+    from . import driver
+
     settings = _settings(state_dir)
     store = Store(settings.state_dir)
     names = dockerview.names(settings.driver_name)
@@ -177,6 +179,7 @@ def inspect(network: str, state_dir: str | None) -> None:
         item["ports"] = [
             str(ports.Mapping.from_cni(m)) for m in ep.capability_args.get("portMappings") or []
         ]
+        item["way_out"] = driver.way_out(ep)  # "none": no default route, no docker_gwbridge
         data["endpoints"].append(item)
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 

@@ -32,7 +32,7 @@ from typing import Any
 from . import chains, dockerview, firewall, netlink, plugins, ports, staging
 from .attach import Attacher, Attachment, has_capability, quietly
 from .cni import CNI, find
-from .cni.types import Route
+from .cni.types import Result, Route
 from .errors import CNIError, InvalidRequest, NotFound, Unsupported
 from .protocol import (
     CONNECTED,
@@ -337,6 +337,7 @@ class Driver:
                 "cni.plugins": config.plugin_types(),
                 "cni.netns": rec.attachment.netns,
                 "phase": str(rec.phase),
+                "way_out": way_out(rec),
             }
             result = rec.result
             if result is not None:
@@ -421,14 +422,45 @@ def _as_host_if_not_on_link(address: str, routes: list[dict[str, str]]) -> str:
 def _join_response(rec: EndpointRecord) -> JoinResponse:
     """Gateway and routes for Docker, from the CNI result.
 
-    A default route in the result becomes Docker's ``Gateway``/``GatewayIPv6`` and
-    ``DisableGatewayService`` (the chain gives the container its way out, so no docker_gwbridge
-    leg). Other routes become ``StaticRoutes``; routes to the interface's own subnets are left
-    out, as the kernel adds those with the address — and the interface carries Docker's own
-    address with its prefix where Docker's IPAM chose it, whatever the chain made of it.
+    A default route in the result becomes Docker's ``Gateway``/``GatewayIPv6``. Other routes
+    become ``StaticRoutes``; routes to the interface's own subnets are left out, as the kernel
+    adds those with the address — and the interface carries Docker's own address with its
+    prefix where Docker's IPAM chose it, whatever the chain made of it.
+
+    ``DisableGatewayService`` is always set. Without it, Docker gives a container whose
+    endpoint has no gateway a second interface on ``docker_gwbridge`` (making that network on
+    the fly, and leaving it behind): a way out the chain never asked for. A chain with no
+    default route gives its containers no way out, as ``--internal`` does (:func:`way_out`).
     """
     result = rec.result
     assert result is not None
+    gateways, routes = _routes(rec, result)
+    return JoinResponse(
+        src_name=rec.host_ifname,
+        dst_prefix="eth",
+        gateway=gateways.get(4, ""),
+        gateway_ipv6=gateways.get(6, ""),
+        # on-link routes first: Docker adds them in order, and a route via a gateway needs
+        # the gateway reachable already
+        static_routes=tuple(sorted(routes, key=lambda r: r.route_type != CONNECTED)),
+        disable_gateway_service=True,
+    )
+
+
+def way_out(rec: EndpointRecord) -> str:
+    """How a container leaves its network through this endpoint, for ``pycni inspect``:
+    ``via <gateway>`` per family the chain gave a default route, else ``none`` (pycni never
+    lets Docker add a ``docker_gwbridge`` leg; see :func:`_join_response`)."""
+    if rec.result is None:
+        return "none"
+    gateways, _ = _routes(rec, rec.result)
+    if not gateways:
+        return "none"
+    return "via " + ", ".join(gateways[family] for family in sorted(gateways))
+
+
+def _routes(rec: EndpointRecord, result: Result) -> tuple[dict[int, str], list[StaticRoute]]:
+    """The gateway per IP family, and the other routes as Docker's StaticRoutes."""
     ips = [ipaddress.ip_interface(a) for a in rec.addresses]
     if rec.docker is not None:
         asked = rec.docker.interface
@@ -455,13 +487,4 @@ def _join_response(rec: EndpointRecord) -> JoinResponse:
             routes.append(StaticRoute(str(route.dst), NEXTHOP, str(route.gw)))
         else:
             routes.append(StaticRoute(str(route.dst), CONNECTED))
-    return JoinResponse(
-        src_name=rec.host_ifname,
-        dst_prefix="eth",
-        gateway=gateways.get(4, ""),
-        gateway_ipv6=gateways.get(6, ""),
-        # on-link routes first: Docker adds them in order, and a route via a gateway needs
-        # the gateway reachable already
-        static_routes=tuple(sorted(routes, key=lambda r: r.route_type != CONNECTED)),
-        disable_gateway_service=bool(gateways),
-    )
+    return gateways, routes

@@ -16,7 +16,7 @@ import pytest
 
 from shim import reconcile
 from shim.cni import AddFailed
-from shim.driver import Driver
+from shim.driver import Driver, way_out
 from shim.errors import (
     CNIError,
     ConfigError,
@@ -302,8 +302,9 @@ def test_join_hands_docker_the_link_and_gateway(world: World) -> None:
     assert answer == {
         "InterfaceName": {"SrcName": HOST_LINK, "DstPrefix": "eth"},
         "Gateway": "10.200.9.1",
-        "DisableGatewayService": True,  # the chain gives the container its way out
+        "DisableGatewayService": True,  # always: the chain alone gives the way out
     }  # the route to 10.200.9.0/24 is the interface's own: left to the kernel
+    assert way_out(world.driver.endpoints[EP]) == "via 10.200.9.1"
     rec = world.restart().endpoints[EP]  # the sandbox is on disk
     assert (rec.phase, rec.sandbox_key) == ("joined", SANDBOX)
 
@@ -333,7 +334,9 @@ def test_join_without_a_default_route_has_no_gateway(world: World) -> None:
     world.create_network(cni_network="st", ipv4=NULL_IPAM)
     assert world.create_endpoint(address="")["Interface"]["Address"] == "10.200.30.5/24"
     answer = world.join()
-    assert "Gateway" not in answer and answer["DisableGatewayService"] is False
+    # No default route: no way out, and never a docker_gwbridge leg Docker would add for one.
+    assert "Gateway" not in answer and answer["DisableGatewayService"] is True
+    assert way_out(world.driver.endpoints[EP]) == "none"
     assert answer["StaticRoutes"] == [  # on-link first: the next hop must be reachable
         {"Destination": "10.202.0.0/16", "RouteType": 1},
         {"Destination": "10.203.0.0/16", "RouteType": 0, "NextHop": "10.200.30.254"},
@@ -345,7 +348,8 @@ def test_join_on_an_internal_network_has_no_gateway(world: World) -> None:
     world.create_endpoint()
     answer = world.join()
     assert "Gateway" not in answer and "StaticRoutes" not in answer
-    assert answer["DisableGatewayService"] is False
+    assert answer["DisableGatewayService"] is True
+    assert way_out(world.driver.endpoints[EP]) == "none"
 
 
 def test_ptp_gets_a_host_address_and_its_routes(world: World) -> None:
