@@ -462,6 +462,17 @@ def refuse_collisions(req: CreateNetworkRequest, resolved: Resolved, config: Net
                 raise InvalidRequest(
                     f"{what} {subnet} overlaps {clash}, the subnet of {other.name}: their "
                     "addresses would be handed out twice; choose a range no other network uses")
+
+
+def docker_mac(addresses: list[Any]) -> str:
+    """The MAC Docker's bridge gives an endpoint: ``02:42`` and the four bytes of its IPv4
+    address (libnetwork ``netutils.GenerateMACFromIP``); "" without an IPv4 address."""
+    v4 = next((a.ip for a in addresses if a.version == 4), None)
+    if v4 is None:
+        return ""
+    return ":".join(f"{b:02x}" for b in b"\x02\x42" + v4.packed)
+
+
 @dataclass(frozen=True)
 class EndpointChain:
     """What one endpoint's ADD runs with."""
@@ -491,7 +502,12 @@ def for_endpoint(
     *,
     internal: bool = False,
 ) -> EndpointChain:
-    """The chain one endpoint runs: the network's template plus Docker's address, if any."""
+    """The chain one endpoint runs: the network's template plus Docker's address, if any.
+
+    On a zero-config network the MAC is derived from the IPv4 address (``02:42`` + its four
+    bytes, :func:`docker_mac`) unless ``--mac-address`` gave one, as Docker's bridge does: a
+    container restarted with its address keeps its MAC, so neighbours' entries stay right.
+    """
     raw = copy.deepcopy(template)
     addresses = [a for a in (iface.address, iface.address_ipv6) if a is not None]
     gateways = _gateways(network_request)
@@ -525,11 +541,14 @@ def for_endpoint(
                 args.append(("GATEWAY", ",".join(gws)))
         else:  # host-local takes bare addresses
             args.append(("IP", ",".join(str(a.ip) for a in addresses)))
-    if iface.mac_address:
-        # Docker sets this MAC itself when it moves the link in; telling the chain too keeps
-        # what plugins record (and see at DEL) consistent. bridge reads CNI_ARGS MAC=.
-        caps["mac"] = iface.mac_address
-        args.append(("MAC", iface.mac_address))
+    mac = iface.mac_address
+    if not mac and address_via == "config":
+        mac = docker_mac(addresses)
+    if mac:
+        # Docker sets a MAC it was given itself when it moves the link in; telling the chain
+        # too keeps what plugins record (and see at DEL) consistent. bridge reads CNI_ARGS MAC=.
+        caps["mac"] = mac
+        args.append(("MAC", mac))
     return EndpointChain(
         config=conflist_from_dict(raw, source="endpoint config"),
         cni_args=tuple(args),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -78,6 +78,7 @@ class Driver:
         links: Links = netlink,
         docker_view: Callable[[], dockerview.DockerView | None] | None = None,
         rules: Rules = firewall,
+        announce: Callable[[str, str, Iterable[str]], None] = netlink.announce,
     ) -> None:
         self.settings = settings
         self.cni = cni or CNI(
@@ -86,7 +87,7 @@ class Driver:
         self.attacher = Attacher(self.cni)
         self.registry = Registry(store or Store(settings.state_dir))
         self.links = links
-        self.staging = staging.Staging(links)
+        self.staging = staging.Staging(links, announce)
         self.rules = rules
         self.ports = ports.Publisher()
         # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).

@@ -4,23 +4,35 @@ Docker (≤ 27) has no container network namespace yet at CreateEndpoint and Joi
 interface it can move in itself. So each endpoint gets a namespace pycni owns:
 
 * **CreateEndpoint**: :meth:`Staging.make` creates ``pycni-<endpoint id[:12]>``; the chain's ADD
-  creates ``eth0`` in it; :meth:`Staging.take_out` reads the routes the chain set there and moves
-  the link out to the host as ``pcn<endpoint id[:12]>``. Docker moves it into the container at
-  Join, names it ``ethN`` and puts the addresses on it.
+  creates ``eth0`` in it; :meth:`Staging.take_out` reads the routes the chain set there, tells
+  the neighbours the link's addresses are at its MAC (see below), and moves the link out to the
+  host as ``pcn<endpoint id[:12]>``. Docker moves it into the container at Join, names it
+  ``ethN`` and puts the addresses on it.
 * **DeleteEndpoint**: :meth:`Staging.put_back` brings the link back into the staging netns as
   ``eth0`` with its addresses, when a plugin's DEL needs it there (:mod:`shim.plugins`); after
   DEL, :meth:`Staging.clear` removes the namespace and whatever link is left.
 
 The namespace lives from CreateEndpoint to DeleteEndpoint, so DEL runs against the same netns
 path as ADD, as CNI requires.
+
+**Telling the neighbours.** A restarted container gets a new endpoint, and with most chains a
+new MAC, but often its old address; the host and the other containers keep the old MAC for
+that address until their entry times out (up to ~45 s). In the staging namespace the link is
+up with its addresses, on the chain's network already, and pycni can act there (Docker moves
+the link into the container after pycni's answer to Join): a gratuitous ARP / unsolicited
+Neighbor Advertisement from ``eth0`` there updates every entry before the container starts.
+It is best effort: a failure is logged, never fatal.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable
 
+from . import netlink
 from .cni.types import Result
+from .errors import NetlinkFailure
 from .netlink import LinkInfo
 from .seams import Links
 from .state import EndpointRecord
@@ -45,8 +57,14 @@ def host_link_name(endpoint_id: str) -> str:
 class Staging:
     """The staging dance over a :class:`~shim.seams.Links` (netlink, or a fake)."""
 
-    def __init__(self, links: Links) -> None:
+    def __init__(
+        self,
+        links: Links,
+        announce: Callable[[str, str, Iterable[str]], None] = netlink.announce,
+    ) -> None:
         self.links = links
+        #: tells neighbours ``(netns, ifname, addresses)`` are at the link's MAC
+        self.announce = announce
 
     def path(self, endpoint_id: str) -> str:
         return self.links.netns_path(netns_name(endpoint_id))
@@ -55,8 +73,14 @@ class Staging:
         self.links.create_netns(rec.netns)
 
     def take_out(self, rec: EndpointRecord) -> LinkInfo:
-        """Record the routes the chain set on ``eth0``, then move it to the host."""
+        """Record the routes the chain set on ``eth0``, tell the neighbours its addresses, then
+        move it to the host."""
         rec.routes = self.links.routes(rec.netns, rec.ifname)
+        if rec.addresses:
+            try:
+                self.announce(rec.netns, rec.ifname, rec.addresses)
+            except NetlinkFailure as exc:
+                log.warning("endpoint %s: neighbours not told its MAC: %s", rec.id[:12], exc)
         return self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
 
     def put_back(self, rec: EndpointRecord) -> str:

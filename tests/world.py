@@ -75,6 +75,7 @@ class World:
         self.exec = FakeExec()
         self.bridge = FakeMainPlugin(self.links).install(self.exec)
         self.rules = FakeRules()
+        self.announced: list[tuple[str, str, list[str]]] = []  # (netns, ifname, addresses)
         self.driver = self.new_driver()
 
     def new_driver(self) -> Driver:
@@ -87,6 +88,7 @@ class World:
             links=self.links,
             docker_view=lambda: None,  # unit tests ask no Docker: gc works on local state
             rules=self.rules,
+            announce=lambda ns, ifname, addrs: self.announced.append((ns, ifname, list(addrs))),
         )
 
     def restart(self) -> Driver:

@@ -356,7 +356,10 @@ def test_config_gives_the_static_ipam_dockers_address_gateway_and_default_route(
         "addresses": [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"}],
         "routes": [{"dst": "0.0.0.0/0", "gw": "10.200.9.1"}],
     }
-    assert (chain.cni_args, chain.capability_args) == ((("IgnoreUnknown", "1"),), {})
+    # Docker's bridge MAC for the address (02:42 + its four bytes); see test_endpoint_chain.py
+    mac = "02:42:0a:c8:09:07"
+    assert (chain.cni_args, chain.capability_args) == (
+        (("IgnoreUnknown", "1"), ("MAC", mac)), {"mac": mac})
     assert template == before  # the network's template is never written to
     assert chain.config.source == "endpoint config"
 

@@ -181,6 +181,38 @@ def test_dockers_address_and_gateway_reach_static_ipam(world: World) -> None:
     world.consistent()
 
 
+def test_a_zero_config_endpoint_gets_dockers_mac_from_its_address(world: World) -> None:
+    """As Docker's bridge: 02:42 + the IPv4 address, so a container restarted with its
+    address keeps its MAC and its neighbours' entries stay right."""
+    world.create_network()
+    answer = world.create_endpoint(address="10.200.9.7/24")
+    assert answer == {"Interface": {"MacAddress": DOCKER_MAC}}
+    [add] = world.exec.calls_for("ADD")
+    assert add.env["CNI_ARGS"] == f"IgnoreUnknown=1;MAC={DOCKER_MAC}"
+    assert world.driver.endpoints[EP].mac == DOCKER_MAC
+
+
+def test_every_endpoint_announces_its_addresses_from_the_staging_netns(world: World) -> None:
+    """A conflist's chain picks its own MAC: neighbours learn it before the container starts."""
+    world.conflist("hl", {"type": "bridge", "bridge": "br-hl", "ipam": host_local()})
+    world.create_network(cni_network="hl", ipv4=NULL_IPAM)
+    world.create_endpoint(address="")
+    assert world.announced == [(STAGING, "eth0", ["10.200.20.2/24"])]
+    assert world.driver.endpoints[EP].mac not in ("", DOCKER_MAC)
+
+
+def test_an_announcement_that_fails_is_no_failure(world: World,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(ns: str, ifname: str, addresses: object) -> None:
+        raise NetlinkFailure("no packet sockets here")
+
+    world.driver.staging.announce = refuse
+    world.create_network()
+    assert world.create_endpoint() == {"Interface": {"MacAddress": DOCKER_MAC}}
+    assert "neighbours not told its MAC: no packet sockets here" in caplog.text
+    assert world.driver.endpoints[EP].phase == "ready"
+
+
 def test_answer_is_empty_when_docker_chose_everything(world: World) -> None:
     world.create_network()
     answer = world.create_endpoint(address="10.200.9.7/24", mac=DOCKER_MAC)
@@ -283,11 +315,13 @@ def test_zero_config_endpoint_without_an_address_is_refused(world: World) -> Non
 def test_retried_create_endpoint_deletes_then_recreates(world: World) -> None:
     world.create_network()
     world.create_endpoint()
-    first = world.driver.endpoints[EP].mac
+    first = world.driver.endpoints[EP].link_mac
     world.create_endpoint()
     assert [c for c in world.exec.commands() if c[1] != "VERSION"] == [
         ("bridge", "ADD"), ("bridge", "DEL"), ("bridge", "ADD")]
-    assert list(world.driver.endpoints) == [EP] and world.driver.endpoints[EP].mac != first
+    assert list(world.driver.endpoints) == [EP]
+    # A new link, with the same MAC: Docker's, from the address.
+    assert world.driver.endpoints[EP].link_mac == first == DOCKER_MAC
     world.consistent()
 
 
