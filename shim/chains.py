@@ -464,6 +464,10 @@ def refuse_collisions(req: CreateNetworkRequest, resolved: Resolved, config: Net
                     "addresses would be handed out twice; choose a range no other network uses")
 
 
+#: portmap ``conditionsV6`` that keep ``::1`` out of its DNAT (see :func:`for_endpoint`)
+NO_LOOPBACK6_DNAT = ["!", "-d", "::1/128"]
+
+
 def docker_mac(addresses: list[Any]) -> str:
     """The MAC Docker's bridge gives an endpoint: ``02:42`` and the four bytes of its IPv4
     address (libnetwork ``netutils.GenerateMACFromIP``); "" without an IPv4 address."""
@@ -471,6 +475,10 @@ def docker_mac(addresses: list[Any]) -> str:
     if v4 is None:
         return ""
     return ":".join(f"{b:02x}" for b in b"\x02\x42" + v4.packed)
+
+
+def _has_run(items: list[Any], run: list[str]) -> bool:
+    return any(items[n:n + len(run)] == run for n in range(len(items) - len(run) + 1))
 
 
 @dataclass(frozen=True)
@@ -504,11 +512,21 @@ def for_endpoint(
 ) -> EndpointChain:
     """The chain one endpoint runs: the network's template plus Docker's address, if any.
 
-    On a zero-config network the MAC is derived from the IPv4 address (``02:42`` + its four
-    bytes, :func:`docker_mac`) unless ``--mac-address`` gave one, as Docker's bridge does: a
-    container restarted with its address keeps its MAC, so neighbours' entries stay right.
+    Two more things make it behave like Docker's bridge:
+
+    * On a zero-config network the MAC is derived from the IPv4 address (``02:42`` + its four
+      bytes, :func:`docker_mac`) unless ``--mac-address`` gave one, as Docker's bridge does: a
+      container restarted with its address keeps its MAC, so neighbours' entries stay right.
+    * Every ``portmap`` leaves ``::1`` alone (:data:`NO_LOOPBACK6_DNAT` in ``conditionsV6``), as
+      Docker's own ``OUTPUT`` rule does: the kernel drops a packet from ``::1`` DNAT'd to a
+      container, so pycni's userland proxy answers there instead (:mod:`shim.proxy`).
     """
     raw = copy.deepcopy(template)
+    for plugin in raw.get("plugins") or []:
+        if isinstance(plugin, dict) and plugin.get("type") == "portmap":
+            conditions = list(plugin.get("conditionsV6") or [])
+            if not _has_run(conditions, NO_LOOPBACK6_DNAT):
+                plugin["conditionsV6"] = conditions + NO_LOOPBACK6_DNAT
     addresses = [a for a in (iface.address, iface.address_ipv6) if a is not None]
     gateways = _gateways(network_request)
     args: list[tuple[str, str]] = [("IgnoreUnknown", "1")]

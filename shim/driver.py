@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import chains, dockerview, firewall, netlink, plugins, ports, staging
+from . import chains, dockerview, firewall, netlink, plugins, ports, proxy, staging
 from .attach import Attacher, Attachment, has_capability, quietly
 from .cni import CNI, find
 from .cni.types import Result, Route
-from .errors import CNIError, InvalidRequest, NotFound, Unsupported
+from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
 from .protocol import (
     CONNECTED,
     NEXTHOP,
@@ -78,6 +78,7 @@ class Driver:
         links: Links = netlink,
         docker_view: Callable[[], dockerview.DockerView | None] | None = None,
         rules: Rules = firewall,
+        proxies: proxy.Proxies | None = None,
         announce: Callable[[str, str, Iterable[str]], None] = netlink.announce,
     ) -> None:
         self.settings = settings
@@ -90,6 +91,8 @@ class Driver:
         self.staging = staging.Staging(links, announce)
         self.rules = rules
         self.ports = ports.Publisher()
+        # docker-proxy's part: published ports where DNAT can't reach ([::1], IPv6 to IPv4)
+        self.proxies = proxies or proxy.Proxies()
         # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
         self.docker_view = docker_view or (lambda: dockerview.snapshot(settings.driver_name))
         # Docker's networks, which a new one must not collide with; not asked where tests fake
@@ -102,6 +105,15 @@ class Driver:
         """Read every record back: Docker never re-sends CreateNetwork after a restart."""
         networks, endpoints = self.registry.load()
         self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
+        for rec in self.registry.endpoints():
+            published = rec.capability_args.get(PORTS)
+            if published and rec.phase in (Phase.READY, Phase.JOINED):
+                try:
+                    self.proxies.start(rec.id, [ports.Mapping.from_cni(m) for m in published],
+                                       rec.addresses)
+                except PycniError as exc:
+                    log.warning("endpoint %s: published ports not proxied again: %s",
+                                rec.id[:12], exc)
         log.info("loaded %d networks, %d endpoints", networks, endpoints)
 
     @property
@@ -305,6 +317,7 @@ class Driver:
         network owns). Safe to repeat; keeps the record if DEL fails."""
         rec.phase = Phase.DELETING
         self.store.save_endpoint(rec)
+        self.proxies.stop(rec.id)  # and every connection through it
         att = rec.attachment
         if att.result is None:
             # Crashed between ADD and saving its result: libcni's cache has it.
@@ -373,6 +386,11 @@ class Driver:
                 return  # already programmed (Docker retried)
             with self.ports.reserve(rec.id, bindings) as mappings:
                 self.attacher.publish(rec.attachment, PORTS, [m.to_cni() for m in mappings])
+                try:
+                    self.proxies.start(rec.id, mappings, rec.addresses)
+                except BaseException:
+                    quietly(self.attacher.unpublish, rec.attachment, PORTS)
+                    raise
                 self.registry.save_endpoint(net, rec)
         log.info("endpoint %s publishes %s", rec.id[:12], ", ".join(map(str, mappings)))
 
@@ -383,6 +401,7 @@ class Driver:
                 return
             # DEL with the same portMappings as ADD (portmap removes nothing otherwise), then
             # forget them, so the endpoint's final DEL doesn't try again.
+            self.proxies.stop(rec.id)
             self.attacher.unpublish(rec.attachment, PORTS)
             self.ports.release(rec.id)
             self.registry.save_endpoint(net, rec)

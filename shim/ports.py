@@ -155,7 +155,10 @@ def parse(options: dict[str, Any]) -> list[Binding]:
 
 
 def _socket_free(protocol: str, host_ip: str, port: int) -> bool:
-    """Whether a socket could bind ``host_ip:port`` (nothing on the host holds it)."""
+    """Whether a socket could bind ``host_ip:port`` (nothing on the host holds it); for all
+    addresses (""), in both families, as pycni's proxy listens on both (:mod:`shim.proxy`)."""
+    if not host_ip:
+        return _socket_free(protocol, "0.0.0.0", port) and _socket_free(protocol, "::", port)
     family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
     kind, proto = {
         "tcp": (socket.SOCK_STREAM, 0),
@@ -167,7 +170,13 @@ def _socket_free(protocol: str, host_ip: str, port: int) -> bool:
     except OSError:
         return True  # no kernel support to probe with (sctp): rely on our own registry
     try:
-        sock.bind((host_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            # as the proxy binds: a connection it served, in TIME_WAIT on the port, holds
+            # nothing; a listener does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host_ip, port))
         return True
     except OSError:
         return False

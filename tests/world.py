@@ -36,6 +36,7 @@ from shim.protocol import (
 from shim.settings import Settings
 from shim.state import Store
 from tests.fakelinks import FakeLinks, FakeMainPlugin, FakeRules
+from tests.fakeproxy import FakeProxies
 from tests.fakes import FakeExec
 
 NET = "cd" * 32
@@ -75,6 +76,7 @@ class World:
         self.exec = FakeExec()
         self.bridge = FakeMainPlugin(self.links).install(self.exec)
         self.rules = FakeRules()
+        self.proxies = FakeProxies()
         self.announced: list[tuple[str, str, list[str]]] = []  # (netns, ifname, addresses)
         self.driver = self.new_driver()
 
@@ -88,6 +90,7 @@ class World:
             links=self.links,
             docker_view=lambda: None,  # unit tests ask no Docker: gc works on local state
             rules=self.rules,
+            proxies=self.proxies,
             announce=lambda ns, ifname, addrs: self.announced.append((ns, ifname, list(addrs))),
         )
 

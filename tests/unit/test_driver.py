@@ -557,6 +557,54 @@ def test_ports_are_published_through_portmap_and_revoked(world: World) -> None:
     assert [c.plugin for c in world.exec.calls_for("DEL")] == ["portmap", "bridge"]
 
 
+def test_published_ports_get_a_userland_proxy_until_revoked(world: World) -> None:
+    """docker-proxy's part: [::] (and 0.0.0.0) for "all addresses", to the container's own
+    family, else its other one; stopped at Revoke, and never left behind by DeleteEndpoint."""
+    world.create_network()
+    world.create_endpoint()
+    world.driver.program_external(EndpointRequest.from_json({
+        "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "Port": 80, "HostPort": 8080},
+            {"Proto": 17, "Port": 53, "HostIP": "::1", "HostPort": 5353}]}}))
+    assert world.proxies.serving() == {EP: [
+        "0.0.0.0:8080->10.200.9.7:80/tcp", "[::]:8080->10.200.9.7:80/tcp",
+        "[::1]:5353->10.200.9.7:53/udp"]}
+    world.driver.revoke_external(EndpointRequest.from_json({"NetworkID": NET, "EndpointID": EP}))
+    assert world.proxies.serving() == {}
+    publish(world)
+    assert list(world.proxies.serving()) == [EP]
+    world.delete_endpoint()
+    assert world.proxies.serving() == {}
+
+
+def test_a_proxy_that_cannot_listen_undoes_the_publishing(world: World) -> None:
+    world.create_network()
+    world.create_endpoint()
+    world.proxies.taken.add(8080)
+    with pytest.raises(InvalidRequest, match="port 8080 on 0.0.0.0 is already in use"):
+        world.driver.program_external(EndpointRequest.from_json({
+            "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
+                {"Proto": 6, "Port": 80, "HostPort": 8080}]}}))
+    assert [c.plugin for c in world.exec.calls_for("DEL")] == ["portmap"]  # unpublished
+    assert world.driver.ports.held() == {} and "portMappings" not in \
+        world.driver.endpoints[EP].capability_args
+    world.proxies.taken.clear()
+    world.driver.program_external(EndpointRequest.from_json({
+        "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "Port": 80, "HostPort": 8080}]}}))  # Docker may try again
+    assert list(world.proxies.serving()) == [EP]
+
+
+def test_a_restarted_driver_proxies_the_published_ports_again(world: World) -> None:
+    world.create_network()
+    world.create_endpoint()
+    publish(world)
+    before = world.proxies.serving()
+    world.proxies.running.clear()  # the process that held them is gone
+    world.restart()
+    assert world.proxies.serving() == before
+
+
 def test_ports_on_an_internal_network_are_refused(world: World) -> None:
     world.create_network(internal=True)
     world.create_endpoint()

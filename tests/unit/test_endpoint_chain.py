@@ -1,11 +1,12 @@
 """One endpoint's chain behaving like Docker's bridge (:func:`shim.chains.for_endpoint`): the MAC
-derived from the address.
+derived from the address, and portmap leaving ``::1`` to pycni's userland proxy.
 
 Pure functions on config dicts: no plugins run, nothing on the host.
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from typing import Any
 
@@ -72,3 +73,27 @@ def test_a_conflist_endpoint_keeps_the_chains_mac(via: str) -> None:
     iface = EndpointInterface(address=ADDR4) if via else EndpointInterface()
     chain = chains.for_endpoint(template, request(), via, iface)
     assert "MAC" not in dict(chain.cni_args) and "mac" not in chain.capability_args
+
+
+def test_portmap_leaves_ipv6_loopback_alone() -> None:
+    """Docker's OUTPUT rule skips ::1 (its docker-proxy answers there); so does portmap."""
+    template = zero_config()
+    before = copy.deepcopy(template)
+    chain = chains.for_endpoint(template, request(), "config", EndpointInterface(address=ADDR4))
+    [portmap] = [p.raw for p in chain.config.plugins if p.type == "portmap"]
+    assert portmap["conditionsV6"] == ["!", "-d", "::1/128"]
+    assert "conditionsV4" not in portmap
+    assert template == before  # the network's template is never written to
+
+
+def test_a_conflists_own_portmap_conditions_are_kept() -> None:
+    template = conflist(
+        {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.201.120.0/24"}},
+        {"type": "portmap", "capabilities": {"portMappings": True},
+         "conditionsV6": ["-s", "fd00:201:120::/64"]},
+        {"type": "portmap", "conditionsV6": ["!", "-d", "::1/128"]},
+    )
+    chain = chains.for_endpoint(template, request(), "", EndpointInterface())
+    first, second = (p.raw for p in chain.config.plugins if p.type == "portmap")
+    assert first["conditionsV6"] == ["-s", "fd00:201:120::/64", "!", "-d", "::1/128"]
+    assert second["conditionsV6"] == ["!", "-d", "::1/128"]  # there already: not twice

@@ -277,3 +277,36 @@ def test_the_real_probe_sees_a_bound_socket() -> None:
         for host_ip in ("127.0.0.1", ""):
             with pytest.raises(InvalidRequest, match=f"port {port} on .* is already in use"):
                 allocate([tcp(port, host_ip=host_ip)], [])
+
+
+def test_the_real_probe_of_all_addresses_sees_ipv6_too() -> None:
+    """pycni's proxy listens on [::] as well as 0.0.0.0 for "all addresses": a port some
+    socket holds in IPv6 only is not free for it either (loopback, the test's own socket)."""
+    try:
+        held = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        held.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with held:
+        held.listen(1)
+        port = held.getsockname()[1]
+        with pytest.raises(InvalidRequest, match=f"port {port} on all addresses is already"):
+            allocate([tcp(port)], [])
+        assert allocate([tcp(port, host_ip="127.0.0.1")], []) == [
+            Mapping("tcp", 80, port, "127.0.0.1")]
+
+
+def test_a_connection_in_time_wait_does_not_hold_the_port() -> None:
+    """The proxy closes first, so its connections linger in TIME_WAIT on the published port:
+    that must not keep the port from the container when it starts again (loopback only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            conn, _ = server.accept()
+            conn.close()  # the server side closes first: TIME_WAIT is on its side, the port
+            assert client.recv(1) == b""
+    assert allocate([tcp(port, host_ip="127.0.0.1")], []) == [
+        Mapping("tcp", 80, port, "127.0.0.1")]
