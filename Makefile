@@ -32,7 +32,7 @@ unit: deps
 
 lint: deps
 	.venv/bin/ruff check shim tests
-	.venv/bin/mypy shim
+	.venv/bin/mypy shim tests
 
 demo: engine
 	bash scripts/demo.sh
