@@ -104,6 +104,15 @@ class Driver:
     def load(self) -> None:
         """Read every record back: Docker never re-sends CreateNetwork after a restart."""
         networks, endpoints = self.registry.load()
+        for net in self.registry.networks():
+            if net.firewall:
+                # iptables rules don't survive a reboot (or an admin's flush); adding is
+                # idempotent, so a restart puts back whatever is missing.
+                try:
+                    self.rules.add_network(net.id, **net.firewall)
+                except PycniError as exc:
+                    log.error("network %s: cannot restore its iptables rules: %s",
+                              net.id[:12], exc)
         self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
         for rec in self.registry.endpoints():
             published = rec.capability_args.get(PORTS)

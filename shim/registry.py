@@ -10,8 +10,9 @@ written once, here:
    ports) holds the network *shared* and its endpoint *exclusively*
    (:meth:`Registry.endpoint_locked`): endpoints of one network are made and removed in
    parallel — plugins run for tens of milliseconds — while a DeleteNetwork waits for them and
-   then has the network to itself. Inside, a verb checks that what it wants still exists (a
-   DeleteNetwork or a DeleteEndpoint may have won the race).
+   then has the network to itself. Networks are created one at a time (each is checked against
+   all the others). Inside, a verb checks that what it wants still exists (a DeleteNetwork or a
+   DeleteEndpoint may have won the race).
 2. **Lock order: network, then endpoint, then the leaves.** Nobody waits for a network while
    holding an endpoint; nobody holds two networks or two endpoints. The leaves, taken last and
    held only for bookkeeping, never across I/O: a network's ``mutex`` over its endpoints dict,
@@ -126,8 +127,8 @@ class Registry:
         self._owner: dict[str, str] = {}
         #: endpoint-id prefixes a sweep is removing host objects of (rule 4)
         self._sweeping: set[str] = set()
-        #: locks of networks being created (CreateNetwork of a new id)
-        self._creating: dict[str, threading.Lock] = {}
+        #: held while a network is created (rule 1)
+        self._creating = threading.Lock()
 
     def load(self) -> tuple[int, int]:
         """Read every record back (Docker never re-sends CreateNetwork after a restart)."""
@@ -168,15 +169,11 @@ class Registry:
 
     @contextlib.contextmanager
     def creating(self, network_id: str) -> Iterator[Network | None]:
-        """CreateNetwork's lock: yields the network if it exists already (Docker retried)."""
-        with self._guard:
-            lock = self._creating.setdefault(network_id, threading.Lock())
-        try:
-            with lock:
-                yield self._network(network_id)
-        finally:
-            with self._guard:
-                self._creating.pop(network_id, None)
+        """CreateNetwork's lock, one for all networks: a new network is checked against every
+        other (bridges, subnets), so two are never made at once. Yields the network if it
+        exists already (Docker retried)."""
+        with self._creating:
+            yield self._network(network_id)
 
     def add_network(self, record: NetworkRecord) -> Network:
         """Register a network whose record is saved (under :meth:`creating`)."""

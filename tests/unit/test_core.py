@@ -285,3 +285,36 @@ def test_ports_are_released_when_the_plugins_refuse_them() -> None:
     assert publisher.held() == {}
     with publisher.reserve("b" * 64, [binding]) as chosen:
         assert [m.host_port for m in chosen] == [48082]
+
+
+def test_a_restart_puts_back_the_rules_a_reboot_lost(world: World) -> None:
+    world.create_network()
+    rules = dict(world.rules.networks)
+    world.rules.networks.clear()  # a reboot, or an admin's iptables -F
+    world.restart()
+    assert world.rules.networks == rules
+
+
+def test_networks_are_created_one_at_a_time(world: World) -> None:
+    """Each new network is checked against the others: two are never made at once."""
+    registry = world.driver.registry
+    inside = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with registry.creating("a" * 64):
+            inside.set()
+            time.sleep(0.2)
+            order.append("first done")
+
+    def second() -> None:
+        assert inside.wait(5)
+        with registry.creating("b" * 64):
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert order == ["first done", "second in"]
