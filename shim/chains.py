@@ -522,11 +522,7 @@ def for_endpoint(
       container, so pycni's userland proxy answers there instead (:mod:`shim.proxy`).
     """
     raw = copy.deepcopy(template)
-    for plugin in raw.get("plugins") or []:
-        if isinstance(plugin, dict) and plugin.get("type") == "portmap":
-            conditions = list(plugin.get("conditionsV6") or [])
-            if not _has_run(conditions, NO_LOOPBACK6_DNAT):
-                plugin["conditionsV6"] = conditions + NO_LOOPBACK6_DNAT
+    _spare_loopback6(raw)
     addresses = [a for a in (iface.address, iface.address_ipv6) if a is not None]
     gateways = _gateways(network_request)
     args: list[tuple[str, str]] = [("IgnoreUnknown", "1")]
@@ -534,31 +530,11 @@ def for_endpoint(
     if address_via and not addresses:
         raise InvalidRequest("Docker's IPAM gave this endpoint no address to hand to the chain")
     if address_via == "config":
-        ipam = raw["plugins"][0]["ipam"]
-        ipam["addresses"] = []
-        routes = []
-        for addr in addresses:
-            entry = {"address": str(addr)}
-            gw = gateways.get(addr.version)
-            if gw:
-                entry["gateway"] = gw
-                if not internal:
-                    routes.append({"dst": "0.0.0.0/0" if addr.version == 4 else "::/0", "gw": gw})
-            ipam["addresses"].append(entry)
-        if routes:
-            ipam["routes"] = routes
+        _into_static_ipam(raw, addresses, gateways, internal=internal)
     elif address_via == "ips":
         caps["ips"] = [str(a) for a in addresses]
     elif address_via == "args":
-        found = _ipam_plugin(conflist_from_dict(raw))
-        ipam_type = str(found[1].get("type")) if found else ""
-        if plugins.ip_arg(ipam_type) == "cidr":
-            args.append(("IP", ",".join(str(a) for a in addresses)))
-            gws = [gateways[a.version] for a in addresses if a.version in gateways]
-            if gws:
-                args.append(("GATEWAY", ",".join(gws)))
-        else:  # host-local takes bare addresses
-            args.append(("IP", ",".join(str(a.ip) for a in addresses)))
+        args += _ip_args(raw, addresses, gateways)
     mac = iface.mac_address
     if not mac and address_via == "config":
         mac = docker_mac(addresses)
@@ -572,3 +548,46 @@ def for_endpoint(
         cni_args=tuple(args),
         capability_args=caps,
     )
+
+
+Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def _spare_loopback6(raw: dict[str, Any]) -> None:
+    """Every ``portmap`` leaves ``::1`` to pycni's userland proxy (see :func:`for_endpoint`)."""
+    for plugin in raw.get("plugins") or []:
+        if isinstance(plugin, dict) and plugin.get("type") == "portmap":
+            conditions = list(plugin.get("conditionsV6") or [])
+            if not _has_run(conditions, NO_LOOPBACK6_DNAT):
+                plugin["conditionsV6"] = conditions + NO_LOOPBACK6_DNAT
+
+
+def _into_static_ipam(raw: dict[str, Any], addresses: list[Address], gateways: dict[int, str],
+                      *, internal: bool) -> None:
+    """Zero config: Docker's addresses (and default routes, unless internal) become the static
+    IPAM's configuration."""
+    ipam = raw["plugins"][0]["ipam"]
+    ipam["addresses"] = []
+    routes = []
+    for addr in addresses:
+        entry = {"address": str(addr)}
+        gw = gateways.get(addr.version)
+        if gw:
+            entry["gateway"] = gw
+            if not internal:
+                routes.append({"dst": "0.0.0.0/0" if addr.version == 4 else "::/0", "gw": gw})
+        ipam["addresses"].append(entry)
+    if routes:
+        ipam["routes"] = routes
+
+
+def _ip_args(raw: dict[str, Any], addresses: list[Address], gateways: dict[int, str]
+             ) -> list[tuple[str, str]]:
+    """CNI_ARGS ``IP=`` (and ``GATEWAY=``) the way the chain's IPAM reads them."""
+    found = _ipam_plugin(conflist_from_dict(raw))
+    ipam_type = str(found[1].get("type")) if found else ""
+    if plugins.ip_arg(ipam_type) == "cidr":  # static: CIDRs, and gateways
+        args = [("IP", ",".join(str(a) for a in addresses))]
+        gws = [gateways[a.version] for a in addresses if a.version in gateways]
+        return args + ([("GATEWAY", ",".join(gws))] if gws else [])
+    return [("IP", ",".join(str(a.ip) for a in addresses))]  # host-local: bare addresses
