@@ -126,9 +126,24 @@ def ls(state_dir: str | None) -> None:
     store = Store(settings.state_dir)
     endpoints = store.endpoints()
     networks = store.networks()
-    if not networks:
+    attached = store.containers()
+    if not networks and not attached:
         click.echo("no pycni networks")
         return
+    if networks:
+        _ls_networks(settings, networks, endpoints)
+    if attached:
+        if networks:
+            click.echo("")
+        click.echo("containers started with --network none, attached by pycni:")
+        click.echo(f"{'CONTAINER':<20}{'NETWORK':<20}{'IFNAME':<8}ADDRESSES")
+        for rec in attached:
+            addrs = ",".join(str(ip.address) for ip in rec.attachment.ips()) or "-"
+            name = rec.name or rec.container_id[:12]
+            click.echo(f"{name:<20}{rec.network:<20}{rec.ifname:<8}{addrs}")
+
+
+def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) -> None:
     names = dockerview.names(settings.driver_name)
     click.echo(f"{'NETWORK':<14}{'NAME':<20}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
     for net in networks:
@@ -202,10 +217,20 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
         from .driver import Driver
 
         actions = reconcile.gc(Driver(settings), dry_run=dry_run)
+    # attachments of the --network none mode: no server involved, each container's lock here
+    actions += _containers(settings).gc(dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for line in actions:
         click.echo(line)
     click.echo(f"gc: {verb} {len(actions)} leftover(s)" if actions else "gc: nothing to remove")
+
+
+def _containers(settings: Settings) -> Any:
+    from .containers import Containers
+
+    cni = CNI(list(settings.cni_path), cache_dir=settings.cache_dir,
+              timeout=settings.plugin_timeout)
+    return Containers(Store(settings.state_dir), cni, settings.conf_dir)
 
 
 def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
@@ -219,6 +244,98 @@ def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
     if status != 200:
         raise PycniError(str(body.get("Err") or f"pycni serve answered {status}"))
     return [str(a) for a in body.get("Actions") or []]
+
+
+# --- pycni attach / detach / run: containers started with --network none --------------------
+
+
+def _mode_options(func: F) -> F:
+    for option in reversed((
+        click.option("--state-dir", default=None,
+                     help=f"pycni's records (default {DEFAULT_STATE_DIR})."),
+        click.option("--conf-dir", default=None,
+                     help=f"CNI conf dir (default {DEFAULT_CONF_DIR}, or NETCONFPATH)."),
+        click.option("--cni-path", default=None,
+                     help=f"Plugin dirs (default {DEFAULT_CNI_PATH}, or CNI_PATH)."),
+        click.option("--cache-dir", default=None,
+                     help=f"libcni cache (default {DEFAULT_CACHE_DIR})."),
+    )):
+        func = option(func)
+    return func
+
+
+def _mode(state_dir: str | None, conf_dir: str | None, cni_path: str | None,
+          cache_dir: str | None) -> Any:
+    return _containers(Settings.from_env(
+        state_dir=state_dir, conf_dir=conf_dir,
+        cni_path=split_path(cni_path) if cni_path else None, cache_dir=cache_dir,
+    ))
+
+
+_PORT_HELP = "Publish a port through the chain's portmap: [HOSTIP:]HOST:CONT[/PROTO] (repeatable)."
+
+
+@main.command()
+@click.argument("container")
+@click.argument("network")
+@click.option("--ifname", default="eth0", show_default=True, help="The interface's name.")
+@click.option("--ip", default="", help="The address to ask the chain's IPAM for.")
+@click.option("-p", "--publish", multiple=True, help=_PORT_HELP)
+@click.option("--arg", "cni_args", multiple=True, metavar="K=V", help="A CNI_ARGS pair (repeatable).")
+@_mode_options
+@reports_errors
+def attach(container: str, network: str, ifname: str, ip: str, publish: tuple[str, ...],
+           cni_args: tuple[str, ...], state_dir: str | None, conf_dir: str | None,
+           cni_path: str | None, cache_dir: str | None) -> None:
+    """ADD the conflist NETWORK into the namespace of the running CONTAINER (started with
+    --network none); print the CNI result. A failure part-way is undone and names the plugin."""
+    from .containers import Request, parse_arg, parse_port
+
+    req = Request(network, ifname, ip, tuple(parse_port(p) for p in publish),
+                  tuple(parse_arg(a) for a in cni_args))
+    rec = _mode(state_dir, conf_dir, cni_path, cache_dir).attach(container, req)
+    click.echo(json.dumps(rec.attachment.result.to_json(), indent=4))
+
+
+@main.command()
+@click.argument("container")
+@click.argument("network")
+@click.option("--ifname", default=None, help="Only the attachment on this interface.")
+@_mode_options
+@reports_errors
+def detach(container: str, network: str, ifname: str | None, state_dir: str | None,
+           conf_dir: str | None, cni_path: str | None, cache_dir: str | None) -> None:
+    """DEL the conflist NETWORK from CONTAINER with the config and arguments ADD ran with;
+    succeeds when the container is already gone."""
+    for rec in _mode(state_dir, conf_dir, cni_path, cache_dir).detach(container, network, ifname):
+        click.echo(f"detached {rec.name or rec.container_id[:12]} from {rec.network} "
+                   f"({rec.ifname})")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--cni-net", "cni_nets", required=True, metavar="NET[,NET...]",
+              help="The conflists to attach, in order: eth0, eth1, ...")
+@click.option("--ip", "ips", multiple=True,
+              help="An address for the network in the same place of --cni-net (repeatable).")
+@click.option("-p", "--publish", multiple=True, help=_PORT_HELP + " On the first network.")
+@_mode_options
+@click.argument("docker_args", nargs=-1, type=click.UNPROCESSED, required=True)
+@reports_errors
+def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], state_dir: str | None,
+        conf_dir: str | None, cni_path: str | None, cache_dir: str | None,
+        docker_args: tuple[str, ...]) -> None:
+    """Create a container with --network none (docker create with DOCKER_ARGS, after --),
+    start it and attach the networks; remove it again, saying why, if attaching fails.
+
+    The address is in place when this returns; the container's main process starts before
+    it (see the README). Prints the container's id.
+    """
+    from .containers import parse_port
+
+    nets = [n for n in cni_nets.split(",") if n]
+    cid, _ = _mode(state_dir, conf_dir, cni_path, cache_dir).run(
+        nets, list(docker_args), ips=ips, port_specs=[parse_port(p) for p in publish])
+    click.echo(cid)
 
 
 # --- pycni check / doctor ---------------------------------------------------------------------

@@ -14,6 +14,9 @@ This is the one module that opens the SDK, always through :func:`docker_client`;
   :func:`start_container`; both raise.
 * CreateNetwork asks :func:`networks` (None when Docker can't be asked) which subnets and bridges
   Docker's networks have, so a new network collides with none of them.
+* The ``--network none`` mode (:mod:`shim.containers`) asks :func:`target` (raises) where a
+  container's namespace and resolv.conf are, and :func:`container_ids` (None when Docker can't be
+  asked) which containers still exist.
 """
 
 from __future__ import annotations
@@ -331,3 +334,56 @@ def ping(timeout: float = 3.0) -> None:
     """Returns if dockerd answers; raises PycniError with the SDK's reason if not."""
     with docker_client(timeout) as client:
         client.ping()
+
+
+# --- the --network none mode (shim.containers) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A container pycni attaches to itself: where its namespace and its resolv.conf are."""
+
+    id: str
+    name: str
+    running: bool
+    #: its main process on the host (0 when it isn't running)
+    pid: int
+    #: the host path of the resolv.conf Docker bind-mounts into it ("" if none)
+    resolv_conf: str
+    #: ``HostConfig.NetworkMode``: "none" for the containers this mode serves
+    network_mode: str
+
+
+def target(ref: str, timeout: float = 10.0) -> Target:
+    """The container ``ref`` (name or id). Raises NotFound if Docker has none, PycniError if
+    Docker can't be asked."""
+    try:
+        with docker_client(timeout) as client:
+            data = client.api.inspect_container(ref)
+    except NotFound as exc:
+        raise NotFound(f"Docker has no container {ref!r}") from exc
+    except PycniError as exc:
+        raise PycniError(f"cannot inspect container {ref!r}: {exc}") from exc
+    state = data.get("State") or {}
+    return Target(
+        id=str(data.get("Id") or ""),
+        name=str(data.get("Name") or ref).lstrip("/"),
+        running=bool(state.get("Running")),
+        pid=int(state.get("Pid") or 0),
+        resolv_conf=str(data.get("ResolvConfPath") or ""),
+        network_mode=str((data.get("HostConfig") or {}).get("NetworkMode") or ""),
+    )
+
+
+def container_ids(timeout: float = 10.0) -> dict[str, str] | None:
+    """Every container Docker has, running or not: id → name; None if Docker can't be asked."""
+    try:
+        with docker_client(timeout) as client:
+            listed = client.api.containers(all=True)
+    except PycniError as exc:
+        log.info("Docker's containers unavailable (%s)", exc)
+        return None
+    return {
+        str(c["Id"]): str((c.get("Names") or ["/"])[0]).lstrip("/")
+        for c in listed if isinstance(c, dict) and c.get("Id")
+    }

@@ -9,6 +9,8 @@ Layout under the state dir (default ``/var/lib/pycni``)::
 
     networks/<network id>.json     {"version": 1, "kind": "network", ...}
     endpoints/<endpoint id>.json   {"version": 1, "kind": "endpoint", ...}
+    containers/<container id>.<network>.<ifname>.json
+                                   {"version": 1, "kind": "container", ...}  (--network none mode)
 
 Files are written like libcni's cache: a temp file in the same directory, then ``os.replace``,
 mode 0600 — a crash of pycni leaves either the old record or the new one, never half of one.
@@ -229,6 +231,74 @@ class EndpointRecord:
         )
 
 
+@dataclass
+class ContainerRecord:
+    """An attachment of the ``--network none`` mode (:mod:`shim.containers`): a conflist ADDed
+    straight into a container's own namespace. Everything DEL needs is in ``attachment``."""
+
+    #: the conflist's name (the attachment's network)
+    network: str
+    attachment: Attachment
+    #: the container's name when it was attached (for people; the id is what counts)
+    name: str = ""
+    #: the container's main process when it was attached: its namespace is /proc/<pid>/ns/net
+    pid: int = 0
+    created: float = field(default_factory=time.time)
+
+    @property
+    def id(self) -> str:
+        """The record's file name: one per (container, network, ifname), as libcni's cache."""
+        att = self.attachment
+        return f"{att.container_id}.{self.network}.{att.ifname}"
+
+    @property
+    def container_id(self) -> str:
+        return self.attachment.container_id
+
+    @property
+    def ifname(self) -> str:
+        return self.attachment.ifname
+
+    def to_json(self) -> dict[str, Any]:
+        att = self.attachment
+        return {
+            "version": VERSION,
+            "kind": "container",
+            "id": self.id,
+            "network": self.network,
+            "container_id": att.container_id,
+            "name": self.name,
+            "pid": self.pid,
+            "netns_path": att.netns,
+            "ifname": att.ifname,
+            "config": att.config.raw,
+            "cni_args": [list(a) for a in att.cni_args],
+            "capability_args": att.capability_args,
+            "result": None if att.result is None else att.result.to_json(),
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
+        config = conflist_from_dict(data["config"], source=f"container record {data['id']}")
+        result = data.get("result")
+        return cls(
+            network=str(data["network"]),
+            attachment=Attachment(
+                container_id=str(data["container_id"]),
+                netns=str(data.get("netns_path") or ""),
+                ifname=str(data["ifname"]),
+                config=config,
+                cni_args=tuple((str(k), str(v)) for k, v in data.get("cni_args") or []),
+                capability_args=dict(data.get("capability_args") or {}),
+                result=None if result is None else Result.from_json(result, config.cni_version),
+            ),
+            name=str(data.get("name") or ""),
+            pid=int(data.get("pid") or 0),
+            created=float(data.get("created") or time.time()),
+        )
+
+
 class Store:
     """Records on disk. Not locked: the driver serializes writes per network."""
 
@@ -335,6 +405,20 @@ class Store:
 
     def endpoints(self) -> list[EndpointRecord]:
         return [_build(EndpointRecord, d) for d in self._read_all("endpoints")]
+
+
+    # attachments of the --network none mode (shim.containers locks per container)
+    def save_container(self, rec: ContainerRecord) -> None:
+        self._write("containers", rec.id, rec.to_json())
+
+    def delete_container(self, record_id: str) -> None:
+        self._delete("containers", record_id)
+
+    def containers(self) -> list[ContainerRecord]:
+        return [_build(ContainerRecord, d) for d in self._read_all("containers")]
+
+    def containers_dir(self) -> str:
+        return self._dir("containers")
 
 
 def _build(cls: Any, data: dict[str, Any]) -> Any:

@@ -1,0 +1,448 @@
+"""The ``--network none`` mode: pycni attaches CNI networks to containers itself.
+
+As Kubernetes' dockershim, cri-dockerd and Nomad do, a container runs with ``--network none`` and
+pycni — not Docker — runs a conflist from the conf dir straight into the container's own network
+namespace (``/proc/<pid>/ns/net``). No Docker network object and no staging namespace: the
+conflist is the network, ``CNI_CONTAINERID`` is the full container id, the interface is ``eth0``
+unless told otherwise. This serves what the driver mode can't: sysctls set by ``tuning`` (lost when
+a link changes namespace), several interfaces per network, per-container CNI_ARGS, and
+Kubernetes-style conflists used as they are.
+
+* :meth:`Containers.attach` — ADD (``pycni attach``); an address through the ``ips`` capability or
+  CNI_ARGS ``IP=`` (:mod:`shim.plugins`), published ports through ``portMappings`` (host ports
+  chosen as :func:`shim.ports.allocate` does; a taken one is refused), ``--arg`` as CNI_ARGS. A
+  failure part-way is undone (the attachment core DELs what succeeded) and names the plugin.
+* :meth:`Containers.detach` — DEL with the recorded config and arguments (``pycni detach``);
+  succeeds when the container is already gone.
+* :meth:`Containers.run` — ``pycni run``: ``docker create --network none``, ``docker start``,
+  attach each network (eth0, eth1, …); on failure everything attached is detached and the
+  container removed. The guarantee: **the address is in place when ``pycni run`` returns, not
+  before the container's main process starts** (the namespace exists only once it runs).
+* :meth:`Containers.gc` — attachments whose container Docker no longer has (``pycni gc``).
+
+Records: one per attachment, ``<state dir>/containers/<container id>.<network>.<ifname>.json``
+(:class:`shim.state.ContainerRecord`, written atomically), holding what DEL needs: the config as
+ADD ran it, CNI_ARGS, capability args, the netns path, the container id and pid, and the result.
+It is written before ADD (so a crash mid-ADD leaves something ``pycni detach`` can undo) and again
+with the result. libcni's cache holds the result too, where other CNI tools look for it.
+
+Locks: one ``fcntl`` lock file per container, ``<state dir>/containers/<container id>.lock``, held
+for the whole of an attach, detach or gc of that container, so two pycni processes never wire the
+same container at once; the last holder removes the file once no record of the container is left.
+Choosing host ports takes the lock of the ``containers`` directory itself (ports are one space).
+
+Names: Docker's DNS doesn't know these addresses. When the chain's result has ``dns``, it is
+written into the container's resolv.conf (the file Docker bind-mounts, ``ResolvConfPath``); else
+containers find each other by address, or through a DNS server the chain names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import dockerview, plugins, ports
+from .attach import Attacher, Attachment
+from .cni import CNI, find
+from .cni.config import NetworkConfigList, validate_ifname, validate_network_name
+from .cni.types import DNS
+from .errors import InvalidRequest, NotFound, PycniError
+from .state import ContainerRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+class Docker(Protocol):
+    """What this mode asks Docker (:mod:`shim.dockerview`; a fake in unit tests)."""
+
+    def target(self, ref: str) -> dockerview.Target: ...
+
+    def container_ids(self) -> dict[str, str] | None: ...
+
+
+class RealDocker:
+    def target(self, ref: str) -> dockerview.Target:
+        return dockerview.target(ref)
+
+    def container_ids(self) -> dict[str, str] | None:
+        return dockerview.container_ids()
+
+
+# --- what the user asks for ----------------------------------------------------------------------
+
+_PORT = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<cont>\d+)"
+                   r"(?:/(?P<proto>tcp|udp|sctp))?$")
+
+
+def parse_port(spec: str) -> ports.Binding:
+    """``[HOSTIP:]HOST:CONT[/PROTO]`` as a port binding (the host port is fixed)."""
+    m = _PORT.match(spec)
+    if not m:
+        raise InvalidRequest(f"-p {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
+    host_ip = (m.group("ip") or "").strip("[]")
+    if host_ip:
+        try:
+            host_ip = str(ipaddress.ip_address(host_ip))
+        except ValueError as exc:
+            raise InvalidRequest(f"-p {spec!r}: {host_ip!r} is not an address") from exc
+    host, cont = int(m.group("host")), int(m.group("cont"))
+    for port in (host, cont):
+        if not 1 <= port <= 65535:
+            raise InvalidRequest(f"-p {spec!r}: port {port} is out of range")
+    return ports.Binding(m.group("proto") or "tcp", cont, host_ip, host, host)
+
+
+def parse_arg(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or ";" in item:
+        raise InvalidRequest(f"--arg {item!r}: expected KEY=VALUE (no ';')")
+    return key, value
+
+
+def address_for(config: NetworkConfigList, ip: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """How ``ip`` reaches the chain's IPAM: the ``ips`` capability, else CNI_ARGS ``IP=``."""
+    try:
+        iface = ipaddress.ip_interface(ip)
+    except ValueError as exc:
+        raise InvalidRequest(f"--ip {ip!r} is not an address") from exc
+    for plugin in config.plugins:
+        ipam = plugin.raw.get("ipam")
+        if not isinstance(ipam, dict) or not ipam.get("type"):
+            continue
+        if plugin.capabilities.get("ips"):
+            return {"ips": [str(iface) if "/" in ip else str(iface.ip)]}, []
+        way = plugins.ip_arg(str(ipam["type"]))
+        if way == "bare":
+            return {}, [("IP", str(iface.ip))]
+        if way == "cidr":
+            if "/" not in ip:
+                raise InvalidRequest(f"--ip {ip!r}: IPAM {ipam['type']!r} needs a prefix length")
+            return {}, [("IP", str(iface))]
+        raise InvalidRequest(
+            f"--ip: IPAM {ipam['type']!r} of network {config.name!r} takes no address (no 'ips' "
+            "capability, no CNI_ARGS IP=)")
+    raise InvalidRequest(f"--ip: network {config.name!r} has no IPAM plugin to give it to")
+
+
+# --- locks ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _flock(path: str, remove_if: Any = None) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path``; when ``remove_if()`` is true at the end, the file
+    is removed while still held (a waiter then finds its file gone and locks the new one)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # removed by the holder we waited for: lock the file that is there now
+    try:
+        yield
+    finally:
+        try:
+            if remove_if is not None and remove_if():
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _dir_lock(path: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    return held()
+
+
+# --- resolv.conf ---------------------------------------------------------------------------------
+
+
+def resolv_conf(dns: DNS) -> str:
+    lines = ["# written by pycni from the CNI result's dns"]
+    lines += [f"nameserver {ns}" for ns in dns.nameservers]
+    search = dns.search or ([dns.domain] if dns.domain else [])
+    if search:
+        lines.append("search " + " ".join(search))
+    if dns.options:
+        lines.append("options " + " ".join(dns.options))
+    return "\n".join(lines) + "\n"
+
+
+def write_resolv_conf(path: str, dns: DNS) -> bool:
+    """Write ``dns`` into the container's resolv.conf in place (Docker bind-mounts that very
+    file: a rename would leave the container the old one). False when there is nothing to say."""
+    if not path or not (dns.nameservers or dns.search or dns.domain):
+        return False
+    try:
+        with open(path, "w") as f:
+            f.write(resolv_conf(dns))
+    except OSError as exc:
+        raise PycniError(f"cannot write the container's resolv.conf {path}: {exc.strerror}") from exc
+    return True
+
+
+# --- the mode ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One ``pycni attach``."""
+
+    network: str
+    ifname: str = "eth0"
+    ip: str = ""
+    ports: tuple[ports.Binding, ...] = ()
+    args: tuple[tuple[str, str], ...] = ()
+
+
+class Containers:
+    def __init__(self, store: Store, cni: CNI, conf_dir: str, docker: Docker | None = None,
+                 proc: str = "/proc") -> None:
+        self.store = store
+        self.cni = cni
+        self.attacher = Attacher(cni)
+        self.conf_dir = conf_dir
+        self.docker: Docker = docker or RealDocker()
+        self.proc = proc
+
+    # locks and records
+
+    def locked(self, container_id: str) -> contextlib.AbstractContextManager[None]:
+        """The container's lock; its file goes once no record of the container is left."""
+        path = os.path.join(self.store.containers_dir(), f"{container_id}.lock")
+        return _flock(path, remove_if=lambda: not self.records(container_id))
+
+    def records(self, container_id: str | None = None) -> list[ContainerRecord]:
+        return [r for r in self.store.containers()
+                if container_id is None or r.container_id == container_id]
+
+    def _find(self, container_id: str, network: str, ifname: str | None) -> list[ContainerRecord]:
+        return [r for r in self.records(container_id)
+                if r.network == network and (ifname is None or r.ifname == ifname)]
+
+    def _resolve(self, ref: str) -> tuple[str, dockerview.Target | None]:
+        """The container's full id, and Docker's view of it (None once Docker forgot it: then
+        ``ref`` is matched against the records' ids and names)."""
+        try:
+            found = self.docker.target(ref)
+        except NotFound:
+            ids = {r.container_id for r in self.records()
+                   if r.container_id.startswith(ref) or r.name == ref}
+            if len(ids) == 1:
+                return ids.pop(), None
+            raise NotFound(f"Docker has no container {ref!r} and pycni has no attachment of "
+                           "one by that name") from None
+        return found.id, found
+
+    # the verbs
+
+    def attach(self, ref: str, req: Request) -> ContainerRecord:
+        validate_network_name(req.network)
+        validate_ifname(req.ifname)
+        found = self.docker.target(ref)
+        if not found.running or not found.pid:
+            raise InvalidRequest(f"container {found.name} is not running: it has no namespace "
+                                 "to attach to")
+        with self.locked(found.id):
+            return self._attach_locked(found, req)
+
+    def _attach_locked(self, found: dockerview.Target, req: Request) -> ContainerRecord:
+        if self._find(found.id, req.network, req.ifname):
+            raise InvalidRequest(
+                f"container {found.name} is already attached to {req.network} as {req.ifname}")
+        if any(r.ifname == req.ifname for r in self.records(found.id)):
+            raise InvalidRequest(f"container {found.name} already has an interface {req.ifname}")
+        config = find(self.conf_dir, req.network)
+        caps: dict[str, Any] = {}
+        args = list(req.args)
+        if req.ip:
+            ip_caps, ip_args = address_for(config, req.ip)
+            caps.update(ip_caps)
+            args += ip_args
+        if args:
+            args.insert(0, ("IgnoreUnknown", "1"))
+        rec = ContainerRecord(
+            network=req.network,
+            attachment=Attachment(
+                container_id=found.id,
+                netns=os.path.join(self.proc, str(found.pid), "ns", "net"),
+                ifname=req.ifname,
+                config=config,
+                cni_args=tuple(args),
+                capability_args=caps,
+            ),
+            name=found.name,
+            pid=found.pid,
+        )
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.store.delete_container, rec.id)
+            if req.ports:
+                if not plugins_with(config, "portMappings"):
+                    raise InvalidRequest(f"-p: no plugin of network {req.network!r} declares "
+                                         "the portMappings capability (add portmap)")
+                with _dir_lock(self.store.containers_dir()):
+                    chosen = ports.allocate(req.ports, self._ports_in_use())
+                    rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
+                    self.store.save_container(rec)  # holds the ports from here on
+            else:
+                self.store.save_container(rec)
+            self.attacher.add(rec.attachment, undo)
+            self.store.save_container(rec)
+            assert rec.attachment.result is not None
+            write_resolv_conf(found.resolv_conf, rec.attachment.result.dns)
+            undo.pop_all()
+        return rec
+
+    def _ports_in_use(self) -> set[tuple[str, str, int]]:
+        used = set()
+        for rec in self.store.containers():
+            for m in rec.attachment.capability_args.get("portMappings") or []:
+                used.add(ports.Mapping.from_cni(m).key())
+        for ep in self.store.endpoints():
+            for m in ep.capability_args.get("portMappings") or []:
+                used.add(ports.Mapping.from_cni(m).key())
+        return used
+
+    def detach(self, ref: str, network: str, ifname: str | None = None) -> list[ContainerRecord]:
+        """DEL the container's attachments to ``network`` (the one on ``ifname`` if given)."""
+        container_id, found = self._resolve(ref)
+        with self.locked(container_id):
+            recs = self._find(container_id, network, ifname)
+            if not recs:
+                on = f" as {ifname}" if ifname else ""
+                raise NotFound(f"container {ref!r} is not attached to {network}{on} by pycni")
+            for rec in recs:
+                self._delete(rec, found)
+        return recs
+
+    def _delete(self, rec: ContainerRecord, found: dockerview.Target | None) -> None:
+        att = rec.attachment
+        gone = found is None or not found.running or found.pid != rec.pid
+        if gone and os.path.exists(att.netns):
+            # The namespace ADD ran in is gone, and DEL runs with its path all the same (plugins
+            # tolerate a missing namespace) - unless another process has taken the pid since:
+            # then with none, so no plugin touches that process's namespace.
+            att = att.elsewhere("")
+        self.attacher.delete(att)
+        self.store.delete_container(rec.id)
+
+    def gc(self, *, dry_run: bool = False) -> list[str]:
+        """Attachments whose container Docker no longer has: DEL them. Nothing when Docker
+        can't be asked (unknown is not gone)."""
+        known = self.docker.container_ids()
+        if known is None:
+            return []
+        done = []
+        for cid in sorted({r.container_id for r in self.records()} - set(known)):
+            with self.locked(cid):
+                for rec in self.records(cid):
+                    what = f"attachment {rec.name or cid[:12]}/{rec.network}/{rec.ifname}"
+                    if dry_run:
+                        done.append(f"{what}: its container is gone; removed")
+                        continue
+                    try:
+                        self._delete(rec, None)
+                    except PycniError as exc:
+                        done.append(f"{what}: its container is gone; failed: {exc}")
+                    else:
+                        done.append(f"{what}: its container is gone; DEL run")
+        return done
+
+    def run(self, networks: Sequence[str], docker_args: Sequence[str], *,
+            ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),
+            docker_cli: DockerCLI | None = None) -> tuple[str, list[ContainerRecord]]:
+        """``pycni run``: create and start with ``--network none``, then attach ``networks``
+        (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first). If any
+        attach fails, what was attached is detached, the container removed, and the error
+        re-raised saying so."""
+        if not networks:
+            raise InvalidRequest("--cni-net: name at least one network")
+        if len(ips) > len(networks):
+            raise InvalidRequest("more --ip than --cni-net networks")
+        if any(a == "--network" or a.startswith(("--network=", "--net=")) or a == "--net"
+               for a in docker_args):
+            raise InvalidRequest("pycni run sets --network none itself; leave --network out")
+        for net in networks:
+            validate_network_name(net)
+            find(self.conf_dir, net)  # refuse an unknown network before creating anything
+        cli = docker_cli or DockerCLI()
+        # the container always runs detached: pycni run returns once it is attached
+        create_args = [a for a in docker_args if a not in ("-d", "--detach", "--detach=true")]
+        cid = cli.create(["--network", "none", *create_args])
+        done: list[ContainerRecord] = []
+        try:
+            cli.start(cid)
+            for n, net in enumerate(networks):
+                req = Request(net, f"eth{n}", ips[n] if n < len(ips) else "",
+                              tuple(port_specs) if n == 0 else ())
+                done.append(self.attach(cid, req))
+        except PycniError as exc:
+            for rec in reversed(done):
+                with contextlib.suppress(PycniError):
+                    self.detach(cid, rec.network, rec.ifname)
+            removed = cli.remove(cid)
+            what = "removed the container" if removed else "could not remove the container"
+            exc.message = f"pycni run: {what} {cid[:12]}, attaching failed: {exc.message}"
+            raise
+        return cid, done
+
+
+def plugins_with(config: NetworkConfigList, capability: str) -> list[str]:
+    return [p.type for p in config.plugins if p.capabilities.get(capability)]
+
+
+class DockerCLI:
+    """The docker CLI for ``pycni run`` (users pass it ``docker run``'s own arguments)."""
+
+    def __init__(self, docker: str = "docker", timeout: float = 120.0) -> None:
+        self.docker = docker
+        self.timeout = timeout
+
+    def _call(self, *args: str) -> str:
+        try:
+            proc = subprocess.run([self.docker, *args], capture_output=True, text=True,
+                                  timeout=self.timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PycniError(f"docker {args[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            raise PycniError(f"docker {args[0]} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def create(self, args: Sequence[str]) -> str:
+        return self._call("create", *args).splitlines()[-1]
+
+    def start(self, cid: str) -> None:
+        self._call("start", cid)
+
+    def remove(self, cid: str) -> bool:
+        try:
+            self._call("rm", "-f", cid)
+        except PycniError as exc:
+            log.error("%s", exc)
+            return False
+        return True
+

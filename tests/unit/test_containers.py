@@ -1,0 +1,327 @@
+"""The ``--network none`` mode on fakes: records, undo on failure, the per-container lock, gc.
+
+A fake Docker (:class:`FakeDocker`) stands for :mod:`shim.dockerview`, :class:`FakeExec` for the
+plugins; the namespace paths live under a fake ``/proc`` in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim import containers, ports
+from shim.cni import CNI
+from shim.containers import Containers, Request
+from shim.dockerview import Target
+from shim.errors import CNIError, InvalidRequest, NotFound
+from shim.state import Store
+from tests.fakes import FakeExec, add_interface, cni_args
+
+pytestmark = pytest.mark.unit
+
+CID = "a" * 64
+OTHER = "b" * 64
+
+
+class FakeDocker:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.targets: dict[str, Target] = {}
+        self.known: dict[str, str] | None = {}
+
+    def add(self, cid: str, name: str, pid: int) -> Target:
+        resolv = self.tmp / f"resolv-{name}"
+        resolv.write_text("nameserver 10.201.200.99\n")
+        t = Target(cid, name, True, pid, str(resolv), "none")
+        self.targets[cid] = t
+        assert self.known is not None
+        self.known[cid] = name
+        return t
+
+    def forget(self, cid: str) -> None:
+        self.targets.pop(cid)
+        assert self.known is not None
+        self.known.pop(cid)
+
+    def target(self, ref: str) -> Target:
+        for t in self.targets.values():
+            if ref in (t.id, t.name):
+                return t
+        raise NotFound(f"Docker has no container {ref!r}")
+
+    def container_ids(self) -> dict[str, str] | None:
+        return self.known
+
+
+def conflist(name: str = "pcn", ips_cap: bool = False) -> dict[str, Any]:
+    bridge: dict[str, Any] = {
+        "type": "bridge", "bridge": "pcn0",
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.201.200.0/24"}]]},
+    }
+    if ips_cap:
+        bridge["capabilities"] = {"ips": True}
+    return {"cniVersion": "1.0.0", "name": name, "plugins": [
+        bridge,
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "tuning"},
+    ]}
+
+
+class Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.conf = tmp / "net.d"
+        self.conf.mkdir()
+        self.proc = tmp / "proc"
+        self.write(conflist())
+        self.docker = FakeDocker(tmp)
+        self.fake = FakeExec().on("bridge", "ADD", add_interface("eth0", "10.201.200.5/24"))
+        self.cache = tmp / "cache"
+        self.store = Store(str(tmp / "state"))
+        self.mode = Containers(self.store, CNI(["/bin"], exec=self.fake, cache_dir=str(self.cache)),
+                               str(self.conf), self.docker, proc=str(self.proc))
+
+    def write(self, conf: dict[str, Any]) -> None:
+        (self.conf / f"{conf['name']}.conflist").write_text(json.dumps(conf))
+
+    def live(self, cid: str = CID, name: str = "app", pid: int = 4242) -> Target:
+        (self.proc / str(pid) / "ns").mkdir(parents=True, exist_ok=True)
+        (self.proc / str(pid) / "ns" / "net").write_text("")
+        return self.docker.add(cid, name, pid)
+
+    def files(self) -> list[str]:
+        root = self.tmp / "state" / "containers"
+        return sorted(os.listdir(root)) if root.exists() else []
+
+    def cached(self) -> list[str]:
+        return [f for _, _, names in os.walk(self.cache) for f in names]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+def test_attach_adds_into_the_containers_own_namespace_and_records_it(rig: Rig) -> None:
+    rig.live()
+    rec = rig.mode.attach("app", Request("pcn"))
+    add = rig.fake.calls_for("ADD", "bridge")[0]
+    assert add.env["CNI_CONTAINERID"] == CID
+    assert add.env["CNI_NETNS"] == str(rig.proc / "4242" / "ns" / "net")
+    assert add.env["CNI_IFNAME"] == "eth0"
+    # portmap is idle without ports: not run
+    assert rig.fake.commands() == [("bridge", "ADD"), ("tuning", "ADD")]
+    assert [str(ip.address) for ip in rec.attachment.ips()] == ["10.201.200.5/24"]
+    assert rig.files() == [f"{CID}.lock", f"{CID}.pcn.eth0.json"]
+    [loaded] = rig.store.containers()
+    assert loaded.to_json() == rec.to_json()
+    assert loaded.attachment.result is not None
+    assert rig.cached()  # libcni's cache has it too
+
+
+def test_attach_refuses_a_second_attachment_of_the_same_interface(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    with pytest.raises(InvalidRequest, match="already attached to pcn as eth0"):
+        rig.mode.attach("app", Request("pcn"))
+
+
+def test_ip_goes_through_cni_args_or_the_ips_capability(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn", ip="10.201.200.9", args=(("K8S_POD_NAME", "x"),)))
+    assert cni_args(rig.fake.calls_for("ADD", "bridge")[0].env) == {
+        "IgnoreUnknown": "1", "K8S_POD_NAME": "x", "IP": "10.201.200.9"}
+    rig.write(conflist("caps", ips_cap=True))
+    rig.mode.attach("app", Request("caps", ifname="eth1", ip="10.201.200.10/24"))
+    add = rig.fake.calls_for("ADD", "bridge")[-1]
+    assert add.stdin["runtimeConfig"] == {"ips": ["10.201.200.10/24"]}
+
+
+def test_ports_are_published_through_portmap_and_a_taken_one_refused(rig: Rig) -> None:
+    rig.live()
+    rig.live(OTHER, "other", 4343)
+    port = ports.allocate([ports.Binding("tcp", 80, "127.0.0.1", 0, 0)], set(),
+                          ephemeral=(40000, 40999))[0].host_port
+    rig.mode.attach("app", Request("pcn", ports=(containers.parse_port(f"127.0.0.1:{port}:80"),)))
+    pm = rig.fake.calls_for("ADD", "portmap")[0]
+    assert pm.stdin["runtimeConfig"]["portMappings"] == [
+        {"hostPort": port, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]
+    rig.fake.reset()
+    with pytest.raises(ports.PortInUse, match="already in use"):
+        rig.mode.attach("other", Request("pcn", ports=(containers.parse_port(f"{port}:81"),)))
+    assert rig.fake.calls == []
+    assert rig.files() == [f"{CID}.lock", f"{CID}.pcn.eth0.json"]
+
+
+def test_a_failing_plugin_is_undone_named_and_leaves_nothing(rig: Rig) -> None:
+    rig.live()
+    rig.fake.on("tuning", "ADD", CNIError("no such sysctl", plugin="tuning", verb="ADD"))
+    with pytest.raises(CNIError, match='"tuning" failed'):
+        rig.mode.attach("app", Request("pcn"))
+    assert ("bridge", "DEL") in rig.fake.commands()
+    assert rig.files() == []  # no record, no lock file
+    assert rig.cached() == []
+
+
+def test_detach_runs_del_with_the_recorded_config_and_args(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn", ip="10.201.200.9"))
+    rig.write({**conflist(), "plugins": [{"type": "ptp"}]})  # the conf dir changed since
+    rig.fake.reset()
+    [rec] = rig.mode.detach("app", "pcn")
+    assert rig.fake.commands() == [("tuning", "DEL"), ("bridge", "DEL")]
+    dele = rig.fake.calls_for("DEL", "bridge")[0]
+    assert cni_args(dele.env)["IP"] == "10.201.200.9"
+    assert dele.env["CNI_NETNS"] == rec.attachment.netns
+    assert rig.files() == [] and rig.cached() == []
+    with pytest.raises(NotFound):
+        rig.mode.detach("app", "pcn")
+
+
+def test_detach_after_the_container_is_gone(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    rig.docker.forget(CID)
+    (rig.proc / "4242" / "ns" / "net").unlink()
+    rig.fake.reset()
+    rig.mode.detach("app", "pcn")  # by the name it had
+    assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"] == str(
+        rig.proc / "4242" / "ns" / "net")
+    assert rig.files() == []
+
+
+def test_detach_never_touches_a_namespace_whose_pid_was_reused(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    rig.docker.forget(CID)  # gone, but /proc/4242 now belongs to another process
+    rig.fake.reset()
+    rig.mode.detach(CID[:12], "pcn")
+    assert rig.fake.calls_for("DEL", "bridge")[0].env.get("CNI_NETNS", "") == ""
+
+
+def test_gc_removes_attachments_of_gone_containers_only(rig: Rig) -> None:
+    rig.live()
+    rig.live(OTHER, "other", 4343)
+    rig.mode.attach("app", Request("pcn"))
+    rig.mode.attach("other", Request("pcn"))
+    rig.docker.forget(CID)
+    assert rig.mode.gc(dry_run=True) == ["attachment app/pcn/eth0: its container is gone; removed"]
+    assert len(rig.store.containers()) == 2
+    rig.docker.known = None  # Docker can't be asked: nothing is gone
+    assert rig.mode.gc() == []
+    rig.docker.known = {OTHER: "other"}
+    assert rig.mode.gc() == ["attachment app/pcn/eth0: its container is gone; DEL run"]
+    assert [r.container_id for r in rig.store.containers()] == [OTHER]
+
+
+def test_the_chains_dns_goes_into_the_containers_resolv_conf(rig: Rig) -> None:
+    t = rig.live()
+
+    def with_dns(stdin: dict[str, Any], env: Mapping[str, str]) -> bytes:
+        out = json.loads(add_interface("eth0", "10.201.200.5/24")(stdin, env))
+        out["dns"] = {"nameservers": ["10.201.200.1"], "search": ["pcn.local"]}
+        return json.dumps(out).encode()
+
+    rig.fake.on("bridge", "ADD", with_dns)
+    rig.mode.attach("app", Request("pcn"))
+    assert Path(t.resolv_conf).read_text().splitlines()[1:] == [
+        "nameserver 10.201.200.1", "search pcn.local"]
+
+
+def test_no_dns_in_the_result_leaves_resolv_conf_alone(rig: Rig) -> None:
+    t = rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    assert Path(t.resolv_conf).read_text() == "nameserver 10.201.200.99\n"
+
+
+def test_the_container_lock_excludes_and_survives_the_holder_removing_its_file(rig: Rig) -> None:
+    order: list[str] = []
+    path = os.path.join(rig.store.containers_dir(), "x.lock")
+    entered = threading.Event()
+
+    def other() -> None:
+        entered.wait(5)
+        with containers._flock(path):
+            order.append("second")
+
+    thread = threading.Thread(target=other)
+    with containers._flock(path, remove_if=lambda: True):
+        thread.start()
+        entered.set()
+        time.sleep(0.2)
+        order.append("first")
+    thread.join(5)
+    assert order == ["first", "second"]
+
+
+class FakeCLI:
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.calls: list[tuple[str, Sequence[str]]] = []
+
+    def create(self, args: Sequence[str]) -> str:
+        self.calls.append(("create", list(args)))
+        return CID
+
+    def start(self, cid: str) -> None:
+        self.calls.append(("start", [cid]))
+        self.rig.live()
+
+    def remove(self, cid: str) -> bool:
+        self.calls.append(("rm", [cid]))
+        self.rig.docker.forget(cid)
+        return True
+
+
+def test_run_creates_with_network_none_and_attaches_each_network(rig: Rig) -> None:
+    rig.write(conflist("second"))
+    cli = FakeCLI(rig)
+    cid, recs = rig.mode.run(["pcn", "second"], ["-d", "--name", "app", "img"],
+                             docker_cli=cli)  # type: ignore[arg-type]
+    assert cid == CID
+    assert cli.calls[0] == ("create", ["--network", "none", "--name", "app", "img"])
+    assert [(r.network, r.ifname) for r in recs] == [("pcn", "eth0"), ("second", "eth1")]
+
+
+def test_run_removes_the_container_and_names_the_plugin_when_attaching_fails(rig: Rig) -> None:
+    rig.write({**conflist("second"), "plugins": [{"type": "pycni-test-fail"}]})
+    rig.fake.on("pycni-test-fail", "ADD", CNIError("told to", plugin="pycni-test-fail", verb="ADD"))
+    cli = FakeCLI(rig)
+    with pytest.raises(CNIError) as err:
+        rig.mode.run(["pcn", "second"], ["img"], docker_cli=cli)  # type: ignore[arg-type]
+    assert str(err.value).startswith(f"pycni run: removed the container {CID[:12]}")
+    assert 'CNI plugin "pycni-test-fail" failed (ADD)' in str(err.value)
+    assert cli.calls[-1] == ("rm", [CID])
+    assert ("bridge", "DEL") in rig.fake.commands()  # the first network was detached
+    assert rig.files() == [] and rig.cached() == []
+
+
+def test_run_refuses_a_network_of_its_own_and_unknown_conflists(rig: Rig) -> None:
+    cli = FakeCLI(rig)
+    with pytest.raises(InvalidRequest, match="--network none itself"):
+        rig.mode.run(["pcn"], ["--network", "host", "img"], docker_cli=cli)  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        rig.mode.run(["nope"], ["img"], docker_cli=cli)  # type: ignore[arg-type]
+    assert cli.calls == []
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("8080:80", ports.Binding("tcp", 80, "", 8080, 8080)),
+    ("127.0.0.1:8080:80/udp", ports.Binding("udp", 80, "127.0.0.1", 8080, 8080)),
+    ("[::1]:8080:80", ports.Binding("tcp", 80, "::1", 8080, 8080)),
+])
+def test_parse_port(spec: str, want: ports.Binding) -> None:
+    assert containers.parse_port(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["80", "x:80:80", "0:80", "1:2:3:4"])
+def test_parse_port_refuses(spec: str) -> None:
+    with pytest.raises(InvalidRequest):
+        containers.parse_port(spec)
