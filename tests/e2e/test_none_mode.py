@@ -126,6 +126,11 @@ def test_two_containers_reach_each_other_and_a_published_port(
         taken = cli(pycni, "attach", client, "e2e-nm", "--ifname", "eth1", "-p", f"{port}:80")
         assert taken.returncode == 2 and "already in use" in taken.stderr, report(taken)
 
+        # gc (the server's sweeps and this mode's) leaves live containers' attachments alone
+        swept = pycni_cli(pycni, "gc", "--state-dir", str(pycni.state_dir))
+        assert swept.returncode == 0 and "e2e-nm" not in swept.stdout, report(swept)
+        assert answer("10.201.200.1", port) == "hello"
+
         for container in (web, client):
             proc = cli(pycni, "detach", container, "e2e-nm")
             assert proc.returncode == 0, report(proc)
@@ -149,6 +154,7 @@ def test_detach_and_gc_after_the_container_is_gone(e2e: Tracker, pycni: PycniSer
         assert proc.returncode == 0, report(proc)
         assert "attachment pycni-e2e-nmg-b/e2e-nmg/eth0: its container is gone; DEL run" \
             in proc.stdout
+        assert "CNI attachment" not in proc.stdout  # the server's sweeps leave them to this mode
         assert "e2e-nmg" not in pycni_cli(pycni, "ls").stdout
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from shim import containers, ports
+from shim.cli import main
 from shim.cni import CNI
 from shim.containers import Containers, Request
 from shim.dockerview import Target
@@ -325,3 +327,11 @@ def test_parse_port(spec: str, want: ports.Binding) -> None:
 def test_parse_port_refuses(spec: str) -> None:
     with pytest.raises(InvalidRequest):
         containers.parse_port(spec)
+
+
+def test_ls_lists_these_attachments(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    out = CliRunner().invoke(main, ["ls", "--state-dir", str(rig.tmp / "state")]).output
+    assert "containers started with --network none" in out
+    assert out.splitlines()[-1].split() == ["app", "pcn", "eth0", "10.201.200.5/24"]
