@@ -139,8 +139,9 @@ def ls(state_dir: str | None) -> None:
         click.echo(f"{'CONTAINER':<20}{'NETWORK':<20}{'IFNAME':<8}ADDRESSES")
         for rec in attached:
             addrs = ",".join(str(ip.address) for ip in rec.attachment.ips()) or "-"
-            name = rec.name or rec.container_id[:12]
-            click.echo(f"{name:<20}{rec.network:<20}{rec.ifname:<8}{addrs}")
+            name = rec.app_name or rec.name or rec.container_id[:12]
+            held = f"  (in holder {rec.name or rec.container_id[:12]})" if rec.app_id else ""
+            click.echo(f"{name:<20}{rec.network:<20}{rec.ifname:<8}{addrs}{held}")
 
 
 def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) -> None:
@@ -318,23 +319,30 @@ def detach(container: str, network: str, ifname: str | None, state_dir: str | No
 @click.option("--ip", "ips", multiple=True,
               help="An address for the network in the same place of --cni-net (repeatable).")
 @click.option("-p", "--publish", multiple=True, help=_PORT_HELP + " On the first network.")
+@click.option("--holder", default="", metavar="'IMAGE [COMMAND...]'",
+              help="Attach to a holder container started from IMAGE (a pause image, or e.g. "
+              "'busybox sleep 2147483647') and start the app in its namespace: the app starts "
+              "with its address and keeps it across restarts.")
 @_mode_options
 @click.argument("docker_args", nargs=-1, type=click.UNPROCESSED, required=True)
 @reports_errors
-def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], state_dir: str | None,
-        conf_dir: str | None, cni_path: str | None, cache_dir: str | None,
-        docker_args: tuple[str, ...]) -> None:
+def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: str,
+        state_dir: str | None, conf_dir: str | None, cni_path: str | None,
+        cache_dir: str | None, docker_args: tuple[str, ...]) -> None:
     """Create a container with --network none (docker create with DOCKER_ARGS, after --),
     start it and attach the networks; remove it again, saying why, if attaching fails.
 
-    The address is in place when this returns; the container's main process starts before
-    it (see the README). Prints the container's id.
+    The address is in place when this returns; without --holder the container's main process
+    starts before it (see the README). Prints the container's id.
     """
+    import shlex
+
     from .containers import parse_port
 
     nets = [n for n in cni_nets.split(",") if n]
     cid, _ = _mode(state_dir, conf_dir, cni_path, cache_dir).run(
-        nets, list(docker_args), ips=ips, port_specs=[parse_port(p) for p in publish])
+        nets, list(docker_args), ips=ips, port_specs=[parse_port(p) for p in publish],
+        holder=shlex.split(holder))
     click.echo(cid)
 
 

@@ -18,7 +18,13 @@ Kubernetes-style conflists used as they are.
   attach each network (eth0, eth1, …); on failure everything attached is detached and the
   container removed. The guarantee: **the address is in place when ``pycni run`` returns, not
   before the container's main process starts** (the namespace exists only once it runs).
-* :meth:`Containers.gc` — attachments whose container Docker no longer has (``pycni gc``).
+  With a holder (``--holder IMAGE``, as cri-dockerd's pause container) the networks are
+  attached to a holder container first and the app is started in its namespace
+  (``--network container:<holder>``): **the app starts with its address and keeps it across
+  restarts**. The records stay the holder's, naming the app (``app_id``); the holder goes once
+  its app is gone and its last attachment is DELed.
+* :meth:`Containers.gc` — attachments whose container (or, for a holder, whose app) Docker no
+  longer has (``pycni gc``).
 
 Records: one per attachment, ``<state dir>/containers/<container id>.<network>.<ifname>.json``
 (:class:`shim.state.ContainerRecord`, written atomically), holding what DEL needs: the config as
@@ -221,13 +227,15 @@ class Request:
 
 class Containers:
     def __init__(self, store: Store, cni: CNI, conf_dir: str, docker: Docker | None = None,
-                 proc: str = "/proc") -> None:
+                 proc: str = "/proc", cli: DockerCLI | None = None) -> None:
         self.store = store
         self.cni = cni
         self.attacher = Attacher(cni)
         self.conf_dir = conf_dir
         self.docker: Docker = docker or RealDocker()
         self.proc = proc
+        #: creates, starts and removes containers (pycni run, and holders whose app is gone)
+        self.cli = cli or DockerCLI()
 
     # locks and records
 
@@ -245,18 +253,32 @@ class Containers:
                 if r.network == network and (ifname is None or r.ifname == ifname)]
 
     def _resolve(self, ref: str) -> tuple[str, dockerview.Target | None]:
-        """The container's full id, and Docker's view of it (None once Docker forgot it: then
-        ``ref`` is matched against the records' ids and names)."""
+        """The id of the container whose namespace holds ``ref``'s attachments (``ref`` itself,
+        or the holder an app of ``pycni run --holder`` joined), and Docker's view of it (None
+        once Docker forgot it: then ``ref`` is matched against the records' ids and names)."""
         try:
-            found = self.docker.target(ref)
+            found: dockerview.Target | None = self.docker.target(ref)
         except NotFound:
-            ids = {r.container_id for r in self.records()
-                   if r.container_id.startswith(ref) or r.name == ref}
-            if len(ids) == 1:
-                return ids.pop(), None
+            found = None
+        records = self.records()
+        if found is not None:
+            if any(r.container_id == found.id for r in records):
+                return found.id, found
+            holders = {r.container_id for r in records if r.app_id == found.id}
+            if not holders:
+                return found.id, found
+        else:
+            holders = {r.container_id for r in records
+                       if ref in (r.name, r.app_name) or r.container_id.startswith(ref)
+                       or (r.app_id and r.app_id.startswith(ref))}
+        if len(holders) != 1:
             raise NotFound(f"Docker has no container {ref!r} and pycni has no attachment of "
-                           "one by that name") from None
-        return found.id, found
+                           "one by that name")
+        holder = holders.pop()
+        try:
+            return holder, self.docker.target(holder)
+        except NotFound:
+            return holder, None
 
     # the verbs
 
@@ -337,7 +359,19 @@ class Containers:
                 raise NotFound(f"container {ref!r} is not attached to {network}{on} by pycni")
             for rec in recs:
                 self._delete(rec, found)
+            self._remove_holder(container_id, recs)
         return recs
+
+    def _remove_holder(self, holder: str, recs: Sequence[ContainerRecord],
+                       known: dict[str, str] | None = None) -> None:
+        """A holder (``pycni run --holder``) goes with its last attachment once its app is gone:
+        it exists only to keep the app's namespace."""
+        apps = {r.app_id for r in recs if r.app_id}
+        if not apps or self.records(holder):
+            return
+        known = self.docker.container_ids() if known is None else known
+        if known is not None and not apps & set(known):
+            self.cli.remove(holder)
 
     def _delete(self, rec: ContainerRecord, found: dockerview.Target | None) -> None:
         att = rec.attachment
@@ -357,10 +391,15 @@ class Containers:
         if known is None:
             return []
         done = []
-        for cid in sorted({r.container_id for r in self.records()} - set(known)):
+        # a holder whose app is gone counts as gone: it only kept the app's namespace
+        gone = {r.container_id for r in self.records()
+                if r.container_id not in known or (r.app_id and r.app_id not in known)}
+        for cid in sorted(gone):
             with self.locked(cid):
-                for rec in self.records(cid):
-                    what = f"attachment {rec.name or cid[:12]}/{rec.network}/{rec.ifname}"
+                recs = self.records(cid)
+                for rec in recs:
+                    who = rec.app_name or rec.name or cid[:12]
+                    what = f"attachment {who}/{rec.network}/{rec.ifname}"
                     if dry_run:
                         done.append(f"{what}: its container is gone; removed")
                         continue
@@ -370,15 +409,24 @@ class Containers:
                         done.append(f"{what}: its container is gone; failed: {exc}")
                     else:
                         done.append(f"{what}: its container is gone; DEL run")
+                if not dry_run:
+                    self._remove_holder(cid, recs, known)
         return done
 
     def run(self, networks: Sequence[str], docker_args: Sequence[str], *,
             ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),
-            docker_cli: DockerCLI | None = None) -> tuple[str, list[ContainerRecord]]:
+            holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
+            ) -> tuple[str, list[ContainerRecord]]:
         """``pycni run``: create and start with ``--network none``, then attach ``networks``
         (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first). If any
         attach fails, what was attached is detached, the container removed, and the error
-        re-raised saying so."""
+        re-raised saying so.
+
+        With ``holder`` (an image and optionally its command), the networks are attached to a
+        holder container started from it, and the app joins the holder's namespace
+        (``--network container:``) once its address is there: the app's main process starts
+        with its address, and keeps it across restarts.
+        """
         if not networks:
             raise InvalidRequest("--cni-net: name at least one network")
         if len(ips) > len(networks):
@@ -389,26 +437,53 @@ class Containers:
         for net in networks:
             validate_network_name(net)
             find(self.conf_dir, net)  # refuse an unknown network before creating anything
-        cli = docker_cli or DockerCLI()
+        cli = docker_cli or self.cli
         # the container always runs detached: pycni run returns once it is attached
         create_args = [a for a in docker_args if a not in ("-d", "--detach", "--detach=true")]
-        cid = cli.create(["--network", "none", *create_args])
+        name = _name_in(create_args)
+        if holder:
+            named = ["--name", f"{name}-pycni-holder"] if name else []
+            wired = cli.create(["--network", "none", "--label", "pycni.holder=1", *named,
+                                *holder])
+        else:
+            wired = cli.create(["--network", "none", *create_args])
+        created = [wired]
         done: list[ContainerRecord] = []
         try:
-            cli.start(cid)
+            cli.start(wired)
             for n, net in enumerate(networks):
                 req = Request(net, f"eth{n}", ips[n] if n < len(ips) else "",
                               tuple(port_specs) if n == 0 else ())
-                done.append(self.attach(cid, req))
+                done.append(self.attach(wired, req))
+            app = wired
+            if holder:
+                app = cli.create(["--network", f"container:{wired}", *create_args])
+                created.append(app)
+                with self.locked(wired):
+                    for rec in done:
+                        rec.app_id, rec.app_name = app, name or app[:12]
+                        self.store.save_container(rec)
+                cli.start(app)
         except PycniError as exc:
             for rec in reversed(done):
                 with contextlib.suppress(PycniError):
-                    self.detach(cid, rec.network, rec.ifname)
-            removed = cli.remove(cid)
+                    self.detach(wired, rec.network, rec.ifname)
+            results = [cli.remove(c) for c in reversed(created)]  # each, whatever the others do
+            removed = all(results)
             what = "removed the container" if removed else "could not remove the container"
-            exc.message = f"pycni run: {what} {cid[:12]}, attaching failed: {exc.message}"
+            exc.message = f"pycni run: {what} {created[-1][:12]}, attaching failed: {exc.message}"
             raise
-        return cid, done
+        return app, done
+
+
+def _name_in(args: Sequence[str]) -> str:
+    """The value of ``--name`` among docker run's arguments ("" if none)."""
+    for n, arg in enumerate(args):
+        if arg == "--name" and n + 1 < len(args):
+            return args[n + 1]
+        if arg.startswith("--name="):
+            return arg.split("=", 1)[1]
+    return ""
 
 
 def plugins_with(config: NetworkConfigList, capability: str) -> list[str]:

@@ -244,6 +244,10 @@ class ContainerRecord:
     #: the container's main process when it was attached: its namespace is /proc/<pid>/ns/net
     pid: int = 0
     created: float = field(default_factory=time.time)
+    #: ``pycni run --holder``: the app container that joined this (holder) container's namespace
+    #: with ``--network container:``, and its name
+    app_id: str = ""
+    app_name: str = ""
 
     @property
     def id(self) -> str:
@@ -276,6 +280,8 @@ class ContainerRecord:
             "capability_args": att.capability_args,
             "result": None if att.result is None else att.result.to_json(),
             "created": self.created,
+            "app_id": self.app_id,
+            "app_name": self.app_name,
         }
 
     @classmethod
@@ -296,6 +302,8 @@ class ContainerRecord:
             name=str(data.get("name") or ""),
             pid=int(data.get("pid") or 0),
             created=float(data.get("created") or time.time()),
+            app_id=str(data.get("app_id") or ""),
+            app_name=str(data.get("app_name") or ""),
         )
 
 

@@ -202,3 +202,40 @@ def test_run_with_a_failing_chain_removes_the_container_and_names_the_plugin(
         gone = docker("inspect", "pycni-e2e-nmf", check=False)
         assert gone.returncode != 0
         assert "e2e-nmf" not in pycni_cli(pycni, "ls").stdout
+
+
+def test_run_with_a_holder_the_app_starts_with_its_address_and_keeps_it(
+    e2e: Tracker, pycni: PycniServer
+) -> None:
+    pycni.write_conflist("e2e-nmh", chain("e2e-nmh", "pycni-nm6", "10.201.206.0/24"))
+    with bridge_removed("pycni-nm6"):
+        app, holder = "pycni-e2e-nmh", "pycni-e2e-nmh-pycni-holder"
+        e2e.containers += [holder, app]
+        # the app's first instruction prints its addresses
+        proc = cli(pycni, "run", "--cni-net", "e2e-nmh", "--ip", "10.201.206.5",
+                   "--holder", f"{TEST_IMAGE} sleep 2147483647", "--",
+                   "--name", app, TEST_IMAGE, "sh", "-c", "ip -o -4 addr; sleep 600")
+        assert proc.returncode == 0, report(proc)
+        info = json.loads(docker("inspect", app).stdout)[0]
+        assert proc.stdout.strip() == info["Id"]
+        assert info["HostConfig"]["NetworkMode"] == "container:" + json.loads(
+            docker("inspect", holder).stdout)[0]["Id"]
+        for _ in range(25):
+            logs = docker("logs", app).stdout
+            if "eth0" in logs:
+                break
+            time.sleep(0.2)
+        assert "eth0" in logs and "10.201.206.5/24" in logs, logs
+        # the chain's dns reaches the app too (it shares the holder's resolv.conf)
+        assert "search e2e-nmh.test" in exec_out(app, "cat", "/etc/resolv.conf")
+        listing = pycni_cli(pycni, "ls").stdout
+        assert f"in holder {holder}" in listing and "10.201.206.5/24" in listing, listing
+
+        docker("restart", "-t", "0", app)  # a restart keeps the holder's namespace
+        assert "10.201.206.5/24" in exec_out(app, "ip", "-o", "-4", "addr")
+
+        docker("rm", "-f", app)
+        proc = pycni_cli(pycni, "gc", "--state-dir", str(pycni.state_dir))
+        assert proc.returncode == 0, report(proc)
+        assert f"attachment {app}/e2e-nmh/eth0: its container is gone; DEL run" in proc.stdout
+        assert docker("inspect", holder, check=False).returncode != 0  # the holder went too

@@ -264,21 +264,29 @@ def test_the_container_lock_excludes_and_survives_the_holder_removing_its_file(r
 
 
 class FakeCLI:
+    """docker create/start/rm on the fake Docker: the first container made is CID, the next
+    OTHER (named after --name, or "holder" / "app")."""
+
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.calls: list[tuple[str, Sequence[str]]] = []
+        self.made: dict[str, str] = {}
 
     def create(self, args: Sequence[str]) -> str:
         self.calls.append(("create", list(args)))
-        return CID
+        cid = OTHER if self.made else CID
+        name = containers._name_in(args) or ("app" if self.made else "holder")
+        self.made[cid] = name
+        return cid
 
     def start(self, cid: str) -> None:
         self.calls.append(("start", [cid]))
-        self.rig.live()
+        self.rig.live(cid, self.made[cid], 4242 if cid == CID else 4343)
 
     def remove(self, cid: str) -> bool:
         self.calls.append(("rm", [cid]))
-        self.rig.docker.forget(cid)
+        if cid in self.rig.docker.targets:
+            self.rig.docker.forget(cid)
         return True
 
 
@@ -335,3 +343,48 @@ def test_ls_lists_these_attachments(rig: Rig) -> None:
     out = CliRunner().invoke(main, ["ls", "--state-dir", str(rig.tmp / "state")]).output
     assert "containers started with --network none" in out
     assert out.splitlines()[-1].split() == ["app", "pcn", "eth0", "10.201.200.5/24"]
+
+
+def test_run_with_a_holder_attaches_it_before_the_app_starts_in_its_namespace(rig: Rig) -> None:
+    cli = FakeCLI(rig)
+    rig.mode.cli = cli  # type: ignore[assignment]
+    app, [_] = rig.mode.run(["pcn"], ["--name", "web", "img", "httpd"],
+                            holder=["pause:3.9"])
+    assert app == OTHER
+    assert cli.calls == [
+        ("create", ["--network", "none", "--label", "pycni.holder=1",
+                    "--name", "web-pycni-holder", "pause:3.9"]),
+        ("start", [CID]),
+        ("create", ["--network", f"container:{CID}", "--name", "web", "img", "httpd"]),
+        ("start", [OTHER]),
+    ]
+    # the address went into the holder's namespace before the app was even created
+    assert rig.fake.calls_for("ADD", "bridge")[0].env["CNI_CONTAINERID"] == CID
+    [loaded] = rig.store.containers()
+    assert (loaded.container_id, loaded.app_id, loaded.app_name) == (CID, OTHER, "web")
+
+    # detach by the app's name finds the holder's attachment; the app runs on: holder kept
+    rig.mode.detach("web", "pcn")
+    assert rig.store.containers() == [] and ("rm", [CID]) not in cli.calls
+
+
+def test_gc_removes_the_holder_of_an_app_that_is_gone(rig: Rig) -> None:
+    cli = FakeCLI(rig)
+    rig.mode.cli = cli  # type: ignore[assignment]
+    rig.mode.run(["pcn"], ["--name", "web", "img"], holder=["pause:3.9"])
+    assert rig.mode.gc() == []  # both alive
+    rig.docker.forget(OTHER)  # docker rm -f web: the holder still runs
+    assert rig.mode.gc() == ["attachment web/pcn/eth0: its container is gone; DEL run"]
+    assert cli.calls[-1] == ("rm", [CID])
+    assert rig.store.containers() == [] and rig.files() == []
+
+
+def test_run_with_a_holder_removes_both_when_attaching_fails(rig: Rig) -> None:
+    cli = FakeCLI(rig)
+    rig.fake.on("tuning", "ADD", CNIError("no such sysctl", plugin="tuning", verb="ADD"))
+    with pytest.raises(CNIError, match='removed the container .*"tuning" failed'):
+        rig.mode.run(["pcn"], ["img"], holder=["pause:3.9"], docker_cli=cli)  # type: ignore[arg-type]
+    assert [c for c in cli.calls if c[0] == "create"] == [
+        ("create", ["--network", "none", "--label", "pycni.holder=1", "pause:3.9"])]
+    assert cli.calls[-1] == ("rm", [CID])
+    assert rig.files() == [] and rig.cached() == []
