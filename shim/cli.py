@@ -346,6 +346,42 @@ def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: s
     click.echo(cid)
 
 
+@main.command()
+@click.option("--workers", default=8, show_default=True,
+              help="Containers wired at once (one container's events are never handled at once).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@_mode_options
+@reports_errors
+def watch(workers: int, log_level: str, state_dir: str | None, conf_dir: str | None,
+          cni_path: str | None, cache_dir: str | None) -> None:
+    """Attach containers labelled pycni.networks=NET[,NET...] (and pycni.ports, pycni.ip,
+    pycni.args) as they start, detach them as they stop or go; resync from Docker's container
+    list at start and whenever Docker's event stream was lost. SIGTERM or SIGINT stops it."""
+    import signal
+
+    from .watch import Watch
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    controller = Watch(_mode(state_dir, conf_dir, cni_path, cache_dir), workers=workers)
+
+    def stop(signum: int, _frame: Any) -> None:
+        logging.getLogger(__name__).info("pycni watch: signal %d; stopping", signum)
+        controller.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    controller.run()
+
+
 # --- pycni check / doctor ---------------------------------------------------------------------
 
 

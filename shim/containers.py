@@ -362,6 +362,19 @@ class Containers:
             self._remove_holder(container_id, recs)
         return recs
 
+    def detach_all(self, container_id: str) -> list[ContainerRecord]:
+        """DEL every attachment of the container (``pycni watch``: it died, restarted or is
+        gone); nothing when it has none."""
+        try:
+            found: dockerview.Target | None = self.docker.target(container_id)
+        except NotFound:
+            found = None
+        with self.locked(container_id):
+            recs = self.records(container_id)
+            for rec in recs:
+                self._delete(rec, found)
+        return recs
+
     def _remove_holder(self, holder: str, recs: Sequence[ContainerRecord],
                        known: dict[str, str] | None = None) -> None:
         """A holder (``pycni run --holder``) goes with its last attachment once its app is gone:

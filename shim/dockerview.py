@@ -17,6 +17,8 @@ This is the one module that opens the SDK, always through :func:`docker_client`;
 * The ``--network none`` mode (:mod:`shim.containers`) asks :func:`target` (raises) where a
   container's namespace and resolv.conf are, and :func:`container_ids` (None when Docker can't be
   asked) which containers still exist.
+* ``pycni watch`` (:mod:`shim.watch`) asks :func:`labelled` (raises) which containers carry its
+  label, and follows :func:`container_events` (raises when the stream can't be opened or is lost).
 """
 
 from __future__ import annotations
@@ -352,6 +354,8 @@ class Target:
     resolv_conf: str
     #: ``HostConfig.NetworkMode``: "none" for the containers this mode serves
     network_mode: str
+    #: ``Config.Labels`` (``pycni watch`` reads ``pycni.networks`` and the others there)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def target(ref: str, timeout: float = 10.0) -> Target:
@@ -372,6 +376,7 @@ def target(ref: str, timeout: float = 10.0) -> Target:
         pid=int(state.get("Pid") or 0),
         resolv_conf=str(data.get("ResolvConfPath") or ""),
         network_mode=str((data.get("HostConfig") or {}).get("NetworkMode") or ""),
+        labels={str(k): str(v) for k, v in ((data.get("Config") or {}).get("Labels") or {}).items()},
     )
 
 
@@ -387,3 +392,38 @@ def container_ids(timeout: float = 10.0) -> dict[str, str] | None:
         str(c["Id"]): str((c.get("Names") or ["/"])[0]).lstrip("/")
         for c in listed if isinstance(c, dict) and c.get("Id")
     }
+
+
+def labelled(label: str, timeout: float = 10.0) -> set[str]:
+    """The ids of every container, running or not, that has the label ``label``.
+
+    Raises PycniError if Docker can't be asked."""
+    try:
+        with docker_client(timeout) as client:
+            listed = client.api.containers(all=True, filters={"label": label})
+    except PycniError as exc:
+        raise PycniError(f"cannot list Docker's containers: {exc}") from exc
+    return {str(c["Id"]) for c in listed if isinstance(c, dict) and c.get("Id")}
+
+
+@contextmanager
+def container_events(label: str, timeout: float = 10.0) -> Iterator[Iterator[tuple[str, str]]]:
+    """Docker's event stream, opened: (container id, action) of each event of a container that
+    has the label ``label``, from now on. The stream ends, or raises PycniError, when it is lost
+    (dockerd stopped or restarted); it is closed when the ``with`` block ends."""
+    with docker_client(timeout) as client:
+        stream = client.api.events(decode=True, filters={"type": "container", "label": label})
+
+        def items() -> Iterator[tuple[str, str]]:
+            for event in stream:
+                if not isinstance(event, dict):
+                    continue
+                cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+                action = str(event.get("Action") or event.get("status") or "")
+                if cid and action:
+                    yield cid, action
+
+        try:
+            yield items()
+        finally:
+            stream.close()
