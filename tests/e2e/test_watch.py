@@ -9,7 +9,9 @@ and state dirs; each test stops it (SIGTERM) before its containers are removed f
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CNI_PATH, TEST_IMAGE, docker
+from tests.conftest import CNI_PATH, REPO, TEST_IMAGE, docker, run
 from tests.e2e.conftest import PycniServer, Tracker
 from tests.e2e.test_health import PYCNI, pycni_cli
 from tests.e2e.test_none_mode import bridge_removed, chain, exec_out
@@ -150,3 +152,43 @@ def test_watch_resyncs_after_it_was_killed(
         docker("rm", "-f", b)
         wait_for("b detached", lambda: not records(pycni, b_id))
         stop(proc)
+
+
+def test_compose_network_mode_none_with_labels(
+    e2e: Tracker, pycni: PycniServer, watcher: Start
+) -> None:
+    """examples/compose-none.yaml as it is, with the controller."""
+    example = REPO / "examples"
+    shutil.copy(example / "net.d" / "pycni-compose-none.conflist", pycni.conf_dir)
+    compose = ["docker", "compose", "-f", str(example / "compose-none.yaml"), "-p", "pycni-e2e-wc"]
+    prefix = "10.201.222."
+    with bridge_removed("pycni-cmp-none"):
+        proc = watcher()
+        try:
+            run(*compose, "up", "-d", timeout=300)
+            web, client = "pycni-e2e-wc-web-1", "pycni-e2e-wc-client-1"
+            ids = [cid(web), cid(client)]
+            wait_for("both attached", lambda: ip_of(web, prefix) == "10.201.222.10"
+                     and bool(ip_of(client, prefix)))
+            # the tuning sysctl is the container's own; the port through portmap; by address
+            assert exec_out(web, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore") == "1"
+            wait_for("the published port", lambda: answer_root("10.201.222.1", 18280))
+            wait_for("client reached web",
+                     lambda: "hello from web" in docker("logs", client).stdout)
+        finally:
+            run(*compose, "down", "-t", "1", timeout=300, check=False)
+            os.unlink(pycni.conf_dir / "pycni-compose-none.conflist")
+        wait_for("both detached", lambda: not any(records(pycni, i) for i in ids))
+        stop(proc)
+
+
+def answer_root(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+    except OSError:
+        return False
+    return b"hello from web" in data
