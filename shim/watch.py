@@ -197,6 +197,9 @@ class Watch:
             except PycniError as exc:
                 log.warning("pycni watch: Docker's event stream lost (%s); reconnecting in "
                             "%.1fs", exc, backoff)
+            except Exception:  # the controller keeps following whatever one round raised
+                log.exception("pycni watch: following Docker's events failed; again in %.1fs",
+                              backoff)
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, max_backoff)
 
