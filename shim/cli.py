@@ -101,7 +101,7 @@ def serve(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("pyroute2", "asyncio"):  # their debug output drowns pycni's own
+    for noisy in ("pyroute2", "asyncio", "docker", "urllib3"):  # their debug drowns ours
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env(
         socket_path=socket_path,

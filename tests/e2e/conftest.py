@@ -105,7 +105,7 @@ class PycniServer:
         self.start()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:]
+        return self.log_path.read_text(errors="replace")[-200000:]
 
     def write_conflist(self, name: str, conf: dict[str, object]) -> Path:
         import json
