@@ -65,6 +65,25 @@ def main() -> None:
 # --- pycni serve / ls / inspect ----------------------------------------------------------------
 
 
+_log_level = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+
+
+def _setup_logging(level: str) -> None:
+    """Log to stderr at ``level``; the libraries' own debug output stays out of pycni's."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("pyroute2", "asyncio", "docker", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 @main.command()
 @click.option("--socket", "socket_path", default=None, help=f"Unix socket (default {DEFAULT_SOCKET}).")
 @click.option("--state-dir", default=None, help=f"pycni's records (default {DEFAULT_STATE_DIR}).")
@@ -77,12 +96,7 @@ def main() -> None:
     show_default=True,
     help="Requests served at once (Docker sends as many at once as containers start and stop).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@_log_level
 @reports_errors
 def serve(
     socket_path: str | None,
@@ -96,13 +110,7 @@ def serve(
     """Serve Docker's network driver API on a unix socket (Docker finds it there by itself)."""
     from .server import run  # waitress is only needed here
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("pyroute2", "asyncio", "docker", "urllib3"):  # their debug drowns ours
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_logging(log_level)
     settings = Settings.from_env(
         socket_path=socket_path,
         state_dir=state_dir,
@@ -349,12 +357,7 @@ def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: s
 @main.command()
 @click.option("--workers", default=8, show_default=True,
               help="Containers wired at once (one container's events are never handled at once).")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@_log_level
 @_mode_options
 @reports_errors
 def watch(workers: int, log_level: str, state_dir: str | None, conf_dir: str | None,
@@ -366,11 +369,7 @@ def watch(workers: int, log_level: str, state_dir: str | None, conf_dir: str | N
 
     from .watch import Watch
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(log_level)
     controller = Watch(_mode(state_dir, conf_dir, cni_path, cache_dir), workers=workers)
 
     def stop(signum: int, _frame: Any) -> None:
