@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install, idempotently, everything pycni's tests and demo need on a Debian 12 machine:
 # Docker 26.1 engine + docker-compose from Debian 13 (pinned so nothing else moves to trixie),
-# the CNI reference plugins, iptables, busybox-static; then .venv with pycni editable + test extras.
+# the CNI reference plugins, iptables, busybox-static, etcd (overlay networks); then .venv with pycni editable + test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,9 @@ command -v iptables >/dev/null || need_apt+=(iptables)
     || need_apt+=(busybox-static)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v modprobe >/dev/null || need_apt+=(kmod)
+# the overlay (issue 12) keeps its leases in etcd; the tests run a real one on loopback
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     # The Debian 13 source uses the same mirror URI as the first stanza of the system's sources.

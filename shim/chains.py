@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 OPT_NETWORK = "cni.network"
 OPT_BRIDGE = "cni.bridge"
 OPT_MTU = "cni.mtu"
-KNOWN_OPTIONS = (OPT_NETWORK, OPT_BRIDGE, OPT_MTU)
+#: an overlay network's (shim.overlay.chain): cni.overlay=NAME, .subnet, .prefix, .vni
+OVERLAY_OPTIONS = ("cni.overlay", "cni.overlay.subnet", "cni.overlay.prefix", "cni.overlay.vni")
+KNOWN_OPTIONS = (OPT_NETWORK, OPT_BRIDGE, OPT_MTU, *OVERLAY_OPTIONS)
 
 #: Docker's bridge driver options (moby ``netlabel.DriverMTU`` and ``drivers/bridge``), which
 #: compose files set; each means on a zero-config network what it means on Docker's bridge.

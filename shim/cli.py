@@ -23,6 +23,7 @@ from . import __version__, dockerview, ports
 from .cni import CNI, RuntimeConf, find
 from .cni.invoke import parse_cni_args
 from .errors import InvalidRequest, NotFound, PycniError
+from .overlay.manager import read_records as read_overlays
 from .settings import (
     DEFAULT_CACHE_DIR,
     DEFAULT_CNI_PATH,
@@ -96,6 +97,14 @@ def _setup_logging(level: str) -> None:
     show_default=True,
     help="Requests served at once (Docker sends as many at once as containers start and stop).",
 )
+@click.option("--etcd", default=None, metavar="URL",
+              help="etcd for overlay networks across hosts, http[s]://HOST:PORT (env PYCNI_ETCD).")
+@click.option("--etcd-ca", default=None, help="CA file etcd's certificate is checked with.")
+@click.option("--etcd-cert", default=None, help="Client certificate file pycni shows etcd.")
+@click.option("--etcd-key", default=None, help="Its key file.")
+@click.option("--underlay-address", default=None,
+              help="This host's address other hosts reach its VTEPs at (default: the default "
+              "route's source address).")
 @_log_level
 @reports_errors
 def serve(
@@ -105,6 +114,11 @@ def serve(
     cni_path: str | None,
     cache_dir: str | None,
     threads: int,
+    etcd: str | None,
+    etcd_ca: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    underlay_address: str | None,
     log_level: str,
 ) -> None:
     """Serve Docker's network driver API on a unix socket (Docker finds it there by itself)."""
@@ -117,6 +131,11 @@ def serve(
         conf_dir=conf_dir,
         cni_path=split_path(cni_path) if cni_path else None,
         cache_dir=cache_dir,
+        etcd=etcd,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        underlay_address=underlay_address,
     )
     run(settings, threads=threads)
 
@@ -154,6 +173,7 @@ def ls(state_dir: str | None) -> None:
 
 def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) -> None:
     names = dockerview.names(settings.driver_name)
+    overlays = read_overlays(settings.state_dir)
     click.echo(f"{'NETWORK':<14}{'NAME':<20}{'MODE':<13}{'IPAM':<8}{'CHAIN':<32}ENDPOINTS")
     for net in networks:
         chain = "+".join(net.config.plugin_types())
@@ -162,6 +182,11 @@ def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) 
         click.echo(
             f"{net.id[:12]:<14}{name:<20}{net.mode:<13}{net.ipam:<8}{chain:<32}{len(mine)}"
         )
+        joined = overlays.get(net.id)
+        if joined is not None:
+            peers = ", ".join(f"{p.subnet} at {p.underlay}" for p in joined.peers) or "none"
+            click.echo(f"  overlay {joined.name}: this host {joined.subnet} at {joined.underlay} "
+                       f"(VNI {joined.definition.vni}, {joined.vtep}); peers {peers}")
         for ep in mine:
             addrs = ",".join(ep.addresses) or "-"
             attached = names.endpoints.get(ep.id)
@@ -192,6 +217,10 @@ def inspect(network: str, state_dir: str | None) -> None:
     net = matches[0]
     data = net.to_json()
     data["name"] = names.networks.get(net.id, "")
+    joined = read_overlays(settings.state_dir).get(net.id)
+    if joined is not None:
+        data["overlay"] = {k: v for k, v in joined.to_json().items()
+                           if k not in ("version", "network_id")}
     data["endpoints"] = []
     for ep in store.endpoints():
         if ep.network_id != net.id:

@@ -34,6 +34,8 @@ from .attach import Attacher, Attachment, has_capability, quietly
 from .cni import CNI, find
 from .cni.types import Result, Route
 from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
+from .overlay import chain as overlay_chain
+from .overlay.manager import Overlays
 from .protocol import (
     CONNECTED,
     NEXTHOP,
@@ -80,6 +82,7 @@ class Driver:
         rules: Rules = firewall,
         proxies: proxy.Proxies | None = None,
         announce: Callable[[str, str, Iterable[str]], None] = netlink.announce,
+        overlays: Overlays | None = None,
     ) -> None:
         self.settings = settings
         self.cni = cni or CNI(
@@ -99,6 +102,8 @@ class Driver:
         # Docker's view
         self.docker_networks: Callable[[], list[dockerview.DockerNetwork] | None] = (
             (lambda: None) if docker_view else dockerview.networks)
+        #: overlay networks across hosts (``pycni serve --etcd``); None: not served
+        self.overlays = overlays
         self.load()
 
     def load(self) -> None:
@@ -147,12 +152,21 @@ class Driver:
     def create_network(self, req: CreateNetworkRequest, raw: dict[str, Any]) -> None:
         options = req.driver_options
         chains.check_options(options)
-        with self.registry.creating(req.network_id) as existing:
+        overlay = overlay_chain.asked(req)
+        with self.registry.creating(req.network_id) as existing, contextlib.ExitStack() as undo:
             if existing is not None:
                 return  # Docker retried; the record is already there
             if chains.OPT_NETWORK in options:
                 conf = find(self.settings.conf_dir, options[chains.OPT_NETWORK])
                 resolved = chains.from_conflist(req, conf)
+            elif overlay is not None:
+                if self.overlays is None:
+                    raise InvalidRequest(
+                        f"option {overlay_chain.OPT_OVERLAY}: this pycni serves no overlay "
+                        "networks; start it with --etcd URL (or PYCNI_ETCD)")
+                joined = self.overlays.join(req.network_id, overlay)
+                undo.callback(self.overlays.leave, req.network_id)
+                resolved = overlay_chain.resolve(req, joined, self.settings.cache_dir)
             else:
                 resolved = chains.zero_config(req)
             # Every binary is in CNI_PATH and speaks the config's version (or a negotiated one).
@@ -188,6 +202,7 @@ class Driver:
                     self.store.delete_network(record.id)
                     raise
             self.registry.add_network(record)
+            undo.pop_all()
         log.info("network %s: %s, %s IPAM, chain %s", req.network_id[:12], record.mode,
                  record.ipam, "+".join(config.plugin_types()))
 
@@ -207,6 +222,8 @@ class Driver:
                     self.links.delete_link(name)
             if net.record.firewall:
                 self.rules.remove_network(network_id, **net.record.firewall)
+            if self.overlays is not None:
+                self.overlays.leave(network_id)  # nothing for a network of no overlay
             self.registry.remove_network(net)
         log.info("network %s deleted", network_id[:12])
 

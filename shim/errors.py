@@ -14,9 +14,12 @@ the API's one error handler and click's one exit path never need a table of thei
     │   └── PluginTimeout           500  exit 4   the plugin did not answer in time
     ├── NetlinkFailure              500  exit 5   a link or namespace operation failed
     ├── FirewallError               500  exit 5   iptables refused a per-network rule
-    └── StateError                  500  exit 6   pycni's own records on disk are unreadable
+    ├── StateError                  500  exit 6   pycni's own records on disk are unreadable
+    └── OverlayError                500  exit 7   an overlay's lease or definition can't be had
+        └── StoreUnavailable        503  exit 7   the overlay's store (etcd) can't be reached
 
-Only the boundary modules (``netlink.py``, ``cni/invoke.py``, ``firewall.py``, ``state.py``) see
+Only the boundary modules (``netlink.py``, ``cni/invoke.py``, ``firewall.py``, ``state.py``, and
+for overlays ``overlay/store.py`` and ``overlay/vtep.py``) see
 ``OSError``, ``subprocess`` or pyroute2 exceptions; they translate them here with
 ``raise ... from exc``.
 """
@@ -159,3 +162,16 @@ class StateError(PycniError):
     """pycni's state on disk can't be read or written."""
 
     exit_code = 6
+
+
+class OverlayError(PycniError):
+    """An overlay network can't be joined or kept: no free subnet, a contradicting definition
+    held by the store, a VTEP the kernel refused."""
+
+    exit_code = 7
+
+
+class StoreUnavailable(OverlayError):
+    """The overlay's store (etcd) did not answer, or answered with an error."""
+
+    status = 503

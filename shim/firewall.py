@@ -153,11 +153,19 @@ Rule = tuple[int, str, str, list[str]]
 
 def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc: bool = True,
            masquerade: bool = True, docker_isolation: Callable[[int], bool] = lambda v: True,
-           ) -> list[Rule]:
+           peers: str = "", peer_subnet: str = "") -> list[Rule]:
     """(ip version, table, chain, rule args) for one network, in the order they go in.
 
     ``docker_isolation(version)`` says whether the jump to Docker's isolation chain belongs
     (whether Docker made that chain); removal takes it whenever it is there.
+
+    An overlay network (:mod:`shim.overlay`) names its VTEP as ``peers`` and the whole overlay
+    as ``peer_subnet``: what comes in on the VTEP is its own network's traffic (let through,
+    before the isolation drop), and what goes to the overlay is not masqueraded::
+
+        filter PYCNI-FORWARD    -i VTEP -o BR -j ACCEPT
+        mangle PYCNI-ISOLATION  -i VTEP -o BR -j RETURN
+        nat PYCNI-POSTROUTING   -s SUBNET -d OVERLAY -j RETURN
     """
     comment = ["-m", "comment", "--comment", f"pycni:{tag}"]
     versions = sorted({ipaddress.ip_network(s, strict=False).version for s in subnets}) or [4]
@@ -165,6 +173,13 @@ def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc
     for v in versions:
         rules.append((v, "filter", FORWARD_CHAIN, ["-i", bridge, "-o", bridge, *comment,
                                                    "-j", "ACCEPT" if icc else "DROP"]))
+        if peers and v == 4 and not internal:
+            rules += [
+                (v, "filter", FORWARD_CHAIN, ["-i", peers, "-o", bridge, *comment,
+                                              "-j", "ACCEPT"]),
+                (v, "mangle", ISOLATION_CHAIN, ["-i", peers, "-o", bridge, *comment,
+                                                "-j", "RETURN"]),
+            ]
         if internal:
             rules += [
                 (v, "mangle", ISOLATION_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
@@ -190,20 +205,25 @@ def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc
     if masquerade and not internal:
         for subnet in subnets:
             v = ipaddress.ip_network(subnet, strict=False).version
+            if peer_subnet and v == 4:
+                rules.append((v, "nat", NAT_CHAIN, ["-s", subnet, "-d", peer_subnet, *comment,
+                                                    "-j", "RETURN"]))
             rules.append((v, "nat", NAT_CHAIN, ["-s", subnet, "!", "-o", bridge, *comment,
                                                 "-j", "MASQUERADE"]))
     return rules
 
 
 def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
-                icc: bool = True, masquerade: bool = True) -> None:
+                icc: bool = True, masquerade: bool = True, peers: str = "",
+                peer_subnet: str = "") -> None:
     """Install a network's rules (idempotent). ``icc`` and ``masquerade`` are Docker's
-    ``enable_icc`` and ``enable_ip_masquerade``."""
+    ``enable_icc`` and ``enable_ip_masquerade``; ``peers`` and ``peer_subnet`` an overlay's."""
     with _lock:
         if not icc:
             _require_bridged_frames_filtered(subnets)
         rules = _rules(bridge, subnets, internal, network_id[:12], icc=icc, masquerade=masquerade,
-                       docker_isolation=lambda v: _has_chain(v, "filter", DOCKER_ISOLATION))
+                       docker_isolation=lambda v: _has_chain(v, "filter", DOCKER_ISOLATION),
+                       peers=peers, peer_subnet=peer_subnet)
         for v, table, chain, rule in rules:
             _ensure_chain(v, table, chain, _PARENTS[(table, chain)])
             if not _run(v, "-t", table, "-C", chain, *rule, check=False):
@@ -211,12 +231,14 @@ def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool
 
 
 def remove_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
-                   icc: bool = True, masquerade: bool = True) -> None:
+                   icc: bool = True, masquerade: bool = True, peers: str = "",
+                   peer_subnet: str = "") -> None:
     """Remove a network's rules, and pycni's chains once they are empty. Repeat-safe."""
     with _lock:
         touched = set()
         for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12], icc=icc,
-                                            masquerade=masquerade):
+                                            masquerade=masquerade, peers=peers,
+                                            peer_subnet=peer_subnet):
             while _run(v, "-t", table, "-D", chain, *rule, check=False):
                 pass
             touched.add((v, table, chain))

@@ -47,9 +47,9 @@ class Rules(Protocol):
 
     def add_network(
         self, network_id: str, bridge: str, subnets: list[str], internal: bool, *,
-        icc: bool = True, masquerade: bool = True,
+        icc: bool = True, masquerade: bool = True, peers: str = "", peer_subnet: str = "",
     ) -> None: ...
     def remove_network(
         self, network_id: str, bridge: str, subnets: list[str], internal: bool, *,
-        icc: bool = True, masquerade: bool = True,
+        icc: bool = True, masquerade: bool = True, peers: str = "", peer_subnet: str = "",
     ) -> None: ...

@@ -21,6 +21,7 @@ from waitress.server import create_server
 from .app import create_app
 from .driver import Driver
 from .errors import PycniError
+from .overlay import manager as overlay_manager
 from .reconcile import Reconciler
 from .revive import Reviver
 from .settings import Settings
@@ -65,7 +66,10 @@ def run(settings: Settings, threads: int = 64) -> None:
     path = settings.socket_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _remove_stale_socket(path)
-    driver = Driver(settings)
+    overlays = overlay_manager.from_settings(settings)
+    if overlays is not None:
+        overlays.load()
+    driver = Driver(settings, overlays=overlays)
     app = create_app(settings, driver)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
     try:
@@ -100,6 +104,9 @@ def run(settings: Settings, threads: int = 64) -> None:
         # start because it started before pycni: started now, beside serving (Docker calls the
         # driver while it starts them), as Docker would have.
         Reviver(settings.driver_name).start()
+        if overlays is not None:
+            # leases kept alive and peers' routes programmed, beside serving
+            overlays.start()
         server.run()
     except SystemExit:
         pass
@@ -112,5 +119,7 @@ def run(settings: Settings, threads: int = 64) -> None:
             pass
         server.close()
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=settings.plugin_timeout)
+        if overlays is not None:
+            overlays.stop()  # leases stay: they outlive a restart by their TTL
         log.info("pycni stopped")
     sys.exit(0)

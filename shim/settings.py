@@ -34,6 +34,15 @@ class Settings:
     #: /run/docker/plugins ("pycni"), "pycni:latest" for a managed plugin. Reconciliation asks
     #: Docker for networks of this driver, so it is a setting, never guessed from a path.
     driver_name: str = DEFAULT_DRIVER_NAME
+    #: overlay networks (:mod:`shim.overlay`): etcd's URL ("" = no overlays), the TLS files
+    #: pycni presents to it, and this host's underlay address ("" = the default route's source)
+    etcd: str = ""
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    underlay_address: str = ""
+    #: seconds an overlay's subnet lease outlives a pycni that stopped renewing it
+    overlay_ttl: int = 90
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -51,11 +60,18 @@ class Settings:
             ("PYCNI_CACHE_DIR", "cache_dir"),
             ("PYCNI_STATE_DIR", "state_dir"),
             ("PYCNI_DRIVER_NAME", "driver_name"),
+            ("PYCNI_ETCD", "etcd"),
+            ("PYCNI_ETCD_CA", "etcd_ca"),
+            ("PYCNI_ETCD_CERT", "etcd_cert"),
+            ("PYCNI_ETCD_KEY", "etcd_key"),
+            ("PYCNI_UNDERLAY_ADDRESS", "underlay_address"),
         ):
             if key in env:
                 values[name] = env[key]
         if "PYCNI_PLUGIN_TIMEOUT" in env:
             values["plugin_timeout"] = float(env["PYCNI_PLUGIN_TIMEOUT"])
+        if "PYCNI_OVERLAY_TTL" in env:
+            values["overlay_ttl"] = int(env["PYCNI_OVERLAY_TTL"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -1,0 +1,343 @@
+"""This host's overlays: joining and leaving, and one thread that keeps them up.
+
+:class:`Overlays` owns every overlay this host is on, one :class:`Joined` per pycni network,
+and its lock guards them (the one rule: take ``self._lock`` to read or change ``_joined`` and to write a record;
+never call the store while holding it — a slow etcd must not stall ``docker network create``
+of another network or the loop).
+
+* **join** (CreateNetwork): the overlay's definition (created if absent, a contradiction
+  refused), an etcd lease, a per-host subnet claimed under it, the VTEP; then a record in
+  ``<state dir>/overlays/<network id>.json``. Anything that fails part-way is undone: the
+  subnet released, the lease revoked, the VTEP removed.
+* **leave** (DeleteNetwork): VTEP removed (its routes, neighbour and fdb entries go with it),
+  subnet released, lease revoked, the definition removed by the last host, the record deleted.
+  With etcd unreachable the local side still goes, and the lease expires by itself.
+* **the loop** (:meth:`tick`, every ``poll`` seconds): keeps each lease alive (every TTL/3),
+  re-establishes one that expired while etcd was away (the same subnet, which is this host's),
+  and programs the VTEP with the peers the store holds. When the store can't be reached the
+  VTEP is left as it is: traffic between hosts keeps flowing on what was last known.
+
+The record remembers the subnet and lease across pycni restarts: a restarted pycni keeps the
+lease going if it is still alive, or re-claims the same subnet if it expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import InvalidRequest, OverlayError, PycniError
+from ..settings import Settings
+from . import leases, vtep
+from .leases import Asked, Definition, Holder, Peer
+from .store import KV, Endpoint, Etcd
+from .vtep import Entry, Vteps
+
+log = logging.getLogger(__name__)
+
+#: etcd lease TTL: well above a pycni restart, so peers keep their routes meanwhile
+DEFAULT_TTL = 90
+DEFAULT_POLL = 2.0
+
+
+@dataclass
+class Joined:
+    """One overlay network of this host, as its record keeps it."""
+
+    network_id: str
+    name: str
+    definition: Definition
+    subnet: ipaddress.IPv4Network
+    lease: int
+    underlay: str
+    mac: str
+    #: the peers last programmed (what ``pycni ls``/``inspect`` show)
+    peers: list[Peer] = field(default_factory=list)
+    #: when the lease was last kept alive (monotonic; not recorded)
+    refreshed: float = 0.0
+
+    @property
+    def vtep(self) -> str:
+        return vtep.name_for(self.definition.vni)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def holder(self) -> Holder:
+        return Holder(self.underlay, self.mac)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "network_id": self.network_id,
+            "name": self.name,
+            "definition": self.definition.to_json(),
+            "subnet": str(self.subnet),
+            "lease": self.lease,
+            "underlay": self.underlay,
+            "mac": self.mac,
+            "vtep": self.vtep,
+            "peers": [p.to_json() for p in self.peers],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Joined:
+        return cls(
+            network_id=data["network_id"],
+            name=data["name"],
+            definition=Definition.from_json(data["definition"]),
+            subnet=ipaddress.IPv4Network(data["subnet"]),
+            lease=int(data["lease"]),
+            underlay=data["underlay"],
+            mac=data["mac"],
+            peers=[Peer(ipaddress.IPv4Network(p["subnet"]), p["underlay"], p["mac"])
+                   for p in data.get("peers") or []],
+        )
+
+
+def records_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "overlays")
+
+
+def read_records(state_dir: str) -> dict[str, Joined]:
+    """Every overlay record in ``state_dir``, by network id (for ``pycni ls``/``inspect``)."""
+    found: dict[str, Joined] = {}
+    root = records_dir(state_dir)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(root, name)) as f:
+                joined = Joined.from_json(json.load(f))
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("overlay record %s unreadable: %s", name, exc)
+            continue
+        found[joined.network_id] = joined
+    return found
+
+
+class Overlays:
+    """Every overlay this host is on (see the module's docstring for the lock rule)."""
+
+    def __init__(self, kv: KV, state_dir: str, underlay: str, *, vteps: Vteps | None = None,
+                 ttl: int = DEFAULT_TTL, poll: float = DEFAULT_POLL,
+                 default_mtu: int | None = None) -> None:
+        self.kv = kv
+        self.state_dir = state_dir
+        self.underlay = underlay
+        self.vteps: Vteps = vteps or vtep
+        self.ttl = ttl
+        self.poll = poll
+        self.default_mtu = default_mtu
+        self._lock = threading.Lock()
+        self._joined: dict[str, Joined] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the records back and put the VTEPs back (a reboot loses them); the loop then
+        renews the leases and programs the peers."""
+        found = read_records(self.state_dir)
+        for joined in found.values():
+            try:
+                self._ensure_vtep(joined)
+            except PycniError as exc:
+                log.error("overlay %s: cannot restore VTEP %s: %s", joined.name, joined.vtep, exc)
+        with self._lock:
+            self._joined.update(found)
+        if found:
+            log.info("overlays: %s", ", ".join(f"{j.name} ({j.subnet})" for j in found.values()))
+
+    def _save(self, joined: Joined) -> None:
+        root = records_dir(self.state_dir)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(joined.to_json(), f, indent=1, sort_keys=True)
+            os.replace(tmp, os.path.join(root, joined.network_id + ".json"))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _forget(self, network_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(records_dir(self.state_dir), network_id + ".json"))
+        with contextlib.suppress(OSError):
+            os.rmdir(records_dir(self.state_dir))  # only once empty
+
+    def get(self, network_id: str) -> Joined | None:
+        with self._lock:
+            return self._joined.get(network_id)
+
+    def snapshot(self) -> list[Joined]:
+        with self._lock:
+            return list(self._joined.values())
+
+    # --- join and leave --------------------------------------------------------------------------
+
+    def join(self, network_id: str, asked: Asked) -> Joined:
+        """Join overlay ``asked.name`` for pycni network ``network_id`` (see the module's
+        docstring); idempotent for a network already joined."""
+        existing = self.get(network_id)
+        if existing is not None:
+            return existing
+        with self._lock:
+            for other in self._joined.values():
+                if other.name == asked.name:
+                    raise OverlayError(
+                        f"overlay {asked.name} is already joined on this host by pycni network "
+                        f"{other.network_id[:12]}; one network per overlay and host")
+        default_mtu = self.default_mtu or vtep.underlay_mtu(self.underlay) - leases.VXLAN_OVERHEAD
+        definition = leases.define(self.kv, asked, default_mtu)
+        with self._lock:
+            clash = next((j for j in self._joined.values()
+                          if j.definition.vni == definition.vni), None)
+        if clash is not None:
+            raise OverlayError(f"overlay {asked.name}: VNI {definition.vni} is already the VNI "
+                               f"of overlay {clash.name} on this host; give one of them "
+                               "-o cni.overlay.vni=N")
+        with contextlib.ExitStack() as undo:
+            lease = self.kv.grant(self.ttl)
+            undo.callback(self._quietly, self.kv.revoke, lease)
+            mac = vtep.mac_for(asked.name, self.underlay)
+            subnet = leases.claim(self.kv, asked.name, definition, Holder(self.underlay, mac),
+                                  lease)
+            joined = Joined(network_id, asked.name, definition, subnet, lease, self.underlay, mac)
+            undo.callback(self._quietly, leases.release, self.kv, asked.name, subnet,
+                          joined.holder, 0)
+            self._ensure_vtep(joined)
+            undo.callback(self._quietly, self.vteps.delete, joined.vtep)
+            joined.refreshed = time.monotonic()
+            self._save(joined)
+            with self._lock:
+                self._joined[network_id] = joined
+            undo.pop_all()
+        log.info("overlay %s: this host holds %s (VNI %d, VTEP %s, MTU %d)", asked.name, subnet,
+                 definition.vni, joined.vtep, definition.mtu)
+        self._sync(joined)
+        return joined
+
+    def _ensure_vtep(self, joined: Joined) -> None:
+        self.vteps.ensure(joined.vtep, joined.definition.vni, joined.underlay,
+                          str(joined.subnet.network_address), joined.mac, joined.definition.mtu)
+
+    def leave(self, network_id: str) -> None:
+        """Leave the overlay of ``network_id`` (nothing if it has none); repeat-safe."""
+        with self._lock:
+            joined = self._joined.pop(network_id, None)
+        if joined is None:
+            joined = read_records(self.state_dir).get(network_id)
+        if joined is None:
+            return
+        self.vteps.delete(joined.vtep)
+        try:
+            leases.release(self.kv, joined.name, joined.subnet, joined.holder, joined.lease)
+        except OverlayError as exc:
+            log.warning("overlay %s: %s; its lease on %s expires in %ds by itself",
+                        joined.name, exc, joined.subnet, self.ttl)
+        self._forget(network_id)
+        log.info("overlay %s: left, %s released", joined.name, joined.subnet)
+
+    @staticmethod
+    def _quietly(func: Any, *args: Any) -> None:
+        try:
+            func(*args)
+        except PycniError as exc:
+            log.warning("undo: %s", exc)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="pycni-overlay", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll):
+            self.tick()
+
+    def tick(self) -> None:
+        """One round: leases kept alive, peers programmed. Never raises."""
+        for joined in self.snapshot():
+            try:
+                self._ensure_vtep(joined)  # an admin's `ip link del`, or a reboot
+                self._keep(joined)
+                self._sync(joined)
+            except PycniError as exc:
+                log.warning("overlay %s: %s (routes to peers stay as they are)", joined.name, exc)
+            except Exception:  # the loop must outlive anything one round hits
+                log.exception("overlay %s: unexpected error", joined.name)
+
+    def _keep(self, joined: Joined) -> None:
+        """Keep the lease alive every TTL/3; one that expired is taken again, same subnet."""
+        now = time.monotonic()
+        if joined.refreshed and now - joined.refreshed < self.ttl / 3:
+            return
+        if self.kv.refresh(joined.lease) > 0:
+            joined.refreshed = now
+            return
+        lease = self.kv.grant(self.ttl)
+        try:
+            leases.claim(self.kv, joined.name, joined.definition, joined.holder, lease,
+                         joined.subnet, only_prefer=True)
+        except BaseException:
+            self._quietly(self.kv.revoke, lease)
+            raise
+        # the definition goes with the last lease only when a host leaves; put it back if an
+        # expiry took everything
+        self.kv.create(leases.definition_key(joined.name), json.dumps(joined.definition.to_json()))
+        log.warning("overlay %s: lease expired; %s taken again under a new lease", joined.name,
+                    joined.subnet)
+        updated = replace(joined, lease=lease, refreshed=now)
+        with self._lock:
+            if joined.network_id not in self._joined:
+                return  # left meanwhile
+            self._joined[joined.network_id] = updated
+            self._save(updated)
+
+    def _sync(self, joined: Joined) -> None:
+        """Program the VTEP with the peers the store holds now."""
+        found = leases.peers(self.kv, joined.name, joined.subnet)
+        self.vteps.sync(joined.vtep, [Entry(p.subnet, p.underlay, p.mac) for p in found])
+        with self._lock:
+            current = self._joined.get(joined.network_id)
+            if current is None or current.peers == found:
+                return
+            current.peers = found
+            self._save(current)  # under the lock: a network left meanwhile gets no record back
+        log.info("overlay %s: peers %s", joined.name,
+                 ", ".join(f"{p.subnet} at {p.underlay}" for p in found) or "none")
+
+
+def from_settings(settings: Settings) -> Overlays | None:
+    """The overlays of ``pycni serve --etcd URL``; None without etcd."""
+    if not settings.etcd:
+        return None
+    underlay = settings.underlay_address or vtep.default_underlay()
+    if not underlay:
+        raise InvalidRequest("overlay networks need this host's underlay address: this host has "
+                             "no default route to take it from; give --underlay-address")
+    kv = Etcd(Endpoint(settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key))
+    return Overlays(kv, settings.state_dir, underlay, ttl=settings.overlay_ttl)

@@ -1,0 +1,169 @@
+"""The overlay's key-value store: etcd v3, through its JSON gateway (etcd3gw).
+
+:class:`KV` is the seam: the handful of etcd operations the overlay needs, each atomic where
+etcd's are. :class:`Etcd` is the real one, and the only place that sees etcd3gw's and requests'
+exceptions: every failure to reach etcd, or an error it answers, becomes
+:class:`~shim.errors.StoreUnavailable` naming the URL. Unit tests use an in-memory fake with the
+same transaction semantics (``tests/fakeetcd.py``).
+
+Keys and values are text; a lease is etcd's lease id (0 for none). Create-if-absent is etcd's
+transaction comparing the key's ``create_revision`` with 0 — of two hosts racing for one key,
+exactly one wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import InvalidRequest, StoreUnavailable
+
+
+class KV(Protocol):
+    """What the overlay asks of its store."""
+
+    #: how errors name the store ("etcd at http://10.0.0.1:2379")
+    where: str
+
+    def get(self, key: str) -> str | None: ...
+
+    def get_prefix(self, prefix: str) -> dict[str, str]: ...
+
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
+        """Put ``key`` only if it does not exist; whether it was put."""
+        ...
+
+    def replace(self, key: str, old: str, new: str, lease: int = 0) -> bool:
+        """Put ``new`` only if ``key`` holds ``old``; whether it was put."""
+        ...
+
+    def delete_if(self, key: str, value: str) -> bool:
+        """Delete ``key`` only if it holds ``value``; whether it was deleted."""
+        ...
+
+    def delete_prefix_if_alone(self, key: str, prefix: str) -> bool:
+        """Delete ``key`` only if no key starts with ``prefix``; whether it was deleted."""
+        ...
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; its id."""
+        ...
+
+    def refresh(self, lease: int) -> int:
+        """Keep ``lease`` alive; its TTL now, or -1 if it has expired (or never was)."""
+        ...
+
+    def revoke(self, lease: int) -> None:
+        """End ``lease`` and delete its keys; a lease already gone is fine."""
+        ...
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _text(b64: str) -> str:
+    return base64.b64decode(b64).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """etcd's range end for a prefix: the prefix with its last byte incremented."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return raw.decode()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where etcd is: ``http[s]://host:port``, and the TLS files a client presents."""
+
+    url: str
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def parts(self) -> tuple[str, str, int]:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise InvalidRequest(f"etcd URL {self.url!r}: expected http[s]://HOST:PORT")
+        return parsed.scheme, parsed.hostname, parsed.port or 2379
+
+
+class Etcd:
+    """:class:`KV` on a real etcd (3.4 or later), through etcd3gw."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 5.0) -> None:
+        from etcd3gw.client import Etcd3Client  # only a server with --etcd needs it
+
+        scheme, host, port = endpoint.parts()
+        self.where = f"etcd at {endpoint.url}"
+        self._client = Etcd3Client(
+            host=host, port=port, protocol=scheme, timeout=timeout,
+            ca_cert=endpoint.ca or None, cert_cert=endpoint.cert or None,
+            cert_key=endpoint.key or None,
+            api_path="/v3/",  # 3.4+: no discovery round trip on every new client
+        )
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        from etcd3gw.exceptions import Etcd3Exception
+        from requests.exceptions import RequestException
+
+        try:
+            return self._client.post(self._client.get_url(path), json=body)
+        except (Etcd3Exception, RequestException, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(f"{self.where} did not answer: {detail}") from exc
+
+    def get(self, key: str) -> str | None:
+        kvs = self._post("/kv/range", {"key": _b64(key)}).get("kvs") or []
+        return _text(kvs[0].get("value", "")) if kvs else None
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        body = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        kvs = self._post("/kv/range", body).get("kvs") or []
+        return {_text(kv["key"]): _text(kv.get("value", "")) for kv in kvs}
+
+    def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
+        answer = self._post("/kv/txn", {"compare": compare, "success": success, "failure": []})
+        return bool(answer.get("succeeded"))
+
+    @staticmethod
+    def _put(key: str, value: str, lease: int) -> dict[str, Any]:
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = lease
+        return {"request_put": put}
+
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
+        absent = {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+        return self._txn([absent], [self._put(key, value, lease)])
+
+    def replace(self, key: str, old: str, new: str, lease: int = 0) -> bool:
+        holds = {"key": _b64(key), "result": "EQUAL", "target": "VALUE", "value": _b64(old)}
+        return self._txn([holds], [self._put(key, new, lease)])
+
+    def delete_if(self, key: str, value: str) -> bool:
+        holds = {"key": _b64(key), "result": "EQUAL", "target": "VALUE", "value": _b64(value)}
+        return self._txn([holds], [{"request_delete_range": {"key": _b64(key)}}])
+
+    def delete_prefix_if_alone(self, key: str, prefix: str) -> bool:
+        # etcd compares a range too: no key in [prefix, end) was ever created, i.e. none exists
+        none = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)), "result": "EQUAL",
+                "target": "CREATE", "create_revision": 0}
+        return self._txn([none], [{"request_delete_range": {"key": _b64(key)}}])
+
+    def grant(self, ttl: int) -> int:
+        return int(self._post("/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def refresh(self, lease: int) -> int:
+        answer = self._post("/lease/keepalive", {"ID": lease})
+        return int((answer.get("result") or {}).get("TTL", -1))
+
+    def revoke(self, lease: int) -> None:
+        try:
+            self._post("/kv/lease/revoke", {"ID": lease})
+        except StoreUnavailable as exc:
+            if "not found" not in str(exc):
+                raise
