@@ -527,7 +527,8 @@ class FakeRules:
     fail: dict[str, BaseException] = field(default_factory=dict)
 
     def add_network(self, network_id: str, bridge: str, subnets: list[str],
-                    internal: bool, *, icc: bool = True, masquerade: bool = True) -> None:
+                    internal: bool, *, icc: bool = True, masquerade: bool = True,
+                    peers: str = "", peer_subnet: str = "") -> None:
         if "add_network" in self.fail:
             raise self.fail["add_network"]
         entry: dict[str, object] = {"bridge": bridge, "subnets": subnets, "internal": internal}
@@ -535,5 +536,6 @@ class FakeRules:
         self.networks[network_id] = entry
 
     def remove_network(self, network_id: str, bridge: str, subnets: list[str],
-                       internal: bool, *, icc: bool = True, masquerade: bool = True) -> None:
+                       internal: bool, *, icc: bool = True, masquerade: bool = True,
+                       peers: str = "", peer_subnet: str = "") -> None:
         self.networks.pop(network_id, None)

@@ -62,7 +62,7 @@ class Joined:
     #: the peers last programmed (what ``pycni ls``/``inspect`` show)
     peers: list[Peer] = field(default_factory=list)
     #: when the lease was last kept alive (monotonic; not recorded)
-    refreshed: float = 0.0
+    refreshed: float = field(default=0.0, compare=False)
 
     @property
     def vtep(self) -> str:

@@ -1,0 +1,375 @@
+"""The overlay's leases, definition and manager against an in-memory etcd and fake VTEPs."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim.errors import InvalidRequest, OverlayError, StoreUnavailable, Unsupported
+from shim.overlay import chain, leases
+from shim.overlay.leases import Asked, Holder
+from shim.overlay.manager import Overlays, read_records
+from shim.overlay.vtep import Entry, mac_for
+from shim.protocol import INTERNAL, CreateNetworkRequest
+from tests.fakeetcd import FakeEtcd, FakeVteps
+from tests.world import NET as NET_ID
+from tests.world import NULL_IPAM, World
+
+pytestmark = pytest.mark.unit
+
+NET = ipaddress.IPv4Network
+RANGE = NET("10.202.0.0/16")
+
+
+def asked(**kw: Any) -> Asked:
+    return Asked(kw.pop("name", "ov"), kw.pop("subnet", RANGE), **kw)
+
+
+def host(kv: FakeEtcd, tmp_path: Path, underlay: str, vteps: FakeVteps | None = None
+         ) -> Overlays:
+    state = tmp_path / underlay
+    return Overlays(kv, str(state), underlay, vteps=vteps or FakeVteps(), ttl=60,
+                    default_mtu=1450)
+
+
+# --- definition ----------------------------------------------------------------------------------
+
+
+def test_first_host_writes_the_definition_later_ones_read_it() -> None:
+    kv = FakeEtcd()
+    first = leases.define(kv, asked(prefix=26), default_mtu=1450)
+    assert first.prefix == 26 and first.mtu == 1450 and first.vni == leases.default_vni("ov")
+    assert json.loads(kv.data[leases.definition_key("ov")][0])["subnet"] == "10.202.0.0/16"
+    # a later host with its own underlay MTU takes the overlay's
+    assert leases.define(kv, asked(), default_mtu=9000) == first
+
+
+def test_a_contradicting_create_is_refused_naming_each_difference() -> None:
+    kv = FakeEtcd()
+    leases.define(kv, asked(vni=42), default_mtu=1450)
+    with pytest.raises(InvalidRequest) as err:
+        leases.define(kv, asked(subnet=NET("10.203.0.0/16"), vni=43, mtu=1400),
+                      default_mtu=1450)
+    text = str(err.value)
+    assert "overlay ov is defined in etcd at http://fake:2379" in text
+    assert "subnet 10.202.0.0/16, not 10.203.0.0/16" in text
+    assert "VNI 42, not 43" in text and "MTU 1450, not 1400" in text
+
+
+@pytest.mark.parametrize("bad", [asked(prefix=16), asked(prefix=31), asked(vni=0),
+                                 asked(vni=1 << 24)])
+def test_impossible_definitions_are_refused_before_anything_is_written(bad: Asked) -> None:
+    kv = FakeEtcd()
+    with pytest.raises(InvalidRequest):
+        leases.define(kv, bad, default_mtu=1450)
+    assert kv.data == {}
+
+
+# --- leases --------------------------------------------------------------------------------------
+
+
+def test_hosts_get_different_subnets_and_never_the_first() -> None:
+    kv = FakeEtcd()
+    definition = leases.define(kv, asked(), 1450)
+    got = set()
+    for n in range(5):
+        lease = kv.grant(60)
+        got.add(leases.claim(kv, "ov", definition, Holder(f"10.203.254.{n}", "m"), lease))
+    assert len(got) == 5 and NET("10.202.0.0/24") not in got
+    assert NET("10.202.1.0/24") in got
+
+
+def test_racing_hosts_get_different_subnets() -> None:
+    kv = FakeEtcd()
+    definition = leases.define(kv, asked(), 1450)
+    got: list[NET] = []
+    barrier = threading.Barrier(8)
+
+    def race(n: int) -> None:
+        lease = kv.grant(60)
+        barrier.wait()
+        got.append(leases.claim(kv, "ov", definition, Holder(f"10.203.254.{n}", "m"), lease))
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 8
+
+
+def test_a_full_overlay_says_so() -> None:
+    kv = FakeEtcd()
+    definition = leases.define(kv, asked(subnet=NET("10.202.0.0/23")), 1450)
+    leases.claim(kv, "ov", definition, Holder("a", "m"), kv.grant(60))
+    with pytest.raises(OverlayError, match=r"no /24 of 10.202.0.0/23 is free"):
+        leases.claim(kv, "ov", definition, Holder("b", "m"), kv.grant(60))
+
+
+def test_a_host_takes_its_own_subnet_back_never_another_hosts() -> None:
+    kv = FakeEtcd()
+    definition = leases.define(kv, asked(), 1450)
+    me, other = Holder("10.203.254.1", "m1"), Holder("10.203.254.2", "m2")
+    old = kv.grant(60)
+    mine = leases.claim(kv, "ov", definition, me, old)
+    # pycni restarted: the key is still there under the old lease — it is ours
+    new = kv.grant(60)
+    assert leases.claim(kv, "ov", definition, me, new, mine, only_prefer=True) == mine
+    assert kv.data[leases.lease_key("ov", mine)][1] == new
+    kv.expire(new)  # the key is gone: it is taken again
+    again = kv.grant(60)
+    assert leases.claim(kv, "ov", definition, me, again, mine, only_prefer=True) == mine
+    with pytest.raises(OverlayError, match="held by another host"):
+        leases.claim(kv, "ov", definition, other, kv.grant(60), mine, only_prefer=True)
+
+
+def test_the_last_host_to_leave_removes_the_definition() -> None:
+    kv = FakeEtcd()
+    definition = leases.define(kv, asked(), 1450)
+    a, b = Holder("a", "m"), Holder("b", "m")
+    la, lb = kv.grant(60), kv.grant(60)
+    sa = leases.claim(kv, "ov", definition, a, la)
+    sb = leases.claim(kv, "ov", definition, b, lb)
+    assert leases.peers(kv, "ov", sa) == [leases.Peer(sb, "b", "m")]
+    leases.release(kv, "ov", sa, a, la)
+    assert leases.definition_key("ov") in kv.data
+    leases.release(kv, "ov", sb, b, lb)
+    assert kv.data == {} and kv.leases == {}
+
+
+# --- the manager ---------------------------------------------------------------------------------
+
+
+def test_join_programs_peers_and_leave_removes_everything(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    va, vb = FakeVteps(), FakeVteps()
+    a, b = host(kv, tmp_path, "10.203.254.1", va), host(kv, tmp_path, "10.203.254.2", vb)
+    ja = a.join("neta", asked())
+    jb = b.join("netb", asked())
+    assert ja.subnet != jb.subnet and ja.vtep == jb.vtep
+    _vni, underlay, address, mac, mtu = va.links[ja.vtep]
+    assert (underlay, address, mac, mtu) == ("10.203.254.1", "10.202.1.0",
+                                             mac_for("ov", "10.203.254.1"), 1450)
+    a.tick()
+    assert va.programmed[ja.vtep] == [Entry(jb.subnet, "10.203.254.2", jb.mac)]
+    assert vb.programmed[jb.vtep] == [Entry(ja.subnet, "10.203.254.1", ja.mac)]
+    assert read_records(a.state_dir)["neta"].peers[0].underlay == "10.203.254.2"
+    b.leave("netb")
+    a.tick()
+    assert va.programmed[ja.vtep] == [] and vb.links == {}
+    a.leave("neta")
+    assert kv.data == {} and kv.leases == {} and va.links == {}
+    assert not os.path.exists(os.path.join(a.state_dir, "overlays"))
+
+
+def test_a_peer_whose_lease_expires_loses_its_routes(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    va = FakeVteps()
+    a, b = host(kv, tmp_path, "10.203.254.1", va), host(kv, tmp_path, "10.203.254.2")
+    ja = a.join("neta", asked())
+    jb = b.join("netb", asked())
+    a.tick()
+    assert len(va.programmed[ja.vtep]) == 1
+    kv.expire(jb.lease)  # host B vanished for good
+    a.tick()
+    assert va.programmed[ja.vtep] == []
+
+
+def test_store_down_keeps_routes_and_a_lost_lease_comes_back_with_the_same_subnet(
+        tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    va = FakeVteps()
+    a, b = host(kv, tmp_path, "10.203.254.1", va), host(kv, tmp_path, "10.203.254.2")
+    ja = a.join("neta", asked())
+    b.join("netb", asked())
+    a.tick()
+    kv.down = True
+    a.tick()  # nothing raised, nothing removed
+    assert len(va.programmed[ja.vtep]) == 1
+    kv.down = False
+    kv.expire(ja.lease)  # etcd lost it meanwhile
+    a.ttl = 0  # due for renewal now
+    a.tick()
+    renewed = a.get("neta")
+    assert renewed is not None and renewed.subnet == ja.subnet and renewed.lease != ja.lease
+    assert kv.data[leases.lease_key("ov", ja.subnet)][1] == renewed.lease
+    assert read_records(a.state_dir)["neta"].lease == renewed.lease
+
+
+def test_a_restarted_host_keeps_its_subnet(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    vteps = FakeVteps()
+    first = host(kv, tmp_path, "10.203.254.1", vteps)
+    joined = first.join("neta", asked())
+    vteps.links.clear()  # a reboot: no VTEP
+    again = host(kv, tmp_path, "10.203.254.1", vteps)
+    again.load()
+    assert joined.vtep in vteps.links
+    assert again.get("neta") == joined
+    again.tick()
+    assert kv.data[leases.lease_key("ov", joined.subnet)][1] == joined.lease
+
+
+def test_join_with_the_store_down_leaves_nothing(tmp_path: Path) -> None:
+    kv = FakeEtcd(down=True)
+    vteps = FakeVteps()
+    a = host(kv, tmp_path, "10.203.254.1", vteps)
+    with pytest.raises(StoreUnavailable, match="etcd at http://fake:2379 did not answer"):
+        a.join("neta", asked())
+    assert vteps.links == {} and read_records(a.state_dir) == {}
+
+
+def test_join_failing_at_the_vtep_gives_the_subnet_back(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+
+    class Refusing(FakeVteps):
+        def ensure(self, *args: Any) -> None:
+            raise OverlayError("kernel says no")
+
+    a = Overlays(kv, str(tmp_path), "10.203.254.1", vteps=Refusing(), default_mtu=1450)
+    with pytest.raises(OverlayError, match="kernel says no"):
+        a.join("neta", asked())
+    assert kv.data == {} and kv.leases == {}
+
+
+def test_leave_with_the_store_down_removes_the_local_side(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    vteps = FakeVteps()
+    a = host(kv, tmp_path, "10.203.254.1", vteps)
+    a.join("neta", asked())
+    kv.down = True
+    a.leave("neta")
+    assert vteps.links == {} and read_records(a.state_dir) == {}
+
+
+def test_one_network_per_overlay_per_host(tmp_path: Path) -> None:
+    a = host(FakeEtcd(), tmp_path, "10.203.254.1")
+    a.join("neta", asked())
+    with pytest.raises(OverlayError, match="already joined on this host"):
+        a.join("netb", asked())
+
+
+# --- options and chain ---------------------------------------------------------------------------
+
+
+def request(options: dict[str, str], *, null_ipam: bool = True) -> CreateNetworkRequest:
+    pool = {"AddressSpace": "null", "Pool": "0.0.0.0/0"} if null_ipam else {
+        "AddressSpace": "LocalDefault", "Pool": "10.202.0.0/16", "Gateway": "10.202.0.1/16"}
+    return CreateNetworkRequest.from_json({
+        "NetworkID": "ab" * 32,
+        "Options": {"com.docker.network.generic": options},
+        "IPv4Data": [pool],
+        "IPv6Data": [],
+    })
+
+
+def test_options_make_an_overlay_request() -> None:
+    got = chain.asked(request({"cni.overlay": "ov", "cni.overlay.subnet": "10.202.0.0/16",
+                               "cni.overlay.prefix": "25", "cni.mtu": "1400"}))
+    assert got == Asked("ov", RANGE, 25, None, 1400)
+    assert chain.asked(request({})) is None
+
+
+@pytest.mark.parametrize(("options", "null_ipam", "error", "match"), [
+    ({"cni.overlay": "ov"}, True, InvalidRequest, "needs -o cni.overlay.subnet"),
+    ({"cni.overlay": "ov", "cni.overlay.subnet": "10.202.0.0/16"}, False, InvalidRequest,
+     "--ipam-driver null"),
+    ({"cni.overlay.subnet": "10.202.0.0/16"}, True, InvalidRequest, "needs -o cni.overlay=NAME"),
+    ({"cni.overlay": "ov", "cni.overlay.subnet": "fd00::/64"}, True, InvalidRequest, "IPv4"),
+    ({"cni.overlay": "o/v", "cni.overlay.subnet": "10.202.0.0/16"}, True, InvalidRequest,
+     "letters"),
+    ({"cni.overlay": "ov", "cni.overlay.subnet": "10.202.0.0/16", "cni.network": "x"}, True,
+     InvalidRequest, "exclude each other"),
+])
+def test_bad_overlay_options_are_refused(options: dict[str, str], null_ipam: bool,
+                                         error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        chain.asked(request(options, null_ipam=null_ipam))
+
+
+def test_internal_overlays_are_refused() -> None:
+    req = CreateNetworkRequest.from_json({
+        "NetworkID": "ab" * 32,
+        "Options": {"com.docker.network.generic": {"cni.overlay": "ov",
+                                                   "cni.overlay.subnet": "10.202.0.0/16"},
+                    INTERNAL: True},
+        "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}],
+        "IPv6Data": [],
+    })
+    with pytest.raises(Unsupported, match="--internal"):
+        chain.asked(req)
+
+
+def test_the_chain_is_a_bridge_with_host_local_on_the_lease(tmp_path: Path) -> None:
+    a = host(FakeEtcd(), tmp_path, "10.203.254.1")
+    req = request({"cni.overlay": "ov", "cni.overlay.subnet": "10.202.0.0/16"})
+    joined = a.join(req.network_id, asked())
+    resolved = chain.resolve(req, joined, "/var/lib/cni")
+    bridge = resolved.config.raw["plugins"][0]
+    assert bridge["mtu"] == 1450 and bridge["isGateway"] is True
+    assert bridge["ipam"] == {
+        "type": "host-local", "dataDir": "/var/lib/cni/networks",
+        "ranges": [[{"subnet": "10.202.1.0/24", "gateway": "10.202.1.1"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+    }
+    assert resolved.config.plugin_types() == ["bridge", "portmap"]
+    assert (resolved.ipam, resolved.address_via) == ("cni", "")
+    assert resolved.firewall["peers"] == joined.vtep
+    assert resolved.firewall["peer_subnet"] == "10.202.0.0/16"
+
+
+# --- through the driver --------------------------------------------------------------------------
+
+
+def overlay_world(tmp_path: Path, kv: FakeEtcd) -> tuple[World, FakeVteps]:
+    world = World(tmp_path / "world")
+    vteps = FakeVteps()
+    world.driver.overlays = Overlays(kv, world.settings.state_dir, "10.203.254.1", vteps=vteps,
+                                     default_mtu=1450)
+    return world, vteps
+
+
+OVERLAY = {"cni_overlay": "ov", "cni_overlay.subnet": "10.202.0.0/16"}
+
+
+def test_the_driver_creates_and_removes_an_overlay_network(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    world, vteps = overlay_world(tmp_path, kv)
+    world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
+    record = world.driver.networks[NET_ID]
+    assert record.config.raw["plugins"][0]["ipam"]["ranges"] == [
+        [{"subnet": "10.202.1.0/24", "gateway": "10.202.1.1"}]]
+    assert world.rules.networks[NET_ID]["bridge"] == record.firewall["bridge"]
+    assert list(vteps.links) == [f"pycni.{leases.default_vni('ov')}"]
+    world.driver.delete_network(NET_ID)
+    assert kv.data == {} and vteps.links == {} and world.rules.networks == {}
+    assert read_records(world.settings.state_dir) == {}
+
+
+def test_etcd_unreachable_at_create_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    kv = FakeEtcd(down=True)
+    world, vteps = overlay_world(tmp_path, kv)
+    with pytest.raises(StoreUnavailable, match=r"etcd at http://fake:2379 did not answer"):
+        world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
+    assert world.driver.networks == {} and vteps.links == {} and world.rules.networks == {}
+
+
+def test_a_failure_after_the_lease_gives_it_back(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    world, vteps = overlay_world(tmp_path, kv)
+    world.rules.fail["add_network"] = OverlayError("iptables says no")
+    with pytest.raises(OverlayError):
+        world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
+    assert kv.data == {} and vteps.links == {} and world.driver.networks == {}
+
+
+def test_without_etcd_an_overlay_network_is_refused(tmp_path: Path) -> None:
+    world = World(tmp_path / "world")
+    with pytest.raises(InvalidRequest, match="start it with --etcd URL"):
+        world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
