@@ -1,0 +1,174 @@
+"""The overlay against a real etcd on loopback, and its VTEPs in two namespaces of the test's own.
+
+etcd is started by the test in a temp dir on free ports; "hosts" are clients of it (threads) or,
+for the data plane, two network namespaces joined by a veth underlay (10.203.254.0/30), each
+with a VTEP programmed by :mod:`shim.overlay.vtep` in a child process inside it. Overlay
+subnets are inside 10.202.0.0/16; nothing leaves the namespaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from shim.errors import InvalidRequest, StoreUnavailable
+from shim.overlay import leases
+from shim.overlay.leases import Asked, Holder
+from shim.overlay.store import Endpoint, Etcd
+from tests.etcd import EtcdServer, free_port
+
+from .helpers import sh
+
+pytestmark = pytest.mark.integration
+
+RANGE = ipaddress.IPv4Network("10.202.0.0/16")
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def overlay_name(request: pytest.FixtureRequest, etcd: EtcdServer) -> Iterator[str]:
+    """A fresh overlay name; its keys are removed after the test."""
+    name = f"t{abs(hash(request.node.name)) % 10**8}"
+    yield name
+    kv = etcd.client()
+    for key in kv.get_prefix(f"{leases.ROOT}{name}/"):
+        kv.delete_if(key, kv.get(key) or "")
+
+
+def test_racing_hosts_get_different_subnets(etcd: EtcdServer, overlay_name: str) -> None:
+    hosts = 6
+    got: list[ipaddress.IPv4Network] = []
+    definitions: list[leases.Definition] = []
+    barrier = threading.Barrier(hosts)
+    errors: list[BaseException] = []
+
+    def host(n: int) -> None:
+        try:
+            kv = etcd.client()  # each host its own client, as on separate machines
+            barrier.wait()
+            definition = leases.define(kv, Asked(overlay_name, RANGE), 1450)
+            definitions.append(definition)
+            got.append(leases.claim(kv, overlay_name, definition,
+                                    Holder(f"10.203.254.{n}", "m"), kv.grant(30)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=host, args=(n,)) for n in range(hosts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert len(set(got)) == hosts, got
+    assert len(set(definitions)) == 1
+
+
+def test_a_contradicting_host_is_refused_by_the_real_store(etcd: EtcdServer,
+                                                          overlay_name: str) -> None:
+    kv = etcd.client()
+    leases.define(kv, Asked(overlay_name, RANGE), 1450)
+    with pytest.raises(InvalidRequest, match=r"subnet 10.202.0.0/16, not 10.201.0.0/16"):
+        leases.define(kv, Asked(overlay_name, ipaddress.IPv4Network("10.201.0.0/16")), 1450)
+
+
+def test_a_lease_nobody_keeps_alive_expires_and_its_peer_goes(etcd: EtcdServer,
+                                                             overlay_name: str) -> None:
+    kv = etcd.client()
+    definition = leases.define(kv, Asked(overlay_name, RANGE), 1450)
+    mine = leases.claim(kv, overlay_name, definition, Holder("a", "m"), kv.grant(60))
+    short = kv.grant(2)
+    theirs = leases.claim(kv, overlay_name, definition, Holder("b", "m"), short)
+    assert [p.subnet for p in leases.peers(kv, overlay_name, mine)] == [theirs]
+    deadline = time.monotonic() + 15
+    while leases.peers(kv, overlay_name, mine) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leases.peers(kv, overlay_name, mine) == []
+    assert kv.refresh(short) == -1
+
+
+def test_leaving_releases_and_the_last_removes_the_definition(etcd: EtcdServer,
+                                                               overlay_name: str) -> None:
+    kv = etcd.client()
+    definition = leases.define(kv, Asked(overlay_name, RANGE), 1450)
+    a, b = Holder("a", "m"), Holder("b", "m")
+    la, lb = kv.grant(60), kv.grant(60)
+    sa = leases.claim(kv, overlay_name, definition, a, la)
+    sb = leases.claim(kv, overlay_name, definition, b, lb)
+    leases.release(kv, overlay_name, sa, a, la)
+    assert kv.get(leases.definition_key(overlay_name)) is not None
+    leases.release(kv, overlay_name, sb, b, lb)
+    assert kv.get_prefix(f"{leases.ROOT}{overlay_name}/") == {}
+    assert kv.refresh(la) == -1
+
+
+def test_an_unreachable_etcd_is_named() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StoreUnavailable, match=f"etcd at {url} did not answer"):
+        Etcd(Endpoint(url), timeout=2).grant(60)
+
+
+# --- the data plane ------------------------------------------------------------------------------
+
+PROGRAM = """
+import json, sys
+from shim.overlay import vtep
+args = json.loads(sys.argv[1])
+vtep.ensure(*args["ensure"])
+vtep.sync(args["name"], [vtep.Entry(__import__("ipaddress").IPv4Network(s), u, m)
+                         for s, u, m in args["peers"]])
+print(json.dumps([[str(e.subnet), e.underlay, e.mac] for e in vtep.entries(args["name"])]))
+"""
+
+
+def program(ns: str, ensure: list[object], peers: list[list[str]]) -> list[list[str]]:
+    name = str(ensure[0])
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", PROGRAM,
+         json.dumps({"ensure": ensure, "name": name, "peers": peers})],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(proc.stdout))
+
+
+def test_two_hosts_reach_each_other_through_their_vteps(ns: Callable[[], str]) -> None:
+    a, b = ns().rsplit("/", 1)[1], ns().rsplit("/", 1)[1]
+    sh("ip", "link", "add", "ovl-a", "netns", a, "type", "veth", "peer", "name", "ovl-b",
+       "netns", b)
+    for host, link, address in ((a, "ovl-a", "10.203.254.1/30"), (b, "ovl-b", "10.203.254.2/30")):
+        sh("ip", "-n", host, "addr", "add", address, "dev", link)
+        sh("ip", "-n", host, "link", "set", link, "up")
+    vni = 4242
+    name = f"pycni.{vni}"
+    mac_a, mac_b = "0e:00:00:00:0a:01", "0e:00:00:00:0b:01"
+    got = program(a, [name, vni, "10.203.254.1", "10.202.1.0", mac_a, 1450],
+                  [["10.202.2.0/24", "10.203.254.2", mac_b]])
+    assert got == [["10.202.2.0/24", "10.203.254.2", mac_b]]
+    program(b, [name, vni, "10.203.254.2", "10.202.2.0", mac_b, 1450],
+            [["10.202.1.0/24", "10.203.254.1", mac_a]])
+    # idempotent: a second round changes nothing
+    assert program(a, [name, vni, "10.203.254.1", "10.202.1.0", mac_a, 1450],
+                   [["10.202.2.0/24", "10.203.254.2", mac_b]]) == got
+    details = sh("ip", "-n", a, "-d", "link", "show", name).stdout
+    assert f"vxlan id {vni}" in details and "dstport 4789" in details and "nolearning" in details
+    assert "mtu 1450" in details
+    sh("ip", "netns", "exec", a, "busybox", "ping", "-c", "2", "-W", "2", "10.202.2.0")
+    sh("ip", "netns", "exec", b, "busybox", "ping", "-c", "2", "-W", "2", "10.202.1.0")
+    # the peer goes: route, neighbour and fdb entries with it
+    assert program(a, [name, vni, "10.203.254.1", "10.202.1.0", mac_a, 1450], []) == []
+    assert "10.202.2.0" not in sh("ip", "-n", a, "route", "show", "dev", name).stdout
+    assert "10.202.2.0" not in sh("ip", "-n", a, "neigh", "show", "dev", name).stdout
+    assert mac_b not in sh("bridge", "-n", a, "fdb", "show", "dev", name).stdout
