@@ -6,6 +6,7 @@ Its data dir survives :meth:`EtcdServer.restart`, as a real etcd's does.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ class EtcdServer:
     def __init__(self, host: str = "127.0.0.1", root: Path | None = None) -> None:
         self.host = host
         self.root = root or Path(tempfile.mkdtemp(prefix="pycni-etcd-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port(host)
         self.peer_port = free_port("127.0.0.1")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +52,9 @@ class EtcdServer:
                  "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", f"pycni-test={peer}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: os.closerange(3, 1024))  # no caller's lock inherited
+        (self.root / "etcd.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         kv = self.client()
         while time.monotonic() < deadline:
