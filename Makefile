@@ -6,7 +6,7 @@
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test unit soak lint demo bench clean
+.PHONY: deps engine test unit soak lint demo demo-multihost bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -36,6 +36,10 @@ lint: deps
 
 demo: engine
 	bash scripts/demo.sh
+
+# Two Docker hosts on this machine, one pycni overlay network across them, a ping; then nothing left.
+demo-multihost: engine
+	bash scripts/multihost.sh demo
 
 # Speed and memory as ratios against Docker's bridge and the raw CNI chain (never a test).
 #   make bench BENCH_ARGS='--only P3,P4 --containers 20 --clients 4 --endpoints 100'

@@ -6,7 +6,6 @@ Its data dir survives :meth:`EtcdServer.restart`, as a real etcd's does.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -52,8 +51,7 @@ class EtcdServer:
                  "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", f"pycni-test={peer}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=lambda: os.closerange(3, 1024))  # no caller's lock inherited
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.root / "etcd.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         kv = self.client()

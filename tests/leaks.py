@@ -2,7 +2,7 @@
 
 A snapshot records everything a CNI attachment can leave behind — host-local reservations, network
 namespaces, links, iptables chains and rules (v4 and v6), libcni cache files and pycni's own
-records — and :func:`assert_no_leaks` compares two of them. A test that tears down cleanly leaves
+records, and an overlay's VTEPs, their neighbour/fdb entries and routes and its etcd keys — and :func:`assert_no_leaks` compares two of them. A test that tears down cleanly leaves
 the host exactly as it found it.
 """
 
@@ -79,10 +79,15 @@ class Snapshot:
     cache_files: frozenset[str] = field(default_factory=frozenset)
     #: every file under pycni's state dir, relative to it
     state_files: frozenset[str] = field(default_factory=frozenset)
+    #: what an overlay's VTEP programs per peer: permanent neighbour entries, fdb entries with
+    #: a remote (``dst``), ``onlink`` routes
+    overlay_entries: frozenset[str] = field(default_factory=frozenset)
+    #: keys under ``/pycni/`` in the etcd ``PYCNI_ETCD`` names (none without it)
+    etcd_keys: frozenset[str] = field(default_factory=frozenset)
 
 
 #: Link kinds whose names are also listed by kind (``ip link show type <kind>``).
-LINK_KINDS = ("veth", "bridge", "macvlan", "ipvlan", "dummy")
+LINK_KINDS = ("veth", "bridge", "macvlan", "ipvlan", "dummy", "vxlan")
 
 
 def _run(args: list[str]) -> str:
@@ -168,6 +173,29 @@ def _iptables() -> tuple[set[str], set[str]]:
     return chains, rules
 
 
+def _overlay_entries() -> set[str]:
+    found = {f"neigh {line.strip()}" for line in
+             _run(["ip", "-4", "neigh", "show", "nud", "permanent"]).splitlines() if line.strip()}
+    found |= {f"fdb {line.strip()}" for line in _run(["bridge", "fdb", "show"]).splitlines()
+              if " dst " in line}
+    found |= {f"route {line.strip()}" for line in _run(["ip", "-4", "route", "show"]).splitlines()
+              if "onlink" in line}
+    return found
+
+
+def _etcd_keys() -> set[str]:
+    url = os.environ.get("PYCNI_ETCD")
+    if not url:
+        return set()
+    from shim.errors import StoreUnavailable
+    from shim.overlay.store import Endpoint, Etcd
+
+    try:
+        return set(Etcd(Endpoint(url), timeout=5).get_prefix("/pycni/"))
+    except StoreUnavailable as exc:
+        return {f"<etcd unreachable: {exc}>"}
+
+
 def snapshot(cni_cache_dir: str = "/var/lib/cni", state_dir: str = "/var/lib/pycni") -> Snapshot:
     """Record the host's CNI-relevant state now.
 
@@ -182,6 +210,8 @@ def snapshot(cni_cache_dir: str = "/var/lib/cni", state_dir: str = "/var/lib/pyc
         rules=frozenset(rules),
         cache_files=frozenset(_files(os.path.join(cni_cache_dir, "results"))),
         state_files=frozenset(_files(state_dir)),
+        overlay_entries=frozenset(_overlay_entries()),
+        etcd_keys=frozenset(_etcd_keys()),
     )
 
 

@@ -61,11 +61,6 @@ def sh(*args: str, check: bool = True, timeout: float = 120, input: bytes | None
     return proc
 
 
-def _closed_fds() -> None:
-    """In a child before exec: no inherited lock files (a caller's flock would outlive it)."""
-    os.closerange(3, 1024)
-
-
 class Rig:
     """The two hosts; :meth:`up` and :meth:`down` (idempotent, removes whatever is there)."""
 
@@ -126,8 +121,7 @@ class Rig:
         self.holder = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{NETNS}", "unshare", "--mount", "--propagation",
              "private", "--", "sh", "-c", script],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=_closed_fds)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         if line.strip() != b"ready":
@@ -144,7 +138,7 @@ class Rig:
                  "-H", f"unix://{SOCKET_B}", "--config-file", str(RUN / "daemon.json"),
                  "--bridge", "none", "--cgroup-parent", "pycni-hostb"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_closed_fds)
+                start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.dockerd.poll() is not None:
@@ -184,7 +178,7 @@ class Rig:
                  "--etcd", self.etcd.url, "--underlay-address", UNDERLAY_B,
                  "--log-level", "debug"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, preexec_fn=_closed_fds)
+                start_new_session=True)
         client = PluginClient(str(RUN / "plugins" / "pycni.sock"))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -289,7 +283,7 @@ def main(argv: list[str]) -> int:
         rig.down()
         return 0
     if command == "demo":
-        return demo_multihost.run(rig)
+        return int(demo_multihost.run(rig))
     print("usage: python -m tests.multihost down|demo", file=sys.stderr)
     return 2
 

@@ -1,0 +1,217 @@
+"""One pycni overlay network across two Docker hosts (issue 12), on the two-host rig.
+
+Host A is the machine's dockerd with the session's ``pycni serve`` (restarted with etcd for this
+module); host B is :class:`tests.multihost.Rig`'s second dockerd and pycni in namespaces of their
+own; etcd listens on the underlay. Overlay range 10.202.0.0/16, underlay 10.203.253.0/30: all
+traffic stays between the rig's namespaces and containers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from shim.overlay import leases
+from tests.conftest import REPO, TEST_IMAGE, docker, run
+from tests.e2e.conftest import PycniServer, Tracker
+from tests.multihost import UNDERLAY_A, UNDERLAY_B, Rig
+
+pytestmark = pytest.mark.e2e
+
+RANGE = "10.202.0.0/16"
+OVERLAY = "e2e"
+NET = "pycni-e2e-overlay"
+CREATE = ("-d", "pycni", "--ipam-driver", "null", "-o", f"cni.overlay={OVERLAY}",
+          "-o", f"cni.overlay.subnet={RANGE}")
+VTEP = f"pycni.{leases.default_vni(OVERLAY)}"
+
+
+@pytest.fixture(scope="module")
+def rig(pycni: PycniServer) -> Iterator[Rig]:
+    """Host B and etcd up; host A's pycni serving overlays (``PYCNI_ETCD``) meanwhile."""
+    rig = Rig()
+    try:
+        rig.up()
+        assert rig.etcd is not None
+        os.environ["PYCNI_ETCD"] = rig.etcd.url
+        os.environ["PYCNI_UNDERLAY_ADDRESS"] = UNDERLAY_A
+        pycni.restart()
+        yield rig
+    finally:
+        os.environ.pop("PYCNI_ETCD", None)
+        os.environ.pop("PYCNI_UNDERLAY_ADDRESS", None)
+        if pycni.proc is not None and pycni.proc.poll() is None:
+            pycni.restart()
+        else:
+            pycni.start()
+        rig.down()
+
+
+class HostB:
+    """Containers and networks a test made on host B, removed even if it fails."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.containers: list[str] = []
+        self.networks: list[str] = []
+
+    def network(self, name: str, *args: str) -> None:
+        self.networks.append(name)
+        self.rig.docker_b("network", "create", *args, name)
+
+    def run(self, name: str, *args: str) -> None:
+        self.containers.append(name)
+        self.rig.docker_b("run", "-d", "--name", name, *args)
+
+    def cleanup(self) -> None:
+        for name in reversed(self.containers):
+            self.rig.docker_b("rm", "-f", name, check=False)
+        for name in reversed(self.networks):
+            self.rig.docker_b("network", "rm", name, check=False)
+        self.containers.clear()
+        self.networks.clear()
+
+
+@pytest.fixture
+def host_b(rig: Rig, e2e: Tracker) -> Iterator[HostB]:
+    tracker = HostB(rig)
+    yield tracker
+    tracker.cleanup()
+
+
+def address(inspect: Callable[..., str], name: str) -> str:
+    return inspect("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{NET}\").IPAddress}}}}",
+                   name).strip()
+
+
+def on_a(*args: str) -> str:
+    return docker(*args).stdout
+
+
+def on_b(rig: Rig) -> Callable[..., str]:
+    return lambda *args: rig.docker_b(*args).stdout
+
+
+def eventually_pings(exec_prefix: list[str], target: str, timeout: float = 20) -> None:
+    """Ping until the peer's routes are programmed (the loop polls every 2 s), then 3 more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run(*exec_prefix, "ping", "-c", "1", "-W", "1", target, check=False).returncode == 0:
+            break
+    run(*exec_prefix, "ping", "-c", "3", "-W", "2", target)
+
+
+def two_containers(rig: Rig, e2e: Tracker, host_b: HostB, *extra_a: str,
+                   extra_b: tuple[str, ...] = (), cmd: tuple[str, ...] = ("sleep", "600")
+                   ) -> tuple[str, str]:
+    e2e.network(NET, *CREATE)
+    host_b.network(NET, *CREATE)
+    e2e.run("pycni-e2e-ova", "--network", NET, *extra_a, TEST_IMAGE, *cmd)
+    host_b.run("pycni-e2e-ovb", "--network", NET, *extra_b, TEST_IMAGE, *cmd)
+    return address(on_a, "pycni-e2e-ova"), address(on_b(rig), "pycni-e2e-ovb")
+
+
+def test_containers_on_two_hosts_ping_each_other(rig: Rig, e2e: Tracker, host_b: HostB) -> None:
+    ip_a, ip_b = two_containers(rig, e2e, host_b)
+    net = ipaddress.IPv4Network(RANGE)
+    a24 = ipaddress.IPv4Interface(f"{ip_a}/24").network
+    b24 = ipaddress.IPv4Interface(f"{ip_b}/24").network
+    assert a24 != b24 and a24.subnet_of(net) and b24.subnet_of(net)
+    a_exec = ["docker", "exec", "pycni-e2e-ova"]
+    b_exec = ["docker", "-H", f"unix://{rig_socket()}", "exec", "pycni-e2e-ovb"]
+    eventually_pings(a_exec, ip_b)
+    eventually_pings(b_exec, ip_a)
+    # the MTU leaves room for VXLAN's 50 bytes on the 1500-byte underlay
+    assert "mtu 1450" in run(*a_exec, "ip", "link", "show", "eth0").stdout
+    # pycni ls / inspect show the lease and the peer
+    listing = run(str(REPO / ".venv/bin/pycni"), "ls").stdout
+    assert f"overlay {OVERLAY}: this host {a24} at {UNDERLAY_A}" in listing
+    assert f"{b24} at {UNDERLAY_B}" in listing
+    net_id = docker("network", "inspect", "-f", "{{.Id}}", NET).stdout.strip()
+    data = json.loads(run(str(REPO / ".venv/bin/pycni"), "inspect", net_id[:12]).stdout)
+    assert data["overlay"]["subnet"] == str(a24)
+    assert data["overlay"]["peers"] == [{"subnet": str(b24), "underlay": UNDERLAY_B,
+                                         "mac": data["overlay"]["peers"][0]["mac"]}]
+
+
+def rig_socket() -> str:
+    from tests.multihost import SOCKET_B
+
+    return str(SOCKET_B)
+
+
+def test_published_ports_work_on_each_host(rig: Rig, e2e: Tracker, host_b: HostB) -> None:
+    serve = ("sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www")
+    two_containers(rig, e2e, host_b, "-p", "18091:80", "--hostname", "host-a",
+                   extra_b=("-p", "18092:80", "--hostname", "host-b"), cmd=serve)
+    got_a = _fetch([], f"http://{UNDERLAY_A}:18091/")
+    got_b = _fetch(rig.enter(), f"http://{UNDERLAY_B}:18092/")
+    assert (got_a, got_b) == ("host-a", "host-b")
+
+
+def _fetch(prefix: list[str], url: str) -> str:
+    deadline = time.monotonic() + 15
+    while True:
+        proc = run(*prefix, "timeout", "5", "busybox", "wget", "-qO-", url, check=False)
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_restarts_of_either_pycni_and_of_etcd_keep_connectivity(
+        rig: Rig, pycni: PycniServer, e2e: Tracker, host_b: HostB) -> None:
+    ip_a, ip_b = two_containers(rig, e2e, host_b)
+    a_exec = ["docker", "exec", "pycni-e2e-ova"]
+    b_exec = ["docker", "-H", f"unix://{rig_socket()}", "exec", "pycni-e2e-ovb"]
+    eventually_pings(a_exec, ip_b)
+    before = _leases(rig)
+    # host A's pycni killed: traffic flows meanwhile, and it comes back with its subnet
+    pycni.stop(signal.SIGKILL)
+    run(*a_exec, "ping", "-c", "2", "-W", "2", ip_b)
+    run(*b_exec, "ping", "-c", "2", "-W", "2", ip_a)
+    pycni.start()
+    # host B's too
+    rig.stop_pycni_b(signal.SIGKILL)
+    run(*a_exec, "ping", "-c", "2", "-W", "2", ip_b)
+    rig.start_pycni_b()
+    # and etcd
+    assert rig.etcd is not None
+    rig.etcd.stop()
+    run(*a_exec, "ping", "-c", "2", "-W", "2", ip_b)
+    run(*b_exec, "ping", "-c", "2", "-W", "2", ip_a)
+    time.sleep(3)  # a round of each pycni's loop without etcd: routes stay
+    run(*a_exec, "ping", "-c", "2", "-W", "2", ip_b)
+    rig.etcd.start()
+    time.sleep(3)
+    eventually_pings(a_exec, ip_b)
+    eventually_pings(b_exec, ip_a)
+    assert _leases(rig) == before  # the same subnets, still held
+
+
+def _leases(rig: Rig) -> dict[str, str]:
+    assert rig.etcd is not None
+    return {k: v for k, v in rig.etcd.client().get_prefix(leases.leases_prefix(OVERLAY)).items()}
+
+
+def test_network_rm_on_both_hosts_leaves_nothing(rig: Rig, e2e: Tracker, host_b: HostB) -> None:
+    two_containers(rig, e2e, host_b)
+    assert VTEP in run("ip", "-o", "link", "show", "type", "vxlan").stdout
+    assert VTEP in rig.in_b("ip", "-o", "link", "show", "type", "vxlan").stdout
+    e2e.cleanup()
+    host_b.cleanup()
+    assert rig.etcd is not None
+    assert rig.etcd.client().get_prefix("/pycni/") == {}
+    assert run("ip", "-o", "link", "show", "type", "vxlan").stdout.strip() == ""
+    assert rig.in_b("ip", "-o", "link", "show", "type", "vxlan").stdout.strip() == ""
+    assert "10.202." not in rig.in_b("ip", "-4", "route", "show").stdout
+    assert rig.in_b("ip", "-4", "neigh", "show", "nud", "permanent").stdout.strip() == ""
+    assert " dst " not in rig.in_b("bridge", "fdb", "show").stdout
+    # host A's side (links, rules, entries, etcd keys) is the leak audit's
