@@ -16,6 +16,9 @@ P4  1000 endpoints kept on one zero-config network, made through the socket (Cre
     into a namespace of its own, on a bridge of its own) grows to the same size: its
     last-50 ÷ first-50 ratio is what the kernel and the plugins add as the host fills up
     (namespaces, bridge ports, links), so what pycni adds beyond it is pycni's own.
+P5  on an overlay network across two hosts (the two-host rig, tests/multihost.py): the median
+    ping RTT from a container to one on the other host ÷ to one on the same host
+    (tests/bench_overlay.py); needs the run's own pycni serve (it restarts it with etcd). No goal.
 
 P2 and P4 make their networks through Docker: pycni's reconciliation removes a network Docker
 doesn't know. P4's endpoints name a namespace of the benchmark's as their sandbox: pycni spares an
@@ -33,7 +36,7 @@ on the plugin socket (then it uses that one and says so). Timings never fail the
 status is 0 unless the benchmark itself breaks (a command fails, or it leaves something behind).
 Traffic stays on this machine; the subnets are in 10.202.0.0/16.
 
-Usage: python -m tests.bench [--only P1,P2,P3,P4] [--runs N] [--quick] [--containers N]
+Usage: python -m tests.bench [--only P1,P2,P3,P4,P5] [--runs N] [--quick] [--containers N]
                              [--clients N] [--rounds N] [--endpoints N] [--keep-log]
 """
 
@@ -1165,7 +1168,7 @@ def print_summary(rows: list[Row]) -> None:
           " the first ones'; RSS: ours = at\nthe end, base = at the start, result in MiB.")
 
 
-MEASURES = ("P1", "P2", "P3", "P4")
+MEASURES = ("P1", "P2", "P3", "P4", "P5")
 
 
 def _measures(text: str) -> list[str]:
@@ -1192,7 +1195,7 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--only", type=_measures, default=list(MEASURES), metavar="P1,P2,P3,P4",
+    parser.add_argument("--only", type=_measures, default=list(MEASURES), metavar="P1,P2,P3,P4,P5",
                         help="the measures to run, comma-separated (default: all)")
     parser.add_argument("--runs", type=_bounded(1, MAX_RUNS), default=None,
                         help="measured samples per side for P1 and P2 (default 30)")
@@ -1219,6 +1222,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def p5_row(server: Server, runs: int) -> Row:
+    """P5 (tests/bench_overlay.py), on this run's own pycni restarted with etcd meanwhile."""
+    from tests.bench_overlay import p5
+
+    own = server.own
+    if own is None:
+        raise BenchError("P5 restarts pycni serve with etcd: stop the pycni already serving "
+                         f"{SOCKET} (or leave P5 out)")
+
+    def restart(env: dict[str, str]) -> None:
+        for key in ("PYCNI_ETCD", "PYCNI_UNDERLAY_ADDRESS"):
+            os.environ.pop(key, None)
+        os.environ.update(env)
+        own.restart()
+        server.pid = own.proc.pid if own.proc else server.pid
+
+    crossed, local = p5(restart, runs, sh, quiet)
+    return pair_row("P5", "overlay ping RTT: across hosts ÷ same host",
+                    Pair(ours=crossed, base=local), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -1243,7 +1267,8 @@ def main(argv: list[str] | None = None) -> int:
             plan = {"P1": f"P1/P2 {args.runs} samples per side (+{args.warmup} warm-up)",
                     "P3": f"P3 {args.containers} containers from {args.clients} clients × "
                           f"{args.rounds} rounds per side",
-                    "P4": f"P4 {args.endpoints} endpoints per side"}
+                    "P4": f"P4 {args.endpoints} endpoints per side",
+                    "P5": f"P5 {args.runs} ping bursts per side"}
             if "P2" in args.only:
                 plan["P2"] = plan["P1"]
             print("bench: " + "; ".join(dict.fromkeys(plan[m] for m in args.only)))
@@ -1277,6 +1302,10 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.monotonic()
                     p4_result = p4(server, args.endpoints)
                     print(f"bench: P4 done in {time.monotonic() - started:.0f}s")
+                if "P5" in args.only:
+                    started = time.monotonic()
+                    rows.append(p5_row(server, args.runs))
+                    print(f"bench: P5 done in {time.monotonic() - started:.0f}s")
                 memory = rss(server.pid)
                 if server.log_path is not None:
                     log_text = server.log_path.read_text(errors="replace")
