@@ -215,3 +215,18 @@ def test_network_rm_on_both_hosts_leaves_nothing(rig: Rig, e2e: Tracker, host_b:
     assert rig.in_b("ip", "-4", "neigh", "show", "nud", "permanent").stdout.strip() == ""
     assert " dst " not in rig.in_b("bridge", "fdb", "show").stdout
     # host A's side (links, rules, entries, etcd keys) is the leak audit's
+
+
+def test_etcd_unreachable_at_create_is_a_clear_error_and_nothing_is_made(
+        rig: Rig, e2e: Tracker) -> None:
+    assert rig.etcd is not None
+    rig.etcd.stop()
+    try:
+        proc = docker("network", "create", *CREATE, NET, check=False)
+    finally:
+        rig.etcd.start()
+    assert proc.returncode != 0
+    assert f"etcd at {rig.etcd.url} did not answer" in proc.stderr, proc.stderr
+    assert docker("network", "inspect", NET, check=False).returncode != 0
+    assert VTEP not in run("ip", "-o", "link", "show", "type", "vxlan").stdout
+    assert rig.etcd.client().get_prefix("/pycni/") == {}
