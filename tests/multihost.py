@@ -14,7 +14,9 @@
   B, 10.203.253.2/30). etcd listens on host A's underlay address.
 
 Everything stays inside the machine: the containers' traffic between the hosts is VXLAN over
-the veth pair. :meth:`Rig.down` removes all of it, whatever :meth:`Rig.up` got to.
+the veth pair. :meth:`Rig.down` removes all of it, whatever :meth:`Rig.up` got to. Callers take
+the leak audit's lock (:func:`tests.leaks.exclusive`) around both: another test run's audit on
+this machine would see the rig's links and namespaces come and go.
 
 ``python -m tests.multihost up|down|demo`` (scripts/multihost.sh) runs it by hand.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from shim.client import PluginClient
 from shim.errors import PycniError
+from tests import leaks
 from tests.etcd import EtcdServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,11 +282,12 @@ def main(argv: list[str]) -> int:
 
     command = argv[1] if len(argv) > 1 else ""
     rig = Rig()
-    if command == "down":
-        rig.down()
-        return 0
-    if command == "demo":
-        return int(demo_multihost.run(rig))
+    with leaks.exclusive():
+        if command == "down":
+            rig.down()
+            return 0
+        if command == "demo":
+            return int(demo_multihost.run(rig))
     print("usage: python -m tests.multihost down|demo", file=sys.stderr)
     return 2
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from shim.overlay import leases
+from tests import leaks
 from tests.conftest import REPO, TEST_IMAGE, docker, run
 from tests.e2e.conftest import PycniServer, Tracker
 from tests.multihost import UNDERLAY_A, UNDERLAY_B, Rig
@@ -37,7 +38,8 @@ def rig(pycni: PycniServer) -> Iterator[Rig]:
     """Host B and etcd up; host A's pycni serving overlays (``PYCNI_ETCD``) meanwhile."""
     rig = Rig()
     try:
-        rig.up()
+        with leaks.exclusive():  # the rig's links and namespaces, made between audited tests
+            rig.up()
         assert rig.etcd is not None
         os.environ["PYCNI_ETCD"] = rig.etcd.url
         os.environ["PYCNI_UNDERLAY_ADDRESS"] = UNDERLAY_A
@@ -50,7 +52,8 @@ def rig(pycni: PycniServer) -> Iterator[Rig]:
             pycni.restart()
         else:
             pycni.start()
-        rig.down()
+        with leaks.exclusive():
+            rig.down()
 
 
 class HostB:
