@@ -35,7 +35,7 @@ from .cni import CNI, find
 from .cni.types import Result, Route
 from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
 from .overlay import chain as overlay_chain
-from .overlay.manager import Overlays
+from .overlay.manager import Overlays, leave_locally
 from .protocol import (
     CONNECTED,
     NEXTHOP,
@@ -224,6 +224,10 @@ class Driver:
                 self.rules.remove_network(network_id, **net.record.firewall)
             if self.overlays is not None:
                 self.overlays.leave(network_id)  # nothing for a network of no overlay
+            elif leave_locally(self.settings.state_dir, network_id):
+                log.warning("network %s is an overlay network, and this pycni serves no "
+                            "overlays (no --etcd): its VTEP is gone, its lease in etcd "
+                            "expires by itself", network_id[:12])
             self.registry.remove_network(net)
         log.info("network %s deleted", network_id[:12])
 

@@ -331,6 +331,20 @@ class Overlays:
                  ", ".join(f"{p.subnet} at {p.underlay}" for p in found) or "none")
 
 
+def leave_locally(state_dir: str, network_id: str, vteps: Vteps | None = None) -> bool:
+    """Without etcd (a pycni serving no overlays): remove the network's VTEP and record, and
+    leave its lease to expire; whether it had any."""
+    joined = read_records(state_dir).get(network_id)
+    if joined is None:
+        return False
+    (vteps or vtep).delete(joined.vtep)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(records_dir(state_dir), network_id + ".json"))
+    with contextlib.suppress(OSError):
+        os.rmdir(records_dir(state_dir))
+    return True
+
+
 def from_settings(settings: Settings) -> Overlays | None:
     """The overlays of ``pycni serve --etcd URL``; None without etcd."""
     if not settings.etcd:

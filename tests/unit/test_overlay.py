@@ -373,3 +373,18 @@ def test_without_etcd_an_overlay_network_is_refused(tmp_path: Path) -> None:
     world = World(tmp_path / "world")
     with pytest.raises(InvalidRequest, match="start it with --etcd URL"):
         world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
+
+
+def test_a_pycni_without_etcd_still_removes_an_overlay_networks_local_side(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kv = FakeEtcd()
+    world, _vteps = overlay_world(tmp_path, kv)
+    world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
+    driver = world.restart()  # now without --etcd
+    assert driver.overlays is None
+    deleted: list[str] = []
+    monkeypatch.setattr("shim.overlay.vtep.delete", deleted.append)
+    driver.delete_network(NET_ID)
+    assert deleted == [f"pycni.{leases.default_vni('ov')}"]
+    assert read_records(world.settings.state_dir) == {}
+    assert leases.definition_key("ov") in kv.data  # the lease expires by itself
