@@ -43,7 +43,7 @@ demo-multihost: engine
 
 # Speed and memory as ratios against Docker's bridge and the raw CNI chain (never a test).
 #   make bench BENCH_ARGS='--only P3,P4 --containers 20 --clients 4 --endpoints 100'
-#   flags: --only P1,P2,P3,P4  --runs N  --containers N  --clients N  --rounds N
+#   flags: --only P1,P2,P3,P4,P5  --runs N  --containers N  --clients N  --rounds N
 #          --endpoints N  --quick  --keep-log   (python -m tests.bench --help)
 BENCH_ARGS ?=
 bench: engine

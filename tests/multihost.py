@@ -182,6 +182,7 @@ class Rig:
                  "--log-level", "debug"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)
+        (RUN / "pycni.pid").write_text(str(self.pycni_b.pid))
         client = PluginClient(str(RUN / "plugins" / "pycni.sock"))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -227,6 +228,8 @@ class Rig:
                                      check=False, timeout=30).stdout.split():
                 self.docker_b("network", "rm", net, check=False, timeout=60)
         self.stop_pycni_b()
+        if self.pycni_b is None:  # one an earlier process started
+            self._stop_pid(_read_pid(RUN / "pycni.pid"), "pycni")
         self._stop_pid(self.dockerd.pid if self.dockerd else _read_pid(RUN / "docker.pid"),
                        "dockerd")
         if self.holder is not None and self.holder.poll() is None:
