@@ -1239,6 +1239,8 @@ def p5_row(server: Server, runs: int) -> Row:
         server.pid = own.proc.pid if own.proc else server.pid
 
     crossed, local = p5(restart, runs, sh, quiet)
+    print(f"bench: P5 median RTT across hosts {median(crossed) * 1e3:.3f} ms, on one host "
+          f"{median(local) * 1e3:.3f} ms")
     return pair_row("P5", "overlay ping RTT: across hosts ÷ same host",
                     Pair(ours=crossed, base=local), None)
 
