@@ -230,8 +230,15 @@ class Rig:
         self.stop_pycni_b()
         if self.pycni_b is None:  # one an earlier process started
             self._stop_pid(_read_pid(RUN / "pycni.pid"), "pycni")
-        self._stop_pid(self.dockerd.pid if self.dockerd else _read_pid(RUN / "docker.pid"),
-                       "dockerd")
+        if self.dockerd is not None:
+            self.dockerd.terminate()
+            try:
+                self.dockerd.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.dockerd.kill()
+                self.dockerd.wait(timeout=10)
+        else:
+            self._stop_pid(_read_pid(RUN / "docker.pid"), "dockerd")
         if self.holder is not None and self.holder.poll() is None:
             self.holder.kill()
             self.holder.wait(timeout=10)
@@ -274,10 +281,13 @@ def _read_pid(path: Path) -> int:
 
 
 def _comm(pid: int) -> str:
+    """The command name of a live process ("" for none, or a zombie)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
+    name, _, rest = stat.partition("(")[2].rpartition(")")
+    return "" if rest.split()[:1] == ["Z"] else name
 
 
 def main(argv: list[str]) -> int:
