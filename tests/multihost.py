@@ -171,9 +171,10 @@ class Rig:
            IMAGE, input=tar)
         shutil.rmtree(root, ignore_errors=True)
 
-    def start_pycni_b(self) -> None:
+    def start_pycni_b(self, **env_extra: str) -> None:
+        """Host B's pycni; ``env_extra`` adds to its environment (``PYCNI_OVERLAY_TTL="5"``)."""
         assert self.etcd is not None
-        env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET_B}"}
+        env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET_B}", **env_extra}
         with open(RUN / "pycni.log", "ab") as log:
             self.pycni_b = subprocess.Popen(
                 [*self.enter(), str(REPO / ".venv" / "bin" / "pycni"), "serve",

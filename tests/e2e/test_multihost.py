@@ -233,3 +233,29 @@ def test_etcd_unreachable_at_create_is_a_clear_error_and_nothing_is_made(
     assert docker("network", "inspect", NET, check=False).returncode != 0
     assert VTEP not in run("ip", "-o", "link", "show", "type", "vxlan").stdout
     assert rig.etcd.client().get_prefix("/pycni/") == {}
+
+
+def test_a_host_gone_for_good_loses_its_routes_and_gets_its_subnet_back(
+        rig: Rig, e2e: Tracker, host_b: HostB) -> None:
+    """Host B's pycni holds its lease for 5 s only; killed and not restarted, its lease expires
+    and host A removes its route; started again, it takes the same subnet back."""
+    rig.stop_pycni_b()
+    rig.start_pycni_b(PYCNI_OVERLAY_TTL="5")
+    try:
+        _ip_a, ip_b = two_containers(rig, e2e, host_b)
+        b24 = str(ipaddress.IPv4Interface(f"{ip_b}/24").network)
+        eventually_pings(["docker", "exec", "pycni-e2e-ova"], ip_b)
+        assert b24 in run("ip", "route", "show", "dev", VTEP).stdout
+        rig.stop_pycni_b(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while b24 in run("ip", "route", "show", "dev", VTEP).stdout:
+            assert time.monotonic() < deadline, "host A kept the route of a lease that expired"
+            time.sleep(0.5)
+        assert "lladdr" not in run("ip", "neigh", "show", "dev", VTEP).stdout
+        rig.start_pycni_b(PYCNI_OVERLAY_TTL="5")
+        eventually_pings(["docker", "exec", "pycni-e2e-ova"], ip_b)
+        assert b24 in run("ip", "route", "show", "dev", VTEP).stdout
+    finally:
+        host_b.cleanup()  # with this pycni, before it goes back to the usual TTL
+        rig.stop_pycni_b()
+        rig.start_pycni_b()
