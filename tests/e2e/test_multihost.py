@@ -259,3 +259,14 @@ def test_a_host_gone_for_good_loses_its_routes_and_gets_its_subnet_back(
         host_b.cleanup()  # with this pycni, before it goes back to the usual TTL
         rig.stop_pycni_b()
         rig.start_pycni_b()
+
+
+def test_a_create_contradicting_the_overlays_definition_is_refused(
+        rig: Rig, e2e: Tracker, host_b: HostB) -> None:
+    e2e.network(NET, *CREATE)
+    other = [a.replace(RANGE, "10.201.0.0/16") for a in CREATE]
+    proc = rig.docker_b("network", "create", *other, NET, check=False)
+    assert proc.returncode != 0
+    assert (f"overlay {OVERLAY} is defined in etcd at {rig.etcd.url if rig.etcd else ''} with "
+            "subnet 10.202.0.0/16, not 10.201.0.0/16") in proc.stderr, proc.stderr
+    assert rig.docker_b("network", "inspect", NET, check=False).returncode != 0
