@@ -97,7 +97,7 @@ def _setup_logging(level: str) -> None:
     help="Requests served at once (Docker sends as many at once as containers start and stop).",
 )
 @click.option("--watch", "with_watch", is_flag=True,
-              help="Also be the controller of the --network none mode (as `pycni watch`).")
+              help="Also be the controller of the --network none mode (as 'pycni watch').")
 @_log_level
 @reports_errors
 def serve(
@@ -112,7 +112,7 @@ def serve(
 ) -> None:
     """Serve Docker's network driver API on a unix socket (Docker finds it there by itself).
 
-    With --watch, also attach containers labelled pycni.networks=NET[,NET...] as `pycni watch`
+    With --watch, also attach containers labelled pycni.networks=NET[,NET...] as "pycni watch"
     does, in the same process."""
     from .server import run  # waitress is only needed here
 
