@@ -431,6 +431,12 @@ class Containers:
                         done.append(f"{what}: its container is gone; DEL run")
                 if not dry_run:
                     self._remove_holder(cid, recs, known)
+        for fail in self.store.failures():  # the controller's note of a failed attempt
+            if fail.container_id not in known:
+                done.append(f"failed attempt {fail.name or fail.container_id[:12]}/"
+                            f"{fail.network}: its container is gone; forgotten")
+                if not dry_run:
+                    self.store.delete_failure(fail.container_id)
         return done
 
     def run(self, networks: Sequence[str], docker_args: Sequence[str], *,

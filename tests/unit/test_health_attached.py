@@ -9,7 +9,7 @@ import pytest
 
 from shim.containers import Request
 from shim.health.attached import check_attached
-from shim.health.findings import FAIL, OK
+from shim.health.findings import FAIL, OK, Finding
 from shim.netlink import LiveLink
 from shim.settings import Settings
 from tests.unit.test_containers import CID, Rig
@@ -33,8 +33,8 @@ def links(*addresses: str) -> list[LiveLink]:
     return [LiveLink("lo", "00:00:00:00:00:00"), LiveLink("eth0", "", addresses)]
 
 
-def statuses(findings: list[object]) -> list[str]:
-    return [f.status for f in findings]  # type: ignore[attr-defined]
+def statuses(findings: list[Finding]) -> list[str]:
+    return [f.status for f in findings]
 
 
 def test_a_healthy_attachment_passes_and_checks_with_adds_config(rig: Rig) -> None:

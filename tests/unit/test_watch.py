@@ -153,7 +153,9 @@ def test_a_failure_record_goes_with_its_container_and_is_resynced(rig: Rig) -> N
     labelled(rig, labels={"pycni.networks": "bad"})
     watch(rig).converge(CID)
     assert len(rig.mode.store.failures()) == 1
-    del rig.docker.targets[CID]  # removed while the controller was away
+    rig.docker.forget(CID)  # removed while the controller was away
+    assert rig.mode.gc(dry_run=True) == [("failed attempt app/bad: its container is gone; "
+                                         "forgotten")]
     w = watch(rig)
     w.resync()
     assert w.serial.wait_idle(5)
