@@ -39,7 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from . import dockerview
-from .containers import Containers, Request, parse_arg, parse_port
+from .cni.invoke import parse_cni_args
+from .containers import Containers, Request, parse_port
 from .errors import InvalidRequest, NotFound, PycniError
 from .state import ContainerRecord, FailureRecord
 
@@ -58,7 +59,7 @@ def requests(labels: dict[str, str]) -> list[Request]:
     if not nets:
         return []
     bindings = tuple(parse_port(p.strip()) for p in labels.get(PORTS, "").split(",") if p.strip())
-    args = tuple(parse_arg(a.strip()) for a in labels.get(ARGS, "").split(";") if a.strip())
+    args = tuple(parse_cni_args(";".join(a.strip() for a in labels.get(ARGS, "").split(";"))))
     ip = labels.get(IP, "").strip()
     return [Request(net, f"eth{n}", ip if n == 0 else "", bindings if n == 0 else (), args)
             for n, net in enumerate(nets)]
