@@ -105,6 +105,8 @@ def _setup_logging(level: str) -> None:
 @click.option("--underlay-address", default=None,
               help="This host's address other hosts reach its VTEPs at (default: the default "
               "route's source address).")
+@click.option("--watch", "with_watch", is_flag=True,
+              help="Also be the controller of the --network none mode (as 'pycni watch').")
 @_log_level
 @reports_errors
 def serve(
@@ -119,9 +121,13 @@ def serve(
     etcd_cert: str | None,
     etcd_key: str | None,
     underlay_address: str | None,
+    with_watch: bool,
     log_level: str,
 ) -> None:
-    """Serve Docker's network driver API on a unix socket (Docker finds it there by itself)."""
+    """Serve Docker's network driver API on a unix socket (Docker finds it there by itself).
+
+    With --watch, also attach containers labelled pycni.networks=NET[,NET...] as "pycni watch"
+    does, in the same process."""
     from .server import run  # waitress is only needed here
 
     _setup_logging(log_level)
@@ -137,7 +143,7 @@ def serve(
         etcd_key=etcd_key,
         underlay_address=underlay_address,
     )
-    run(settings, threads=threads)
+    run(settings, threads=threads, watch=with_watch)
 
 
 def _settings(state_dir: str | None) -> Settings:
@@ -154,7 +160,8 @@ def ls(state_dir: str | None) -> None:
     endpoints = store.endpoints()
     networks = store.networks()
     attached = store.containers()
-    if not networks and not attached:
+    failed = store.failures()
+    if not networks and not attached and not failed:
         click.echo("no pycni networks")
         return
     if networks:
@@ -169,6 +176,13 @@ def ls(state_dir: str | None) -> None:
             name = rec.app_name or rec.name or rec.container_id[:12]
             held = f"  (in holder {rec.name or rec.container_id[:12]})" if rec.app_id else ""
             click.echo(f"{name:<20}{rec.network:<20}{rec.ifname:<8}{addrs}{held}")
+    if failed:
+        if networks or attached:
+            click.echo("")
+        click.echo("labelled containers pycni watch could not attach:")
+        click.echo(f"{'CONTAINER':<20}{'NETWORK':<20}ERROR")
+        for fail in failed:
+            click.echo(f"{fail.name or fail.container_id[:12]:<20}{fail.network:<20}{fail.error}")
 
 
 def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) -> None:
@@ -266,9 +280,7 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
 def _containers(settings: Settings) -> Any:
     from .containers import Containers
 
-    cni = CNI(list(settings.cni_path), cache_dir=settings.cache_dir,
-              timeout=settings.plugin_timeout)
-    return Containers(Store(settings.state_dir), cni, settings.conf_dir)
+    return Containers.from_settings(settings)
 
 
 def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
