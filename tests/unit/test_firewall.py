@@ -363,3 +363,26 @@ def test_the_real_runner_translates_a_missing_binary() -> None:
 
 def test_the_real_runner_is_the_default() -> None:
     assert firewall.runner is firewall.run_subprocess
+
+
+def test_an_overlay_network_lets_its_vtep_in_and_does_not_masquerade_the_overlay(
+        iptables: FakeIptables) -> None:
+    firewall.add_network(NET, "pycni-br0", ["10.202.1.0/24"], internal=False,
+                         peers="pycni.42", peer_subnet="10.202.0.0/16")
+    peers_in = ("-i", "pycni.42", "-o", "pycni-br0", *TAG, "-j", "ACCEPT")
+    forward = forward_rules("pycni-br0")
+    assert iptables.own() == {
+        ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
+        ("iptables", "filter", "PYCNI-FORWARD"): [forward[0], peers_in, *forward[1:]],
+        ("iptables", "mangle", "FORWARD"): [JUMP_ISOLATION],
+        # before the network's drop: what comes from the VTEP is the overlay's own traffic
+        ("iptables", "mangle", "PYCNI-ISOLATION"): [
+            ("-i", "pycni.42", "-o", "pycni-br0", *TAG, "-j", "RETURN"), *keep_out("pycni-br0")],
+        ("iptables", "nat", "POSTROUTING"): [JUMP_NAT],
+        ("iptables", "nat", "PYCNI-POSTROUTING"): [
+            ("-s", "10.202.1.0/24", "-d", "10.202.0.0/16", *TAG, "-j", "RETURN"),
+            masquerade("10.202.1.0/24", "pycni-br0")],
+    }
+    firewall.remove_network(NET, "pycni-br0", ["10.202.1.0/24"], internal=False,
+                            peers="pycni.42", peer_subnet="10.202.0.0/16")
+    assert iptables.own() == {}
