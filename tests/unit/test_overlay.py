@@ -388,3 +388,14 @@ def test_a_pycni_without_etcd_still_removes_an_overlay_networks_local_side(
     assert deleted == [f"pycni.{leases.default_vni('ov')}"]
     assert read_records(world.settings.state_dir) == {}
     assert leases.definition_key("ov") in kv.data  # the lease expires by itself
+
+
+@pytest.mark.parametrize("vni", [1, 4242, 0xFFFFFF])
+def test_reconciliation_never_takes_a_vtep_for_a_stray_link(vni: int) -> None:
+    from shim import staging
+    from shim.overlay.vtep import name_for
+
+    name = name_for(vni)
+    assert len(name.encode()) <= 15  # the kernel's limit
+    assert not staging.HOST_LINK_NAME.fullmatch(name)
+    assert not staging.NETNS_NAME.fullmatch(name)
