@@ -172,3 +172,20 @@ def test_two_hosts_reach_each_other_through_their_vteps(ns: Callable[[], str]) -
     assert "10.202.2.0" not in sh("ip", "-n", a, "route", "show", "dev", name).stdout
     assert "10.202.2.0" not in sh("ip", "-n", a, "neigh", "show", "dev", name).stdout
     assert mac_b not in sh("bridge", "-n", a, "fdb", "show", "dev", name).stdout
+
+
+def test_the_default_underlay_is_the_default_routes_source(ns: Callable[[], str]) -> None:
+    host, peer = ns().rsplit("/", 1)[1], ns().rsplit("/", 1)[1]
+    sh("ip", "link", "add", "ovl-u", "netns", host, "type", "veth", "peer", "name", "ovl-p",
+       "netns", peer)
+    sh("ip", "-n", host, "addr", "add", "10.203.254.5/30", "dev", "ovl-u")
+    sh("ip", "-n", host, "link", "set", "ovl-u", "up", "mtu", "1400")
+
+    def ask() -> str:
+        code = ("from shim.overlay import vtep; u = vtep.default_underlay(); "
+                "print(u, vtep.underlay_mtu(u) if u else 0)")
+        return sh("ip", "netns", "exec", host, sys.executable, "-c", code).stdout.strip()
+
+    assert ask() == "0"  # no default route: nothing to take (pycni serve then asks for one)
+    sh("ip", "-n", host, "route", "add", "default", "via", "10.203.254.6")
+    assert ask() == "10.203.254.5 1400"
