@@ -24,21 +24,57 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def make_tls(root: Path, host: str) -> dict[str, Path]:
+    """A CA, a server certificate for ``host`` and a client certificate, with openssl. The
+    server's certificate is good for client auth too: etcd's JSON gateway dials etcd's own
+    gRPC with it."""
+    files = {k: root / f"{k}.pem" for k in ("ca", "ca-key", "server", "server-key", "client",
+                                             "client-key")}
+    days = ["-days", "2"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pycni-test-ca",
+            "-keyout", str(files["ca-key"]), "-out", str(files["ca"]), *days)
+    server_ext = [f"subjectAltName=IP:{host}", "extendedKeyUsage=serverAuth,clientAuth"]
+    for name, extra in (("server", server_ext),
+                        ("client", ["extendedKeyUsage=clientAuth"])):
+        csr = root / f"{name}.csr"
+        ext = root / f"{name}.ext"
+        ext.write_text("".join(line + chr(10) for line in extra))
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=pycni-test-{name}",
+                "-keyout", str(files[f"{name}-key"]), "-out", str(csr))
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey",
+                str(files["ca-key"]), "-CAcreateserial", "-out", str(files[name]),
+                "-extfile", str(ext), *days)
+    return files
+
+
 class EtcdServer:
-    def __init__(self, host: str = "127.0.0.1", root: Path | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", root: Path | None = None, *,
+                 tls: bool = False) -> None:
         self.host = host
         self.root = root or Path(tempfile.mkdtemp(prefix="pycni-etcd-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port(host)
         self.peer_port = free_port("127.0.0.1")
         self.proc: subprocess.Popen[bytes] | None = None
+        #: with ``tls``: client certificates required, checked against the test's own CA
+        self.tls = make_tls(self.root, host) if tls else {}
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def endpoint(self) -> Endpoint:
+        if not self.tls:
+            return Endpoint(self.url)
+        return Endpoint(self.url, ca=str(self.tls["ca"]), cert=str(self.tls["client"]),
+                        key=str(self.tls["client-key"]))
 
     def client(self) -> Etcd:
-        return Etcd(Endpoint(self.url), timeout=3)
+        return Etcd(self.endpoint(), timeout=3)
 
     def start(self, timeout: float = 30) -> None:
         etcd = shutil.which("etcd")
@@ -50,7 +86,7 @@ class EtcdServer:
                 [etcd, "--name", "pycni-test", "--data-dir", str(self.root / "data"),
                  "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"pycni-test={peer}"],
+                 "--initial-cluster", f"pycni-test={peer}", *self._tls_flags()],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.root / "etcd.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
@@ -65,6 +101,12 @@ class EtcdServer:
                 time.sleep(0.2)
         raise AssertionError(f"etcd did not answer on {self.url} within {timeout:.0f}s:\n"
                              f"{self.log()}")
+
+    def _tls_flags(self) -> list[str]:
+        if not self.tls:
+            return []
+        return ["--cert-file", str(self.tls["server"]), "--key-file", str(self.tls["server-key"]),
+                "--client-cert-auth", "--trusted-ca-file", str(self.tls["ca"])]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

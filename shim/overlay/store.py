@@ -95,14 +95,21 @@ class Etcd:
     """:class:`KV` on a real etcd (3.4 or later), through etcd3gw."""
 
     def __init__(self, endpoint: Endpoint, timeout: float = 5.0) -> None:
-        from etcd3gw.client import Etcd3Client  # only a server with --etcd needs it
+        import requests  # only a server with --etcd needs these
+        from etcd3gw.client import Etcd3Client
 
         scheme, host, port = endpoint.parts()
         self.where = f"etcd at {endpoint.url}"
+        session = requests.Session()
+        # etcd is reached directly, with the TLS files given: no HTTP(S)_PROXY, and no
+        # REQUESTS_CA_BUNDLE from the environment overriding the CA (requests prefers it)
+        session.trust_env = False
+        if endpoint.ca:
+            session.verify = endpoint.ca
+        if endpoint.cert:
+            session.cert = (endpoint.cert, endpoint.key) if endpoint.key else endpoint.cert
         self._client = Etcd3Client(
-            host=host, port=port, protocol=scheme, timeout=timeout,
-            ca_cert=endpoint.ca or None, cert_cert=endpoint.cert or None,
-            cert_key=endpoint.key or None,
+            host=host, port=port, protocol=scheme, timeout=timeout, session=session,
             api_path="/v3/",  # 3.4+: no discovery round trip on every new client
         )
 

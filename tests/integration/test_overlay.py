@@ -189,3 +189,20 @@ def test_the_default_underlay_is_the_default_routes_source(ns: Callable[[], str]
     assert ask() == "0"  # no default route: nothing to take (pycni serve then asks for one)
     sh("ip", "-n", host, "route", "add", "default", "via", "10.203.254.6")
     assert ask() == "10.203.254.5 1400"
+
+
+def test_etcd_over_tls_with_a_client_certificate() -> None:
+    server = EtcdServer(tls=True)
+    try:
+        server.start()
+        kv = server.client()
+        assert server.url.startswith("https://")
+        definition = leases.define(kv, Asked("tls", RANGE), 1450)
+        claimed = leases.claim(kv, "tls", definition, Holder("a", "m"), kv.grant(30))
+        assert claimed.subnet_of(RANGE)
+        # without the client certificate etcd refuses, and the error says where
+        bare = Etcd(Endpoint(server.url, ca=str(server.tls["ca"])), timeout=3)
+        with pytest.raises(StoreUnavailable, match=f"etcd at {server.url} did not answer"):
+            bare.get("/pycni/x")
+    finally:
+        server.close()
