@@ -399,3 +399,26 @@ def test_reconciliation_never_takes_a_vtep_for_a_stray_link(vni: int) -> None:
     assert len(name.encode()) <= 15  # the kernel's limit
     assert not staging.HOST_LINK_NAME.fullmatch(name)
     assert not staging.NETNS_NAME.fullmatch(name)
+
+
+def test_settings_take_etcd_and_the_underlay_from_the_environment() -> None:
+    from shim.settings import Settings
+
+    settings = Settings.from_env({
+        "PYCNI_ETCD": "https://10.203.253.1:2379", "PYCNI_ETCD_CA": "/ca.pem",
+        "PYCNI_ETCD_CERT": "/c.pem", "PYCNI_ETCD_KEY": "/k.pem",
+        "PYCNI_UNDERLAY_ADDRESS": "10.203.253.2", "PYCNI_OVERLAY_TTL": "30"},
+        underlay_address="10.203.253.9")
+    assert (settings.etcd, settings.etcd_ca, settings.etcd_cert, settings.etcd_key) == (
+        "https://10.203.253.1:2379", "/ca.pem", "/c.pem", "/k.pem")
+    assert settings.underlay_address == "10.203.253.9"  # the flag wins
+    assert settings.overlay_ttl == 30
+    assert Settings.from_env({}).etcd == ""
+
+
+@pytest.mark.parametrize("url", ["10.0.0.1:2379", "ftp://x:1", "http://"])
+def test_a_bad_etcd_url_is_named(url: str) -> None:
+    from shim.overlay.store import Endpoint
+
+    with pytest.raises(InvalidRequest, match="expected http"):
+        Endpoint(url).parts()
