@@ -232,7 +232,10 @@ class Overlays:
             undo.pop_all()
         log.info("overlay %s: this host holds %s (VNI %d, VTEP %s, MTU %d)", asked.name, subnet,
                  definition.vni, joined.vtep, definition.mtu)
-        self._sync(joined)
+        try:
+            self._sync(joined)  # the peers now, rather than at the loop's next round
+        except PycniError as exc:
+            log.warning("overlay %s: peers not programmed yet: %s", asked.name, exc)
         return joined
 
     def _ensure_vtep(self, joined: Joined) -> None:
