@@ -8,13 +8,13 @@ e2e lock (scripts/multihost.sh takes it): it uses the machine's dockerd and plug
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
 
 from shim.client import PluginClient
 from shim.errors import PycniError
+from tests import leaks
 from tests.multihost import REPO, UNDERLAY_A, Rig, sh
 
 SOCKET_A = "/run/docker/plugins/pycni.sock"
@@ -63,6 +63,7 @@ def run(rig: Rig) -> int:
     state.mkdir(exist_ok=True)
     pycni_a: subprocess.Popen[bytes] | None = None
     b = ["docker", "-H", "unix:///run/pycni-hostb/docker.sock"]
+    before = leaks.snapshot(state_dir=str(state / "state"))
     try:
         say("two Docker hosts: this machine (A) and a namespace with its own dockerd (B), "
             "a veth underlay 10.203.253.1 <-> .2, etcd on A's underlay address")
@@ -90,7 +91,6 @@ def run(rig: Rig) -> int:
         say("ping across, both ways (VXLAN over the underlay)")
         show(["docker", "exec", "pycni-demo-a", "ping", "-c", "3", ip_b], "A$ ")
         show([*b, "exec", "pycni-demo-b", "ping", "-c", "3", ip_a], "B$ ")
-        return 0
     finally:
         say("tearing everything down")
         sh("docker", "rm", "-f", "pycni-demo-a", check=False)
@@ -102,7 +102,12 @@ def run(rig: Rig) -> int:
             pycni_a.terminate()
             pycni_a.wait(timeout=20)
         rig.down()
+        after = leaks.snapshot(state_dir=str(state / "state"))
         sh("rm", "-rf", str(state))
-        left = [x for x in sh("ip", "-o", "link", "show", "type", "vxlan").stdout.splitlines()]
-        print("done; VTEPs left on host A:", len(left), flush=True)
-        os.sync()
+        left = leaks.diff(before, after) + leaks.vanished(before, after)
+        if left:
+            print("the demo left the host changed:\n  " + "\n  ".join(left), flush=True)
+        else:
+            print("done: the host is as before (links, VTEPs and their entries, namespaces, "
+                  "iptables, CNI cache and reservations, pycni state)", flush=True)
+    return 1 if left else 0
