@@ -7,10 +7,10 @@
 # dockerd, containerd, runc and tini come from the bookworm packages, fetched with `apt-get
 # download` and unpacked with `dpkg -x` into a directory of their own (never installed over the
 # 26.1 engine). The swap holds the machine-wide e2e lock from before 26.1 stops until after it
-# answers again: 26.1 is stopped, 20.10 runs with its own data and exec roots (26.1's images,
-# containers and runtime state are not touched) and gets the test image as engine.sh imports it,
-# the tests run, 20.10 stops, and 26.1 is started again by scripts/engine.sh — from an EXIT trap,
-# so a failure or Ctrl-C puts it back too.
+# answers again: 26.1 is stopped; 20.10 runs with data and exec roots of its own, empty every run
+# (26.1's images, containers and runtime state are not touched) and gets the test image as
+# engine.sh imports it; the tests run; 20.10 stops, and 26.1 is started again by
+# scripts/engine.sh — from an EXIT trap, so a failure or Ctrl-C puts it back too.
 #
 # The tests restart the engine themselves through engine.sh (`dockerd` from PATH): a `dockerd`
 # wrapper first on PATH makes those restarts start 20.10 with its own roots as well.
@@ -115,10 +115,20 @@ restore() {
         say "putting Docker 26.1 back"
         stop_engine
         if [ -n "$SYSTEM_LOG" ]; then export PYCNI_DOCKERD_LOG=$SYSTEM_LOG; else unset PYCNI_DOCKERD_LOG; fi
-        if ! PATH=$SYSTEM_PATH bash scripts/engine.sh; then
-            echo "compat: FAILED to restart the engine with scripts/engine.sh" >&2
-            rc=1
-        fi
+        # engine.sh waits rather than start a second engine while any process called dockerd
+        # runs (another rig's daemon on a socket of its own, say): try again a few times.
+        local attempt
+        for attempt in 1 2 3 4; do
+            if PATH=$SYSTEM_PATH bash scripts/engine.sh; then
+                break
+            elif [ "$attempt" -eq 4 ]; then
+                echo "compat: FAILED to restart the engine with scripts/engine.sh" >&2
+                rc=1
+            else
+                echo "compat: engine.sh failed (attempt $attempt); trying again" >&2
+                sleep 5
+            fi
+        done
     fi
     exit "$rc"
 }
@@ -126,9 +136,22 @@ trap restore EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# 20.10 starts from empty roots every run: nothing an earlier run left (a network, the default
+# bridge's stored subnet) carries over. Mounts there go first: 20.10 bind-mounts its data root
+# onto itself (and leaves that behind), and a killed one leaves its namespaces and layers.
+fresh_roots() {
+    local root mnt
+    for root in "$EXEC_ROOT" "$DATA_ROOT"; do
+        awk -v r="$root" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/self/mounts | sort -r |
+            while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
+        rm -rf --one-file-system "$root"
+        mkdir -p "$root"
+    done
+}
+
 swapped=yes
 stop_engine
-mkdir -p "$DATA_ROOT" "$EXEC_ROOT"
+fresh_roots
 export PATH=$COMPAT_PATH PYCNI_DOCKERD_LOG=/var/log/pycni-dockerd-compat.log
 bash scripts/engine.sh
 server=$(docker version --format '{{.Server.Version}}')
