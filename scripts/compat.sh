@@ -107,6 +107,22 @@ stop_engine() {
     fi
 }
 
+# 20.10 starts from empty roots every run: nothing an earlier run left (a network, the default
+# bridge's stored subnet) carries over. Mounts there go first: 20.10 bind-mounts its data root
+# onto itself (and leaves that behind), and a killed one leaves its namespaces and layers.
+unmount_roots() {
+    local root mnt
+    for root in "$EXEC_ROOT" "$DATA_ROOT"; do
+        awk -v r="$root" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/self/mounts | sort -r |
+            while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
+    done
+}
+fresh_roots() {
+    unmount_roots
+    rm -rf --one-file-system "$EXEC_ROOT" "$DATA_ROOT"
+    mkdir -p "$EXEC_ROOT" "$DATA_ROOT"
+}
+
 swapped=
 restore() {
     local rc=$?
@@ -114,6 +130,7 @@ restore() {
     if [ -n "$swapped" ]; then
         say "putting Docker 26.1 back"
         stop_engine
+        unmount_roots   # 20.10 leaves its data root bind-mounted onto itself
         if [ -n "$SYSTEM_LOG" ]; then export PYCNI_DOCKERD_LOG=$SYSTEM_LOG; else unset PYCNI_DOCKERD_LOG; fi
         # engine.sh waits rather than start a second engine while any process called dockerd
         # runs (another rig's daemon on a socket of its own, say): try again a few times.
@@ -135,19 +152,6 @@ restore() {
 trap restore EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# 20.10 starts from empty roots every run: nothing an earlier run left (a network, the default
-# bridge's stored subnet) carries over. Mounts there go first: 20.10 bind-mounts its data root
-# onto itself (and leaves that behind), and a killed one leaves its namespaces and layers.
-fresh_roots() {
-    local root mnt
-    for root in "$EXEC_ROOT" "$DATA_ROOT"; do
-        awk -v r="$root" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/self/mounts | sort -r |
-            while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
-        rm -rf --one-file-system "$root"
-        mkdir -p "$root"
-    done
-}
 
 swapped=yes
 stop_engine
