@@ -3,10 +3,11 @@
 #   make test                          every tier: unit, integration (root), e2e (root + dockerd)
 #   make test PYTEST_ARGS='-k foo -x'  extra pytest arguments
 #   make unit                          the unit tier only (no root, no engine)
+#   make test-compat                   the e2e tier against Docker 20.10 (Debian 12's engine)
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test unit soak lint demo demo-multihost bench clean
+.PHONY: deps engine test test-compat unit soak lint demo demo-multihost bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -19,6 +20,11 @@ engine: deps
 test: engine
 	$(PYTHON) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The e2e tier against Debian 12's Docker 20.10, unpacked from the bookworm packages next to 26.1;
+# scripts/compat.sh swaps the engines under the e2e lock and always puts 26.1 back.
+test-compat: deps
+	bash scripts/compat.sh $(PYTEST_ARGS)
 
 # The long forms of the load, fault and fuzz tests (issue-sized counts; minutes, not seconds).
 soak: engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import subprocess
@@ -41,6 +42,17 @@ def exclusive_engine(timeout: float = 1800) -> int:
             if time.monotonic() > deadline:
                 raise AssertionError(f"another e2e session held {LOCK} for {timeout:.0f}s")
             time.sleep(1)
+
+
+@functools.cache
+def engine_version() -> tuple[int, int]:
+    """The serving dockerd's (major, minor). The tier runs on 26.1 (``make test``) and on Debian
+    12's 20.10 (``make test-compat``), whose own bridge driver differs in places; a parity test
+    asks this to know which bridge it compares pycni with."""
+    version = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
 
 FAIL_PLUGIN = """#!/bin/sh
 # A CNI plugin that refuses every ADD with a spec error; everything else succeeds.

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import PycniServer, Tracker, engine_version
 from tests.e2e.test_driver import inspect_net, sh
 
 pytestmark = pytest.mark.e2e
@@ -198,7 +198,10 @@ def test_no_docker_gwbridge_leg_without_a_default_route(e2e: Tracker,
         name = e2e.run(f"{net}-c", "--network", net, TEST_IMAGE, "sleep", "900")
         links = sh(name, "ls /sys/class/net").split()
         assert sorted(links) == ["eth0", "lo"], f"{net}: {links}"
-        assert "default" not in sh(name, "ip route; ip -6 route"), net
+        # Docker 20.10's bridge still gives an --internal network's containers a default route
+        # (to a gateway that forwards nothing); pycni gives none on either engine, as 26.1 does.
+        if net == py or engine_version() >= (26, 0):
+            assert "default" not in sh(name, "ip route; ip -6 route"), net
         data = json.loads(docker("inspect", name).stdout)[0]
         assert list(data["NetworkSettings"]["Networks"]) == [net]
     assert gwbridge_exists() == existed

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import PycniServer, Tracker, engine_version
 from tests.e2e.test_driver import inspect_net, sh
 from tests.e2e.test_engine_restart import engine_back, restart_engine, wait_running  # noqa: F401
 from tests.e2e.test_surface import http_get, wait_http
@@ -249,11 +249,18 @@ def test_internal_network_reaches_the_host_and_nothing_else(e2e: Tracker,
             "reaches outside": reaches(c, Outside.ADDRESS),
             "reached from other networks": [reaches(s, address) for s in strangers.values()],
         }
-    assert found["bridge"] == {
+    assert found["pycni"] == {
         "host reaches it": True, "gateway": "", "default route": False,
         "reaches outside": False, "reached from other networks": [False, False],
     }
-    assert found["pycni"] == found["bridge"]
+    if engine_version() >= (26, 0):
+        assert found["bridge"] == found["pycni"]
+    else:
+        # Docker 20.10's bridge gives the container a gateway and a default route that lead
+        # nowhere (the bridge forwards nothing out of an internal network); pycni keeps 26.1's
+        # shape, where a connection out fails at once instead of timing out. The rest is equal.
+        assert found["bridge"] == {**found["pycni"], "gateway": "10.201.140.1",
+                                   "default route": True}
 
 
 # --- refused at docker network create ----------------------------------------------------------------
@@ -278,7 +285,10 @@ def test_create_refuses_what_would_hurt_the_host_or_another_network(
         dock = e2e.network("pycni-e2e-no-db", "-d", "bridge", "--subnet", "10.201.142.0/24")
         mine = e2e.network("pycni-e2e-no-pz", "-d", "pycni", "--subnet", "10.201.143.0/24")
         # A link that is not a bridge, Docker's bridges: Docker's bridge refuses them...
-        for name in ("p142v0", "lo", "docker0", bridge_of(dock)):
+        # (20.10's takes over docker0 — its address, and its rules when removed — so it is left
+        # out there; it does refuse another network's bridge.)
+        dockers = ("docker0",) if engine_version() >= (26, 0) else ()
+        for name in ("p142v0", "lo", *dockers, bridge_of(dock)):
             refused(e2e, "bridge", "--subnet", "10.201.144.0/24",
                     "-o", f"com.docker.network.bridge.name={name}")
         # ... and so does pycni, and another pycni network's bridge, made yet or not.
