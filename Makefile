@@ -6,7 +6,7 @@
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test unit soak lint demo bench clean
+.PHONY: deps engine test unit soak lint demo bench clean plugin plugin-rm test-plugin
 
 deps:
 	bash scripts/deps.sh
@@ -29,6 +29,14 @@ soak: engine
 unit: deps
 	$(PYTHON) -m pytest -m unit $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make unit: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# pycni as a managed Docker plugin (plugin.json + Dockerfile), built offline and enabled as
+# pycni:latest; plugin-rm disables and removes it (the cached base image stays).
+plugin: engine
+	bash scripts/plugin.sh build
+
+plugin-rm:
+	bash scripts/plugin.sh remove
 
 lint: deps
 	.venv/bin/ruff check shim tests

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# pycni as a managed (v2) Docker plugin, built offline.
+#
+#   scripts/plugin.sh build     base image (once) → docker build → rootfs + config.json →
+#                               docker plugin create + enable (replaces a pycni plugin not in use)
+#   scripts/plugin.sh remove    docker plugin disable + rm (the base image stays cached)
+#
+# No image registry is needed: the base is a Debian bookworm minbase made with mmdebstrap from the
+# machine's apt mirror and `docker import`ed as $PYCNI_PLUGIN_BASE, once; pycni and its Python
+# dependencies go in as wheels built on the host. The caller serialises access to dockerd (the
+# Makefile's test-plugin holds the machine-wide e2e lock).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NAME=${PYCNI_PLUGIN_NAME:-pycni}                 # docker plugin name; Docker adds the tag :latest
+BASE=${PYCNI_PLUGIN_BASE:-pycni-base:bookworm}
+ROOTFS_IMAGE=pycni-plugin-rootfs:build
+WORK=build/plugin
+WHEELS=build/plugin-wheels
+# What the base holds; the Dockerfile installs the same list when it starts from debian:bookworm-slim.
+PACKAGES=python3,python3-venv,iproute2,iptables,kmod,mount
+
+say() { echo "plugin: $*"; }
+die() { echo "plugin: $*" >&2; exit 1; }
+
+have_plugin() { docker plugin inspect "$NAME" >/dev/null 2>&1; }
+
+build_base() {
+    if docker image inspect "$BASE" >/dev/null 2>&1; then
+        say "base $BASE cached"
+        return
+    fi
+    if ! command -v mmdebstrap >/dev/null; then
+        say "installing mmdebstrap"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap
+    fi
+    local uri
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    say "making $BASE: bookworm minbase + ${PACKAGES//,/ } from $uri"
+    # Docs, man pages, locales and apt's lists never enter the image.
+    mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+        bookworm - "$uri" | docker import - "$BASE" >/dev/null
+}
+
+build_wheels() {
+    # pycni's own wheel is rebuilt every time; its dependencies' wheels are reused.
+    mkdir -p "$WHEELS"
+    rm -f "$WHEELS"/pycni-*.whl
+    .venv/bin/pip wheel --quiet --disable-pip-version-check --find-links "$WHEELS" -w "$WHEELS" . \
+        2> >(grep -v -e 'is ignored: it is neither a file nor a directory' >&2)
+}
+
+# Every bind-mount source in plugin.json must exist before `docker plugin enable`, and the
+# namespaces the plugin makes reach the host only through a shared /run/netns mount.
+prepare_host() {
+    mkdir -p /opt/cni/bin /usr/lib/cni /etc/cni/net.d /var/lib/cni /var/lib/pycni /run/netns
+    touch /run/xtables.lock
+    [ -S /run/docker.sock ] || die "/run/docker.sock is missing: the plugin asks Docker through it"
+    if ! mountpoint -q /run/netns; then
+        mount --bind /run/netns /run/netns
+    fi
+    mount --make-shared /run/netns
+}
+
+build() {
+    local t0=$SECONDS
+    build_base
+    build_wheels
+    say "docker build (FROM $BASE)"
+    docker build --quiet -t "$ROOTFS_IMAGE" --build-arg BASE="$BASE" \
+        --build-arg PIP_INSTALL="--no-index --find-links /src/$WHEELS pycni" . >/dev/null
+    rm -rf "$WORK"
+    mkdir -p "$WORK/rootfs"
+    local cid
+    cid=$(docker create "$ROOTFS_IMAGE")
+    docker export "$cid" | tar -x -C "$WORK/rootfs"
+    docker rm "$cid" >/dev/null
+    docker rmi "$ROOTFS_IMAGE" >/dev/null
+    cp plugin.json "$WORK/config.json"
+    say "rootfs $(du -sm "$WORK/rootfs" | cut -f1) MB"
+
+    if have_plugin; then
+        say "replacing the installed $NAME plugin"
+        remove
+    fi
+    docker plugin create "$NAME" "$WORK" >/dev/null
+    rm -rf "$WORK"
+    prepare_host
+    docker plugin enable --timeout 30 "$NAME" >/dev/null
+    local id
+    id=$(docker plugin inspect -f '{{.Id}}' "$NAME")
+    [ -S "/run/docker/plugins/$id/pycni.sock" ] || die "enabled, but /run/docker/plugins/$id/pycni.sock is missing"
+    say "$NAME:latest enabled ($((SECONDS - t0)) s); socket /run/docker/plugins/$id/pycni.sock"
+}
+
+remove() {
+    have_plugin || return 0
+    if [ "$(docker plugin inspect -f '{{.Enabled}}' "$NAME")" = true ]; then
+        docker plugin disable "$NAME" >/dev/null \
+            || die "cannot disable $NAME: remove the networks that use it first (docker network ls -f driver=$NAME:latest)"
+    fi
+    docker plugin rm "$NAME" >/dev/null
+    say "$NAME removed"
+}
+
+case ${1:-build} in
+build) build ;;
+remove) remove ;;
+*) die "usage: $0 [build|remove]" ;;
+esac
