@@ -38,6 +38,11 @@ plugin: engine
 plugin-rm:
 	bash scripts/plugin.sh remove
 
+# The e2e tier against the managed plugin (PYCNI_E2E_PLUGIN=1): build and enable it, run the
+# tests, remove it — holding the machine-wide e2e lock throughout (the tests don't wait on it).
+test-plugin: engine
+	PYCNI_E2E_LOCK_HELD=1 flock /run/lock/pycni-e2e.lock bash scripts/plugin.sh test $(PYTEST_ARGS)
+
 lint: deps
 	.venv/bin/ruff check shim tests
 	.venv/bin/mypy shim tests

@@ -4,6 +4,10 @@
 #   scripts/plugin.sh build     base image (once) → docker build → rootfs + config.json →
 #                               docker plugin create + enable (replaces a pycni plugin not in use)
 #   scripts/plugin.sh remove    docker plugin disable + rm (the base image stays cached)
+#   scripts/plugin.sh test [PYTEST_ARGS]
+#                               build, the e2e tier against the plugin (PYCNI_E2E_PLUGIN=1), then
+#                               remove it whatever happened; run it holding the e2e lock
+#                               (make test-plugin does)
 #
 # No image registry is needed: the base is a Debian bookworm minbase made with mmdebstrap from the
 # machine's apt mirror and `docker import`ed as $PYCNI_PLUGIN_BASE, once; pycni and its Python
@@ -111,8 +115,34 @@ remove() {
     say "$NAME removed"
 }
 
+# After the tests: networks of the plugin a failed test left go first (the plugin answers their
+# DeleteNetwork), then the plugin; the host is as before but for the cached base image.
+remove_after_tests() {
+    have_plugin || return 0
+    local net
+    for net in $(docker network ls -q -f "driver=$NAME:latest"); do
+        say "removing network $net the tests left"
+        docker ps -aq -f "network=$net" | xargs -r docker rm -f >/dev/null || true
+        docker network rm "$net" >/dev/null || true
+    done
+    remove
+}
+
+run_tests() {
+    [ "${PYCNI_E2E_LOCK_HELD:-}" = 1 ] || die "run it holding /run/lock/pycni-e2e.lock with PYCNI_E2E_LOCK_HELD=1 (make test-plugin)"
+    bash scripts/engine.sh   # the engine may have been restarted or swapped while we waited
+    trap remove_after_tests EXIT
+    build
+    local rc=0
+    PYCNI_E2E_PLUGIN=1 .venv/bin/python -m pytest -m e2e tests/e2e "$@" || rc=$?
+    # pytest's 5 means nothing ran: never a pass.
+    [ "$rc" -eq 5 ] && { echo "plugin: pytest collected no tests" >&2; rc=1; }
+    return "$rc"
+}
+
 case ${1:-build} in
 build) build ;;
 remove) remove ;;
-*) die "usage: $0 [build|remove]" ;;
+test) shift; run_tests "$@" ;;
+*) die "usage: $0 [build|remove|test [PYTEST_ARGS...]]" ;;
 esac

@@ -20,11 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import PLUGIN_MODE, PycniServer, Tracker
 from tests.e2e.test_health import PYCNI, pycni_cli
 from tests.e2e.test_none_mode import bridge_removed, chain, exec_out
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(PLUGIN_MODE, reason="plugin mode: pycni watch runs no driver: nothing in it differs with a managed plugin"),
+]
 
 Start = Callable[[], "subprocess.Popen[str]"]
 
