@@ -30,6 +30,11 @@ PLUGIN = "pycni:latest"
 DRIVER = PLUGIN if PLUGIN_MODE else "pycni"
 
 
+def not_with_plugin(reason: str) -> pytest.MarkDecorator:
+    """Skip a test in plugin mode, saying why (it needs what only a child ``pycni serve`` has)."""
+    return pytest.mark.skipif(PLUGIN_MODE, reason=f"plugin mode: {reason}")
+
+
 def driver_of(label: str) -> str:
     """The ``-d`` of a side in a parity test: ``"pycni"`` → :data:`DRIVER`, others as they are."""
     return DRIVER if label == "pycni" else label

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import DRIVER, PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker, socket_path
 
 pytestmark = pytest.mark.e2e
 
@@ -164,7 +164,7 @@ def test_doctor_against_the_session_server(
     assert proc.returncode == 0, report(proc)
     assert "FAIL" not in proc.stdout
     assert "ok   dockerd: reachable" in proc.stdout
-    assert "ok   pycni socket /run/docker/plugins/pycni.sock: pycni serve answers" in proc.stdout
+    assert f"ok   pycni socket {socket_path()}: pycni serve answers" in proc.stdout
     assert "10-fw.conflist (network hd-fw): plugins bridge, host-local, firewall found" in proc.stdout
     assert "leftovers:" in proc.stdout
     policy = run("iptables", "-S", "FORWARD").stdout.splitlines()[0]

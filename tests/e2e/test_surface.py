@@ -297,10 +297,14 @@ def test_everyday_commands(e2e: Tracker, pycni: PycniServer) -> None:
     assert idle not in names and net in names
 
 
-def test_compose(e2e: Tracker, pycni: PycniServer) -> None:
+def test_compose(e2e: Tracker, pycni: PycniServer, tmp_path: Path) -> None:
     example = REPO / "examples"
     shutil.copy(example / "net.d" / "pycni-compose-hl.conflist", pycni.conf_dir)
-    compose = ["docker", "compose", "-f", str(example / "compose.yaml"), "-p", "pycni-e2e"]
+    # The example names the driver `pycni`; a managed plugin's is `pycni:latest`.
+    compose_file = tmp_path / "compose.yaml"
+    compose_file.write_text((example / "compose.yaml").read_text().replace(
+        "driver: pycni\n", f"driver: {DRIVER}\n"))
+    compose = ["docker", "compose", "-f", str(compose_file), "-p", "pycni-e2e"]
     try:
         run(*compose, "up", "-d", timeout=300)
         wait_http("127.0.0.1", 18180, "hello from web", path="/")
