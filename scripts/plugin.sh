@@ -137,7 +137,9 @@ remove_after_tests() {
 
 run_tests() {
     [ "${PYCNI_E2E_LOCK_HELD:-}" = 1 ] || die "run it holding /run/lock/pycni-e2e.lock with PYCNI_E2E_LOCK_HELD=1 (make test-plugin)"
-    bash scripts/engine.sh   # the engine may have been restarted or swapped while we waited
+    # The engine may be stopping or starting (swapped by another run) as we get the lock: once
+    # more if it was on its way down.
+    bash scripts/engine.sh || { sleep 5; bash scripts/engine.sh; }
     trap remove_after_tests EXIT
     build
     local rc=0
