@@ -140,6 +140,19 @@ run_tests() {
     # The engine may be stopping or starting (swapped by another run) as we get the lock: once
     # more if it was on its way down.
     bash scripts/engine.sh || { sleep 5; bash scripts/engine.sh; }
+    # test_plugin.py's upgrade pulls from a registry of its own on loopback: Debian's
+    # docker-registry, unpacked here rather than installed (no service, no user).
+    local registry=build/docker-registry/usr/bin/docker-registry
+    if [ ! -x "$registry" ]; then
+        say "unpacking docker-registry into build/docker-registry"
+        local tmp
+        tmp=$(mktemp -d)
+        (cd "$tmp" && apt-get download -qq docker-registry 2>/dev/null \
+            || { apt-get update -qq && apt-get download -qq docker-registry; })
+        dpkg -x "$tmp"/docker-registry_*.deb build/docker-registry
+        rm -rf "$tmp"
+    fi
+    export PYCNI_E2E_REGISTRY=$PWD/$registry
     trap remove_after_tests EXIT
     build
     local rc=0

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_IMAGE, docker
+from tests.conftest import REPO, TEST_IMAGE, docker, run, unmet
 from tests.e2e.conftest import PLUGIN, PLUGIN_MODE, PycniServer, Tracker, call, plugin_id
 from tests.e2e.test_engine_restart import engine_back, restart_engine, wait_running
 
@@ -95,6 +101,98 @@ def test_restarted_plugin_keeps_networks_and_endpoints(
     late = e2e.run("pycni-e2e-pu3", "--network", net, TEST_IMAGE, "sleep", "900")
     ping(late, up)
     docker("rm", "-f", up)  # an endpoint made before the restart goes as it should (leak audit)
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    """A registry of the test's own on loopback (Debian's docker-registry), as ``host:port``.
+
+    ``docker plugin upgrade`` only pulls; Docker talks plain HTTP to registries on 127.0.0.0/8.
+    """
+    binary = os.environ.get("PYCNI_E2E_REGISTRY") or shutil.which("docker-registry")
+    if not binary:
+        unmet("needs docker-registry (make test-plugin unpacks Debian's into build/)")
+        raise AssertionError("unreachable")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(tempfile.mkdtemp(prefix="pycni-e2e-registry-"))
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, f"docker-registry exited {proc.returncode}"
+                assert time.monotonic() < deadline, "docker-registry did not answer within 20s"
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def push_next_version(registry: str) -> str:
+    """The installed plugin's rootfs, marked as the next version, pushed as ``REF``; its ref."""
+    ref = f"{registry}/pycni:next"
+    data_root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
+    work = Path(tempfile.mkdtemp(prefix="pycni-e2e-next-"))
+    try:
+        run("cp", "-a", f"{data_root}/plugins/{plugin_id()}/rootfs", str(work / "rootfs"))
+        (work / "rootfs" / "etc" / "pycni-plugin-next").write_text("next\n")
+        shutil.copy(REPO / "plugin.json", work / "config.json")
+        docker("plugin", "create", ref, str(work), timeout=300)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        docker("plugin", "push", ref, timeout=300)
+    finally:
+        docker("plugin", "rm", "-f", ref, check=False)
+    return ref
+
+
+def test_upgrade_keeps_networks_and_endpoints(
+        e2e: Tracker, pycni: PycniServer, plugin_back: None, registry: str) -> None:
+    """``docker plugin upgrade`` as Docker allows it: the plugin disabled (``-f``, its networks
+    stay), the new version pulled in place under the same name and id, enabled again. The
+    networks, a running container's endpoint and a stopped container carry on with it, on
+    the state that stayed on the host."""
+    ref = push_next_version(registry)
+    net = e2e.network("pycni-e2e-pg", "-d", PLUGIN, "--subnet", "10.200.95.0/24")
+    up = e2e.run("pycni-e2e-pg1", "--network", net, "-p", "18195:80", TEST_IMAGE, "sh", "-c",
+                 "echo hello >/tmp/index.html && exec httpd -f -p 80 -h /tmp")
+    down = e2e.run("pycni-e2e-pg2", "--network", net, TEST_IMAGE, "sleep", "900")
+    docker("stop", "-t", "0", down)
+    before = plugin_id()
+
+    pycni.stop()  # docker plugin disable -f: upgrade refuses an enabled plugin
+    docker("plugin", "upgrade", "--grant-all-permissions", PLUGIN, ref, timeout=300)
+    pycni.start()
+
+    info = json.loads(docker("plugin", "inspect", PLUGIN).stdout)[0]
+    assert info["Id"] == before and info["PluginReference"] == ref
+    data_root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
+    assert Path(f"{data_root}/plugins/{before}/rootfs/etc/pycni-plugin-next").exists()
+    assert json.loads(docker("network", "inspect", net).stdout)[0]["Driver"] == PLUGIN
+    docker("start", down)
+    ping(down, up)
+    assert "hello" in docker("exec", down, "wget", "-q", "-O", "-", "-T", "3", f"http://{up}/").stdout
+    with urllib.request.urlopen("http://127.0.0.1:18195/", timeout=5) as answer:
+        assert answer.read() == b"hello\n"  # its published port, through the new version
+    late = e2e.run("pycni-e2e-pg3", "--network", net, TEST_IMAGE, "sleep", "900")
+    ping(late, up)
+    docker("rm", "-f", up)  # made by the old version, removed by the new (leak audit)
 
 
 def test_restart_always_containers_come_back_with_dockerd(
