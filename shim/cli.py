@@ -96,6 +96,8 @@ def _setup_logging(level: str) -> None:
     show_default=True,
     help="Requests served at once (Docker sends as many at once as containers start and stop).",
 )
+@click.option("--watch", "with_watch", is_flag=True,
+              help="Also be the controller of the --network none mode (as 'pycni watch').")
 @_log_level
 @reports_errors
 def serve(
@@ -105,9 +107,13 @@ def serve(
     cni_path: str | None,
     cache_dir: str | None,
     threads: int,
+    with_watch: bool,
     log_level: str,
 ) -> None:
-    """Serve Docker's network driver API on a unix socket (Docker finds it there by itself)."""
+    """Serve Docker's network driver API on a unix socket (Docker finds it there by itself).
+
+    With --watch, also attach containers labelled pycni.networks=NET[,NET...] as "pycni watch"
+    does, in the same process."""
     from .server import run  # waitress is only needed here
 
     _setup_logging(log_level)
@@ -118,7 +124,7 @@ def serve(
         cni_path=split_path(cni_path) if cni_path else None,
         cache_dir=cache_dir,
     )
-    run(settings, threads=threads)
+    run(settings, threads=threads, watch=with_watch)
 
 
 def _settings(state_dir: str | None) -> Settings:
@@ -135,7 +141,8 @@ def ls(state_dir: str | None) -> None:
     endpoints = store.endpoints()
     networks = store.networks()
     attached = store.containers()
-    if not networks and not attached:
+    failed = store.failures()
+    if not networks and not attached and not failed:
         click.echo("no pycni networks")
         return
     if networks:
@@ -150,6 +157,13 @@ def ls(state_dir: str | None) -> None:
             name = rec.app_name or rec.name or rec.container_id[:12]
             held = f"  (in holder {rec.name or rec.container_id[:12]})" if rec.app_id else ""
             click.echo(f"{name:<20}{rec.network:<20}{rec.ifname:<8}{addrs}{held}")
+    if failed:
+        if networks or attached:
+            click.echo("")
+        click.echo("labelled containers pycni watch could not attach:")
+        click.echo(f"{'CONTAINER':<20}{'NETWORK':<20}ERROR")
+        for fail in failed:
+            click.echo(f"{fail.name or fail.container_id[:12]:<20}{fail.network:<20}{fail.error}")
 
 
 def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) -> None:
@@ -237,9 +251,7 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
 def _containers(settings: Settings) -> Any:
     from .containers import Containers
 
-    cni = CNI(list(settings.cni_path), cache_dir=settings.cache_dir,
-              timeout=settings.plugin_timeout)
-    return Containers(Store(settings.state_dir), cni, settings.conf_dir)
+    return Containers.from_settings(settings)
 
 
 def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:

@@ -61,6 +61,7 @@ from .cni import CNI, find
 from .cni.config import NetworkConfigList, validate_ifname, validate_network_name
 from .cni.types import DNS
 from .errors import InvalidRequest, NotFound, PycniError
+from .settings import Settings
 from .state import ContainerRecord, Store
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,12 @@ class Containers:
         #: creates, starts and removes containers (pycni run, and holders whose app is gone)
         self.cli = cli or DockerCLI()
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Containers:
+        cni = CNI(list(settings.cni_path), cache_dir=settings.cache_dir,
+                  timeout=settings.plugin_timeout)
+        return cls(Store(settings.state_dir), cni, settings.conf_dir)
+
     # locks and records
 
     def locked(self, container_id: str) -> contextlib.AbstractContextManager[None]:
@@ -252,7 +259,7 @@ class Containers:
         return [r for r in self.records(container_id)
                 if r.network == network and (ifname is None or r.ifname == ifname)]
 
-    def _resolve(self, ref: str) -> tuple[str, dockerview.Target | None]:
+    def resolve(self, ref: str) -> tuple[str, dockerview.Target | None]:
         """The id of the container whose namespace holds ``ref``'s attachments (``ref`` itself,
         or the holder an app of ``pycni run --holder`` joined), and Docker's view of it (None
         once Docker forgot it: then ``ref`` is matched against the records' ids and names)."""
@@ -351,7 +358,7 @@ class Containers:
 
     def detach(self, ref: str, network: str, ifname: str | None = None) -> list[ContainerRecord]:
         """DEL the container's attachments to ``network`` (the one on ``ifname`` if given)."""
-        container_id, found = self._resolve(ref)
+        container_id, found = self.resolve(ref)
         with self.locked(container_id):
             recs = self._find(container_id, network, ifname)
             if not recs:
@@ -424,6 +431,12 @@ class Containers:
                         done.append(f"{what}: its container is gone; DEL run")
                 if not dry_run:
                     self._remove_holder(cid, recs, known)
+        for fail in self.store.failures():  # the controller's note of a failed attempt
+            if fail.container_id not in known:
+                done.append(f"failed attempt {fail.name or fail.container_id[:12]}/"
+                            f"{fail.network}: its container is gone; forgotten")
+                if not dry_run:
+                    self.store.delete_failure(fail.container_id)
         return done
 
     def run(self, networks: Sequence[str], docker_args: Sequence[str], *,

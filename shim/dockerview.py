@@ -406,13 +406,20 @@ def labelled(label: str, timeout: float = 10.0) -> set[str]:
     return {str(c["Id"]) for c in listed if isinstance(c, dict) and c.get("Id")}
 
 
+#: the container events after which its namespace may differ (a restart is a die and a start)
+LIFECYCLE = ("start", "die", "destroy", "restart")
+
+
 @contextmanager
 def container_events(label: str, timeout: float = 10.0) -> Iterator[Iterator[tuple[str, str]]]:
-    """Docker's event stream, opened: (container id, action) of each event of a container that
-    has the label ``label``, from now on. The stream ends, or raises PycniError, when it is lost
+    """Docker's event stream, opened: (container id, action) of each :data:`LIFECYCLE` event of
+    a container that has the label ``label``, from now on. The stream ends, or raises PycniError, when it is lost
     (dockerd stopped or restarted); it is closed when the ``with`` block ends."""
     with docker_client(timeout) as client:
-        stream = client.api.events(decode=True, filters={"type": "container", "label": label})
+        # only what changes a namespace: not exec_*, attach, health_status…, each of which
+        # would make the controller look again (and retry a failed container) for nothing
+        stream = client.api.events(decode=True, filters={
+            "type": "container", "label": label, "event": list(LIFECYCLE)})
 
         def items() -> Iterator[tuple[str, str]]:
             for event in stream:

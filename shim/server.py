@@ -14,16 +14,19 @@ import signal
 import socket
 import stat
 import sys
+import threading
 from types import FrameType
 
 from waitress.server import create_server
 
 from .app import create_app
+from .containers import Containers
 from .driver import Driver
 from .errors import PycniError
 from .reconcile import Reconciler
 from .revive import Reviver
 from .settings import Settings
+from .watch import NETWORKS, Watch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,9 @@ def notify_ready() -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
-def run(settings: Settings, threads: int = 64) -> None:
+def run(settings: Settings, threads: int = 64, watch: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT. ``watch``: also run the controller of the ``--network
+    none`` mode (:mod:`shim.watch`) beside the driver, as ``pycni watch`` would."""
     path = settings.socket_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _remove_stale_socket(path)
@@ -86,6 +91,7 @@ def run(settings: Settings, threads: int = 64) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    controller: Watch | None = None
     try:
         log.info("pycni serving %s (state %s, CNI_PATH %s)", path, settings.state_dir,
                  ":".join(settings.cni_path))
@@ -100,10 +106,15 @@ def run(settings: Settings, threads: int = 64) -> None:
         # start because it started before pycni: started now, beside serving (Docker calls the
         # driver while it starts them), as Docker would have.
         Reviver(settings.driver_name).start()
+        if watch:
+            controller = _start_watch(settings)
         server.run()
     except SystemExit:
         pass
     finally:
+        if controller is not None:  # no new container work; what runs finishes
+            controller.stopping.set()
+            controller.serial.close()
         # Stop taking requests first (Docker then sees "plugin not found", not a hang), then let
         # requests already running finish: a CreateEndpoint cut in half is work for gc.
         try:
@@ -114,3 +125,10 @@ def run(settings: Settings, threads: int = 64) -> None:
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=settings.plugin_timeout)
         log.info("pycni stopped")
     sys.exit(0)
+
+
+def _start_watch(settings: Settings) -> Watch:
+    controller = Watch(Containers.from_settings(settings))
+    threading.Thread(target=controller.follow, name="pycni-watch-events", daemon=True).start()
+    log.info("pycni watching Docker's events for containers labelled %s", NETWORKS)
+    return controller

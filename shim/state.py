@@ -307,6 +307,32 @@ class ContainerRecord:
         )
 
 
+@dataclass
+class FailureRecord:
+    """The controller's (``pycni watch``) last failed attempt to attach a labelled container: kept
+    where ``pycni ls`` looks until an attempt succeeds or the container goes."""
+
+    container_id: str
+    network: str
+    error: str
+    name: str = ""
+    at: float = field(default_factory=time.time)
+
+    @property
+    def id(self) -> str:
+        return self.container_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, "kind": "failure", "id": self.id, "network": self.network,
+                "error": self.error, "name": self.name, "at": self.at}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FailureRecord:
+        return cls(container_id=str(data["id"]), network=str(data["network"]),
+                   error=str(data["error"]), name=str(data.get("name") or ""),
+                   at=float(data.get("at") or 0.0))
+
+
 class Store:
     """Records on disk. Not locked: the driver serializes writes per network."""
 
@@ -427,6 +453,16 @@ class Store:
 
     def containers_dir(self) -> str:
         return self._dir("containers")
+
+    # what the controller could not attach (pycni watch; shown by pycni ls)
+    def save_failure(self, rec: FailureRecord) -> None:
+        self._write("failures", rec.id, rec.to_json())
+
+    def delete_failure(self, container_id: str) -> None:
+        self._delete("failures", container_id)
+
+    def failures(self) -> list[FailureRecord]:
+        return [_build(FailureRecord, d) for d in self._read_all("failures")]
 
 
 def _build(cls: Any, data: dict[str, Any]) -> Any:

@@ -10,7 +10,9 @@ One rule decides everything (:meth:`Watch.converge`), whatever the event was: Do
 the container against pycni's records of it.
 
 * labelled and running, nothing recorded: ADD each network (a failure part-way DELs what this
-  round attached: no half attachment; the error, naming the plugin, is logged);
+  round attached: no half attachment; the error, naming the plugin, is logged and kept where
+  ``pycni ls`` shows it until an attempt succeeds — at the container's next start or the
+  controller's next resync — or the container goes);
 * labelled and running, recorded with another pid: the container restarted, its namespace is
   new: DEL what is recorded, then ADD again (never "duplicate allocation");
 * not running, or gone: DEL what is recorded;
@@ -37,9 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from . import dockerview
-from .containers import Containers, Request, parse_arg, parse_port
+from .cni.invoke import parse_cni_args
+from .containers import Containers, Request, parse_port
 from .errors import InvalidRequest, NotFound, PycniError
-from .state import ContainerRecord
+from .state import ContainerRecord, FailureRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def requests(labels: dict[str, str]) -> list[Request]:
     if not nets:
         return []
     bindings = tuple(parse_port(p.strip()) for p in labels.get(PORTS, "").split(",") if p.strip())
-    args = tuple(parse_arg(a.strip()) for a in labels.get(ARGS, "").split(";") if a.strip())
+    args = tuple(parse_cni_args(";".join(a.strip() for a in labels.get(ARGS, "").split(";"))))
     ip = labels.get(IP, "").strip()
     return [Request(net, f"eth{n}", ip if n == 0 else "", bindings if n == 0 else (), args)
             for n, net in enumerate(nets)]
@@ -146,12 +149,16 @@ class Watch:
                 log.info("pycni watch: %s %s: detached %s/%s", _who(cid, found), why,
                          rec.network, rec.ifname)
             recs = []
+        store = self.containers.store
         if not live or found is None:
+            store.delete_failure(cid)
             return
         try:
             wanted = requests(found.labels)
         except InvalidRequest as exc:
             log.error("pycni watch: %s: labels: %s", _who(cid, found), exc)
+            store.save_failure(FailureRecord(cid, found.labels.get(NETWORKS, ""),
+                                             f"labels: {exc}", found.name))
             return
         have = {(r.network, r.ifname) for r in recs}
         done: list[ContainerRecord] = []
@@ -166,16 +173,21 @@ class Watch:
                 for prev in reversed(done):  # no half attachment: all the labels ask, or none
                     with contextlib.suppress(PycniError):
                         self.containers.detach(cid, prev.network, prev.ifname)
+                # where a user looks (pycni ls) until an attempt succeeds or the container goes
+                store.save_failure(FailureRecord(cid, req.network, str(exc), found.name))
                 return
             done.append(rec)
             addrs = ",".join(str(ip.address) for ip in rec.attachment.ips()) or "-"
             log.info("pycni watch: %s: attached %s as %s (%s)", _who(cid, found), req.network,
                      req.ifname, addrs)
+        store.delete_failure(cid)
 
     def resync(self) -> None:
         """Converge every labelled container and every container pycni has a record of."""
-        for cid in sorted(self.source.labelled() | {r.container_id for r in
-                                                    self.containers.records()}):
+        store = self.containers.store
+        known = {r.container_id for r in self.containers.records()}
+        known |= {f.container_id for f in store.failures()}
+        for cid in sorted(self.source.labelled() | known):
             self.serial.submit(cid)
 
     def follow(self, max_backoff: float = 10.0) -> None:

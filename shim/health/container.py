@@ -1,5 +1,7 @@
 """``pycni check CONTAINER``: is each of a container's pycni endpoints what pycni made it?
 
+(The attachments of the ``--network none`` mode are checked by :mod:`.attached`.)
+
 For every endpoint Docker reports on a pycni network: pycni's record of it, the staging netns and
 libcni's cache file that DeleteEndpoint will need, the link in the container (found by MAC) with
 its addresses, and CNI CHECK against the container's *live* sandbox.
@@ -31,7 +33,14 @@ from ..cni.cache import ResultCache
 from ..cni.config import NetworkConfigList
 from ..cni.types import Result, version_at_least
 from ..dockerview import ContainerView, Endpoint
-from ..errors import CNIError, NetlinkFailure, PluginNotFound, PycniError, StateError
+from ..errors import (
+    CNIError,
+    NetlinkFailure,
+    NotFound,
+    PluginNotFound,
+    PycniError,
+    StateError,
+)
 from ..netlink import LiveLink
 from ..settings import Settings
 from ..state import EndpointRecord, Store
@@ -46,8 +55,32 @@ def check(
     if uid != 0:
         what = "pycni's records, the container's namespace and the plugins' CHECK"
         return [needs_root(uid, "pycni check", what)]
-    container = dockerview.container(ref, settings.driver_name)
-    return check_container(container, Store(settings.state_dir).endpoints(), settings)
+    attached = _attached(ref, settings)
+    try:
+        container = dockerview.container(ref, settings.driver_name)
+    except NotFound:
+        if attached:  # Docker forgot it; pycni still holds its attachments
+            return attached
+        raise
+    if attached and not container.endpoints:
+        return attached
+    return check_container(container, Store(settings.state_dir).endpoints(), settings) + attached
+
+
+def _attached(ref: str, settings: Settings) -> list[Finding]:
+    """The ``--network none`` mode's attachments of ``ref`` (or of its holder), checked."""
+    from ..containers import Containers
+    from .attached import check_attached
+
+    mode = Containers.from_settings(settings)
+    if not mode.records():
+        return []
+    try:
+        holder, target = mode.resolve(ref)
+    except NotFound:
+        return []
+    records = mode.records(holder)
+    return check_attached(target, records, settings) if records else []
 
 
 def check_container(

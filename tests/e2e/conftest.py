@@ -103,6 +103,8 @@ class PycniServer:
         self.plugin_dir = root / "bin"
         self.log_path = root / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: more ``pycni serve`` arguments for the next start (a test sets and resets them)
+        self.serve_args: list[str] = []
         for d in (self.conf_dir, self.plugin_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -116,6 +118,7 @@ class PycniServer:
                     "--conf-dir", str(self.conf_dir),
                     "--cni-path", f"{self.plugin_dir}:{CNI_PATH}",
                     "--log-level", "debug",
+                    *self.serve_args,
                 ],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )

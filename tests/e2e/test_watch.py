@@ -8,11 +8,13 @@ and state dirs; each test stops it (SIGTERM) before its containers are removed f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PLUGIN_MODE, PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PLUGIN_MODE, PycniServer, Tracker
+from tests.e2e.test_engine_restart import engine_back, restart_engine, wait_running
 from tests.e2e.test_health import PYCNI, pycni_cli
 from tests.e2e.test_none_mode import bridge_removed, chain, exec_out
 
@@ -108,6 +111,8 @@ def test_watch_attaches_reattaches_after_restart_and_detaches_on_destroy(
         assert ip_of(a, prefix) == "10.201.220.50"
         exec_out(a, "ping", "-c", "1", "-W", "3", ip_of(b, prefix))
         exec_out(b, "ping", "-c", "1", "-W", "3", "10.201.220.50")
+        checked = pycni_cli(pycni, "check", a)
+        assert checked.returncode == 0 and "CNI CHECK passed" in checked.stdout, checked.stdout
 
         # a restart is a new namespace: DEL from the record, then ADD, the same address again
         old = records(pycni, cid(a))[0].read_text()
@@ -195,3 +200,128 @@ def answer_root(host: str, port: int) -> bool:
     except OSError:
         return False
     return b"hello from web" in data
+
+
+def test_a_failing_chain_leaves_no_half_attachment_and_shows_where_a_user_looks(
+    e2e: Tracker, pycni: PycniServer, watcher: Start
+) -> None:
+    pycni.write_conflist("e2e-wf", chain("e2e-wf", "pycni-w2", "10.201.223.0/24"))
+    pycni.write_conflist("e2e-wfail", {"cniVersion": "1.0.0",
+                                       "plugins": [{"type": "pycni-test-fail"}]})
+    with bridge_removed("pycni-w2"):
+        proc = watcher()
+        a = labelled(e2e, "pycni-e2e-wf-a", "e2e-wf,e2e-wfail")
+        a_id = cid(a)
+        failures = pycni.state_dir / "failures" / f"{a_id}.json"
+        wait_for("the failure recorded", failures.exists)
+        assert not records(pycni, a_id) and not ip_of(a, "10.201.223.")  # eth0 was DELed again
+        listed = pycni_cli(pycni, "ls").stdout
+        assert "could not attach" in listed and "pycni-e2e-wf-a" in listed, listed
+        assert "pycni-test-fail" in listed and "refuses on purpose" in listed, listed
+        docker("rm", "-f", a)
+        wait_for("the failure forgotten with its container", lambda: not failures.exists())
+        stop(proc)
+
+
+def test_fifty_labelled_containers_started_at_once(
+    e2e: Tracker, pycni: PycniServer, watcher: Start
+) -> None:
+    """All attached, each its own address; all removed, nothing left (the leak audit)."""
+    count = int(os.environ.get("PYCNI_WATCH_CONTAINERS", "50"))
+    pycni.write_conflist("e2e-w50", chain("e2e-w50", "pycni-w3", "10.201.224.0/24"))
+    prefix = "10.201.224."
+    names = [f"pycni-e2e-w50-{n}" for n in range(count)]
+    with bridge_removed("pycni-w3"):
+        proc = watcher()
+        start = time.monotonic()
+        at_once(lambda name: labelled(e2e, name, "e2e-w50"), names)
+        started = time.monotonic() - start
+        wait_for(f"{count} attached", lambda: len(list(
+            (pycni.state_dir / "containers").glob("*.json"))) == count, timeout=180)
+        attached = time.monotonic() - start
+        addresses = [ip_of(n, prefix) for n in names]
+        assert all(addresses) and len(set(addresses)) == count, addresses
+        ids = [cid(n) for n in names]
+        start = time.monotonic()
+        at_once(lambda name: docker("rm", "-f", name), names)
+        wait_for(f"{count} detached", lambda: not any(records(pycni, i) for i in ids),
+                 timeout=180)
+        print(f"\n{count} labelled containers: docker run -d of all {started:.1f} s, all attached "
+              f"{attached:.1f} s after the first run; all removed and detached "
+              f"{time.monotonic() - start:.1f} s after the first rm")
+        assert proc.poll() is None
+        stop(proc)
+
+
+def at_once(work: Callable[[str], object], names: list[str], clients: int = 10) -> None:
+    """``work(name)`` for every name, ``clients`` at a time; the first error is raised."""
+    errors: list[BaseException] = []
+    queue = list(names)
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                if not queue or errors:
+                    return
+                name = queue.pop()
+            try:
+                work(name)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_serve_watch_is_the_controller_too(e2e: Tracker, pycni: PycniServer) -> None:
+    pycni.write_conflist("e2e-ws", chain("e2e-ws", "pycni-w4", "10.201.225.0/24"))
+    pycni.serve_args = ["--watch"]
+    try:
+        with bridge_removed("pycni-w4"):
+            pycni.restart()
+            a = labelled(e2e, "pycni-e2e-ws-a", "e2e-ws")
+            wait_for("a attached by pycni serve --watch", lambda: bool(ip_of(a, "10.201.225.")))
+            # and the driver serves beside it
+            net = e2e.network("pycni-e2e-ws-net", "-d", DRIVER, "--subnet", "10.201.226.0/24")
+            e2e.run("pycni-e2e-ws-b", "--network", net, TEST_IMAGE, "sleep", "600")
+            a_id = cid(a)
+            docker("rm", "-f", a)
+            wait_for("a detached", lambda: not records(pycni, a_id))
+    finally:
+        pycni.serve_args = []
+        e2e.cleanup()
+        pycni.restart()
+    assert "pycni watch: container pycni-e2e-ws-a: attached e2e-ws" in pycni.log()
+
+
+@pytest.mark.usefixtures(engine_back.__name__)
+def test_the_controller_follows_docker_through_an_engine_restart(
+    e2e: Tracker, pycni: PycniServer, watcher: Start
+) -> None:
+    """dockerd restarted under the controller: the stream is lost, the controller reconnects and
+    resyncs: a ``--restart always`` container comes back in a new namespace and is attached
+    again; one without a restart policy stayed stopped and is detached."""
+    pycni.write_conflist("e2e-we", chain("e2e-we", "pycni-w5", "10.201.227.0/24"))
+    prefix = "10.201.227."
+    with bridge_removed("pycni-w5"):
+        proc = watcher()
+        a = e2e.run("pycni-e2e-we-a", "--restart", "always", "--network", "none",
+                    "--label", "pycni.networks=e2e-we", TEST_IMAGE, "sleep", "900")
+        b = labelled(e2e, "pycni-e2e-we-b", "e2e-we")
+        wait_for("both attached", lambda: bool(ip_of(a, prefix) and ip_of(b, prefix)))
+        a_id, b_id = cid(a), cid(b)
+        restart_engine()  # no live-restore: both stop; a comes back
+        wait_running(a)
+        wait_for("a attached again, b detached", lambda: bool(ip_of(a, prefix))
+                 and not records(pycni, b_id), timeout=60)
+        [rec] = records(pycni, a_id)
+        pid = int(docker("inspect", "-f", "{{.State.Pid}}", a).stdout)
+        assert json.loads(rec.read_text())["pid"] == pid
+        assert proc.poll() is None, "the controller did not survive the engine's restart"
+        stop(proc)

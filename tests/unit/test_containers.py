@@ -345,6 +345,16 @@ def test_ls_lists_these_attachments(rig: Rig) -> None:
     assert out.splitlines()[-1].split() == ["app", "pcn", "eth0", "10.201.200.5/24"]
 
 
+def test_ls_shows_what_the_controller_could_not_attach(rig: Rig) -> None:
+    from shim.state import FailureRecord
+
+    rig.store.save_failure(FailureRecord(CID, "bad", 'plugin "ptp" failed (ADD): no luck', "web"))
+    out = CliRunner().invoke(main, ["ls", "--state-dir", str(rig.tmp / "state")]).output
+    assert "could not attach" in out
+    assert out.splitlines()[-1].split()[:3] == ["web", "bad", "plugin"]
+    assert out.splitlines()[-1].endswith("no luck")
+
+
 def test_run_with_a_holder_attaches_it_before_the_app_starts_in_its_namespace(rig: Rig) -> None:
     cli = FakeCLI(rig)
     rig.mode.cli = cli  # type: ignore[assignment]

@@ -138,6 +138,28 @@ def test_a_failing_network_leaves_no_half_attachment_and_is_logged(
     assert rig.mode.records() == [] and rig.files() == []
     assert ("bridge", "DEL") in rig.fake.commands()
     assert any('"ptp"' in r.getMessage() and "bad" in r.getMessage() for r in caplog.records)
+    # shown where a user looks (pycni ls) until an attempt succeeds or the container goes
+    [failure] = rig.mode.store.failures()
+    assert (failure.container_id, failure.network, failure.name) == (CID, "bad", "app")
+    assert "ptp" in failure.error and "no luck" in failure.error
+    labelled(rig, labels={"pycni.networks": "pcn"})
+    watch(rig).converge(CID)
+    assert rig.mode.store.failures() == [] and len(rig.mode.records()) == 1
+
+
+def test_a_failure_record_goes_with_its_container_and_is_resynced(rig: Rig) -> None:
+    rig.write({**conflist("bad"), "plugins": [{"type": "ptp"}]})
+    rig.fake.on("ptp", "ADD", CNIError("no luck", plugin="ptp", verb="ADD"))
+    labelled(rig, labels={"pycni.networks": "bad"})
+    watch(rig).converge(CID)
+    assert len(rig.mode.store.failures()) == 1
+    rig.docker.forget(CID)  # removed while the controller was away
+    assert rig.mode.gc(dry_run=True) == [("failed attempt app/bad: its container is gone; "
+                                         "forgotten")]
+    w = watch(rig)
+    w.resync()
+    assert w.serial.wait_idle(5)
+    assert rig.mode.store.failures() == []
 
 
 def test_resync_attaches_the_unattached_and_detaches_the_gone(rig: Rig) -> None:
