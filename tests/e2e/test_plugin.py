@@ -180,8 +180,8 @@ def test_upgrade_keeps_networks_and_endpoints(
     docker("plugin", "upgrade", "--grant-all-permissions", PLUGIN, ref, timeout=300)
     pycni.start()
 
-    info = json.loads(docker("plugin", "inspect", PLUGIN).stdout)[0]
-    assert info["Id"] == before and info["PluginReference"] == ref
+    # The same plugin (name, id, socket directory) with the new rootfs.
+    assert docker("plugin", "inspect", "-f", "{{.Id}}", PLUGIN).stdout.strip() == before
     data_root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
     assert Path(f"{data_root}/plugins/{before}/rootfs/etc/pycni-plugin-next").exists()
     assert json.loads(docker("network", "inspect", net).stdout)[0]["Driver"] == PLUGIN
