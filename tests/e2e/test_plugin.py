@@ -143,15 +143,20 @@ def registry() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+NEXT = "pycni: the next version (test_plugin.py)"
+
+
 def push_next_version(registry: str) -> str:
-    """The installed plugin's rootfs, marked as the next version, pushed as ``REF``; its ref."""
+    """The installed plugin's rootfs with a config marked as the next version, pushed to
+    ``registry``; its reference."""
     ref = f"{registry}/pycni:next"
     data_root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="pycni-e2e-next-"))
     try:
         run("cp", "-a", f"{data_root}/plugins/{plugin_id()}/rootfs", str(work / "rootfs"))
-        (work / "rootfs" / "etc" / "pycni-plugin-next").write_text("next\n")
-        shutil.copy(REPO / "plugin.json", work / "config.json")
+        config = json.loads((REPO / "plugin.json").read_text())
+        config["description"] = NEXT
+        (work / "config.json").write_text(json.dumps(config))
         docker("plugin", "create", ref, str(work), timeout=300)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -177,17 +182,21 @@ def test_upgrade_keeps_networks_and_endpoints(
     before = plugin_id()
 
     pycni.stop()  # docker plugin disable -f: upgrade refuses an enabled plugin
-    docker("plugin", "upgrade", "--grant-all-permissions", PLUGIN, ref, timeout=300)
+    # The CLI asks before it upgrades from another reference than the plugin's own.
+    proc = subprocess.run(["docker", "plugin", "upgrade", "--grant-all-permissions", PLUGIN, ref],
+                          input="y\n", capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and "Upgraded plugin" in proc.stdout, proc.stdout + proc.stderr
     pycni.start()
 
     # The same plugin (name, id, socket directory) with the new rootfs.
     assert docker("plugin", "inspect", "-f", "{{.Id}}", PLUGIN).stdout.strip() == before
-    data_root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
-    assert Path(f"{data_root}/plugins/{before}/rootfs/etc/pycni-plugin-next").exists()
+    assert docker("plugin", "inspect", "-f", "{{.Config.Description}}", PLUGIN).stdout.strip() == NEXT
     assert json.loads(docker("network", "inspect", net).stdout)[0]["Driver"] == PLUGIN
     docker("start", down)
     ping(down, up)
-    assert "hello" in docker("exec", down, "wget", "-q", "-O", "-", "-T", "3", f"http://{up}/").stdout
+    got = docker("exec", down, "sh", "-c",
+                 f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {up} 80").stdout
+    assert "hello" in got, got
     with urllib.request.urlopen("http://127.0.0.1:18195/", timeout=5) as answer:
         assert answer.read() == b"hello\n"  # its published port, through the new version
     late = e2e.run("pycni-e2e-pg3", "--network", net, TEST_IMAGE, "sleep", "900")
