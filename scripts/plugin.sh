@@ -125,14 +125,18 @@ remove() {
 # After the tests: networks of the plugin a failed test left go first (the plugin answers their
 # DeleteNetwork), then the plugin; the host is as before but for the cached base image.
 remove_after_tests() {
-    have_plugin || return 0
-    local net
-    for net in $(docker network ls -q -f "driver=$NAME:latest"); do
-        say "removing network $net the tests left"
-        docker ps -aq -f "network=$net" | xargs -r docker rm -f >/dev/null || true
-        docker network rm "$net" >/dev/null || true
-    done
-    remove
+    if have_plugin; then
+        local net
+        for net in $(docker network ls -q -f "driver=$NAME:latest"); do
+            say "removing network $net the tests left"
+            docker ps -aq -f "network=$net" | xargs -r docker rm -f >/dev/null || true
+            docker network rm "$net" >/dev/null || true
+        done
+        remove
+    fi
+    # Mount sources this run had to make go again (if still empty): the host is as it was.
+    local dir
+    for dir in "${made_dirs[@]}"; do rmdir "$dir" 2>/dev/null || true; done
 }
 
 run_tests() {
@@ -153,6 +157,11 @@ run_tests() {
         rm -rf "$tmp"
     fi
     export PYCNI_E2E_REGISTRY=$PWD/$registry
+    made_dirs=()
+    local dir
+    for dir in /etc/cni/net.d /etc/cni /opt/cni/bin /opt/cni /var/lib/pycni; do
+        [ -e "$dir" ] || made_dirs+=("$dir")
+    done
     trap remove_after_tests EXIT
     build
     local rc=0
