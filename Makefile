@@ -7,7 +7,8 @@
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test test-compat unit soak lint demo demo-multihost bench clean
+.PHONY: deps engine test test-compat unit soak lint demo demo-multihost bench clean plugin plugin-rm \
+        test-plugin
 
 deps:
 	bash scripts/deps.sh
@@ -35,6 +36,19 @@ soak: engine
 unit: deps
 	$(PYTHON) -m pytest -m unit $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make unit: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# pycni as a managed Docker plugin (plugin.json + Dockerfile), built offline and enabled as
+# pycni:latest; plugin-rm disables and removes it (the cached base image stays).
+plugin: engine
+	bash scripts/plugin.sh build
+
+plugin-rm:
+	bash scripts/plugin.sh remove
+
+# The e2e tier against the managed plugin (PYCNI_E2E_PLUGIN=1): build and enable it, run the
+# tests, remove it — holding the machine-wide e2e lock throughout (the tests don't wait on it).
+test-plugin: engine
+	PYCNI_E2E_LOCK_HELD=1 flock /run/lock/pycni-e2e.lock bash scripts/plugin.sh test $(PYTEST_ARGS)
 
 lint: deps
 	.venv/bin/ruff check shim tests

@@ -208,6 +208,8 @@ def create_netns(name: str) -> str:
     path = netns_path(name)
     if netns_exists(name):
         return path
+    if os.path.lexists(path):
+        remove_netns(name)  # the empty file of a namespace whose mount went (see netns_exists)
     try:
         _share_netns_dir()
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
@@ -239,8 +241,24 @@ def remove_netns(name: str) -> None:
         raise NetlinkFailure(f"cannot remove netns {name}: {exc.strerror}") from exc
 
 
+_NSFS_MAGIC = 0x6E736673
+_STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
+
+
+def is_netns(path: str) -> bool:
+    """Whether ``path`` is a network namespace: a file with nsfs mounted on it.
+
+    ``os.path.exists`` is not enough: when a mount namespace that bound it goes away (a managed
+    plugin stopped by Docker), the mount point's empty file stays behind in /run/netns.
+    """
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.statfs(path.encode(), buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value == _NSFS_MAGIC
+
+
 def netns_exists(name: str) -> bool:
-    return os.path.exists(netns_path(name))
+    return is_netns(netns_path(name))
 
 
 def list_netns(prefix: str = "") -> list[str]:
@@ -285,7 +303,7 @@ def move_to_host(ns_name: str, ifname: str, host_name: str) -> LinkInfo:
 
 def delete_link(name: str, ns: str | None = None) -> bool:
     """Delete a link by name; ``False`` if there was none (or its netns is gone)."""
-    if ns and not os.path.exists(_ns_file(ns)):
+    if ns and not is_netns(_ns_file(ns)):
         return False
     with _ipr(ns, f"cannot delete link {name}") as ipr:
         index = _lookup(ipr, name)
@@ -349,7 +367,7 @@ def restore_for_delete(
             host.link("set", index=index, state="down")
             host.link("set", index=index, net_ns_fd=ns_name)
             found = "host"
-    if found == "stand-in" and sandbox and mac and os.path.exists(sandbox):
+    if found == "stand-in" and sandbox and mac and is_netns(sandbox):
         try:
             index = _find_by_mac(sandbox, mac)
         except NetlinkFailure:
@@ -381,7 +399,7 @@ def restore_for_delete(
 
 def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
     """The MAC and global addresses (CIDR) of ``ifname`` in netns ``ns``; ("", []) if absent."""
-    if not os.path.exists(_ns_file(ns)):
+    if not is_netns(_ns_file(ns)):
         return "", []
     with _ipr(ns, f"cannot read addresses of {ifname}") as ipr:
         index = _lookup(ipr, ifname)
@@ -420,7 +438,7 @@ def routes(ns: str, ifname: str) -> list[dict[str, str]]:
 
 def delete_by_mac(ns: str, mac: str) -> bool:
     """Delete the link with ``mac`` in netns ``ns`` (a path); False if neither exists."""
-    if not os.path.exists(_ns_file(ns)):
+    if not is_netns(_ns_file(ns)):
         return False
     try:
         index = _find_by_mac(ns, mac)

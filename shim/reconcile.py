@@ -169,7 +169,9 @@ def stray_links(sweep: Sweep) -> Iterator[Action]:
 
 
 def _remove_netns(links: Links, name: str) -> bool:
-    if not links.netns_exists(name):
+    # Listed is enough, namespace or not: an empty file left by a stopped managed plugin is
+    # no namespace (netns_exists says no), but it is a stray all the same.
+    if name not in links.list_netns(name):
         return False
     links.remove_netns(name)
     return True

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from shim.client import PluginClient
 from shim.errors import PycniError
-from tests.conftest import CNI_PATH, REPO, docker
+from tests.conftest import CNI_PATH, REPO, docker, unmet
 
 SOCKET = "/run/docker/plugins/pycni.sock"
+#: ``PYCNI_E2E_PLUGIN=1`` (``make test-plugin``): the tests drive the enabled managed plugin
+#: instead of a ``pycni serve`` they start themselves.
+PLUGIN_MODE = os.environ.get("PYCNI_E2E_PLUGIN") == "1"
+#: the managed plugin's name, as Docker shows it (``docker plugin ls``, a network's driver)
+PLUGIN = "pycni:latest"
+#: the driver of every pycni network the tests create: ``docker network create -d DRIVER``
+DRIVER = PLUGIN if PLUGIN_MODE else "pycni"
+
+
+def not_with_plugin(reason: str) -> pytest.MarkDecorator:
+    """Skip a test in plugin mode, saying why (it needs what only a child ``pycni serve`` has)."""
+    return pytest.mark.skipif(PLUGIN_MODE, reason=f"plugin mode: {reason}")
+
+
+def driver_of(label: str) -> str:
+    """The ``-d`` of a side in a parity test: ``"pycni"`` → :data:`DRIVER`, others as they are."""
+    return DRIVER if label == "pycni" else label
 #: One e2e session (or benchmark) at a time per machine: they share dockerd, the plugin socket
 #: and the host state the leak audit compares.
 LOCK = "/run/lock/pycni-e2e.lock"
@@ -65,9 +84,24 @@ esac
 """
 
 
-def call(method: str, body: bytes = b"{}", path: str = SOCKET) -> tuple[int, bytes]:
+def call(method: str, body: bytes = b"{}", path: str | None = None) -> tuple[int, bytes]:
     """POST to the plugin socket as Docker does; (status, body). PycniError if nothing answers."""
-    return PluginClient(path).post_raw(method, body)
+    return PluginClient(path or socket_path()).post_raw(method, body)
+
+
+def socket_path() -> str:
+    """Where the driver under test answers: its own socket, or the managed plugin's."""
+    return _plugin_socket(plugin_id()) if PLUGIN_MODE else SOCKET
+
+
+def _plugin_socket(plugin: str) -> str:
+    return f"/run/docker/plugins/{plugin}/pycni.sock"
+
+
+@functools.cache
+def plugin_id() -> str:
+    """The managed plugin's id (its socket's directory under /run/docker/plugins)."""
+    return docker("plugin", "inspect", "-f", "{{.Id}}", PLUGIN).stdout.strip()
 
 
 class PycniServer:
@@ -135,17 +169,87 @@ class PycniServer:
         return path
 
 
+class ManagedPlugin(PycniServer):
+    """The managed plugin ``make test-plugin`` enabled, in the place of a child ``pycni serve``.
+
+    Its state is the host's ``/var/lib/pycni``; its conf and plugin dirs are the host dirs
+    plugin.json mounts (``docker plugin inspect`` says which). Stopping is ``docker plugin
+    disable -f`` (Docker sends SIGTERM); Docker offers no way to SIGKILL a plugin, so tests that
+    need one skip. The log is the plugin's lines in dockerd's log.
+    """
+
+    def __init__(self) -> None:  # no super().__init__: no directory of its own
+        self.id = plugin_id()
+        self.socket = _plugin_socket(self.id)
+        info = json.loads(docker("plugin", "inspect", PLUGIN).stdout)[0]
+        sources = {m["Destination"]: m["Source"] for m in info["Settings"]["Mounts"]}
+        self.root = Path("/var/lib/pycni")
+        self.state_dir = self.root
+        self.conf_dir = Path(sources["/etc/cni/net.d"])
+        self.plugin_dir = Path(sources["/opt/cni/bin"])
+        self.log_path = Path(os.environ.get("PYCNI_DOCKERD_LOG", "/var/log/pycni-dockerd.log"))
+        self.proc = None
+
+    def track_added_files(self) -> Callable[[], list[Path]]:
+        """The files added to the conf and plugin dirs since this call, when asked."""
+        dirs = (self.conf_dir, self.plugin_dir)
+        before = {p for d in dirs for p in d.iterdir()}
+        return lambda: sorted({p for d in dirs for p in d.iterdir()} - before)
+
+    def wait_answers(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if call("Plugin.Activate", path=self.socket)[0] == 200:
+                    return
+            except PycniError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{PLUGIN} did not answer within {timeout:.0f}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def start(self) -> None:
+        docker("plugin", "enable", PLUGIN)
+        self.wait_answers()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if sig != signal.SIGTERM:
+            pytest.skip(f"plugin mode: Docker stops a managed plugin with SIGTERM only, not {sig}")
+        # -f: networks using it stay (their driver comes back with the plugin).
+        docker("plugin", "disable", "-f", PLUGIN)
+        return 0
+
+    def log(self) -> str:
+        """The plugin's stderr lines that dockerd logged (``msg="..." plugin=<id>``)."""
+        tag = f"plugin={self.id}"
+        lines = []
+        with open(self.log_path, errors="replace") as f:
+            for line in f:
+                if tag in line:
+                    match = _MSG.search(line)
+                    if match:
+                        lines.append(json.loads(f'"{match.group(1)}"'))
+        return "\n".join(lines)[-200000:]
+
+
+_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
 @pytest.fixture(scope="session")
 def pycni(docker_engine: object) -> Iterator[PycniServer]:
     """The session's pycni server. Refuses to start over one someone else is running."""
     lock = exclusive_engine()
     if os.path.exists(SOCKET):
         try:
-            call("Plugin.Activate")
+            call("Plugin.Activate", path=SOCKET)
         except PycniError:
             os.unlink(SOCKET)  # stale
         else:
             pytest.fail(f"another pycni is serving {SOCKET}; stop it before running the e2e tests")
+    if PLUGIN_MODE:
+        yield from _managed_plugin()
+        os.close(lock)
+        return
     root = Path(tempfile.mkdtemp(prefix="pycni-e2e-"))
     server = PycniServer(root)
     fail = server.plugin_dir / "pycni-test-fail"
@@ -159,6 +263,36 @@ def pycni(docker_engine: object) -> Iterator[PycniServer]:
         assert code == 0, f"pycni serve exited {code} on SIGTERM"
     assert not os.path.exists(SOCKET), "pycni serve left its socket behind"
     os.close(lock)
+
+
+def _managed_plugin() -> Iterator[PycniServer]:
+    """The enabled managed plugin for the session; the files the tests add to its host dirs go.
+
+    ``pycni`` commands the tests run find the plugin through ``PYCNI_SOCKET`` and
+    ``PYCNI_DRIVER_NAME``.
+    """
+    proc = docker("plugin", "inspect", "-f", "{{.Enabled}}", PLUGIN, check=False)
+    if proc.stdout.strip() != "true":
+        unmet(f"PYCNI_E2E_PLUGIN=1 needs the managed plugin {PLUGIN} enabled (make plugin)")
+    server = ManagedPlugin()
+    added = server.track_added_files()
+    fail = server.plugin_dir / "pycni-test-fail"
+    fail.write_text(FAIL_PLUGIN)
+    fail.chmod(0o755)
+    saved = {k: os.environ.get(k) for k in ("PYCNI_SOCKET", "PYCNI_DRIVER_NAME")}
+    os.environ.update(PYCNI_SOCKET=server.socket, PYCNI_DRIVER_NAME=PLUGIN)
+    try:
+        server.wait_answers()
+        _remove_leftovers()
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for path in added():
+            path.unlink(missing_ok=True)
 
 
 def _remove_leftovers() -> None:

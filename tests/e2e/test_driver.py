@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker
-from tests.e2e.conftest import PycniServer, Tracker, call
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker, call
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def sh(container: str, script: str, check: bool = True) -> str:
 
 
 def test_zero_config_network_dns_and_addresses(e2e: Tracker) -> None:
-    net = e2e.network("pycni-e2e-zc", "-d", "pycni", "--subnet", "10.200.10.0/24")
+    net = e2e.network("pycni-e2e-zc", "-d", DRIVER, "--subnet", "10.200.10.0/24")
     a = e2e.run("pycni-e2e-a", "--network", net, TEST_IMAGE, "sleep", "600")
     b = e2e.run("pycni-e2e-b", "--network", net, TEST_IMAGE, "sleep", "600")
     subnet = ipaddress.ip_network("10.200.10.0/24")
@@ -58,7 +58,7 @@ def test_zero_config_network_dns_and_addresses(e2e: Tracker) -> None:
 
 
 def test_docker_rm_and_network_rm_leave_nothing(e2e: Tracker, pycni: PycniServer) -> None:
-    net = e2e.network("pycni-e2e-rm", "-d", "pycni", "--subnet", "10.200.11.0/24")
+    net = e2e.network("pycni-e2e-rm", "-d", DRIVER, "--subnet", "10.200.11.0/24")
     e2e.run("pycni-e2e-rm1", "--network", net, TEST_IMAGE, "sleep", "600")
     endpoints = list((pycni.state_dir / "endpoints").glob("*.json"))
     assert len(endpoints) == 1
@@ -76,7 +76,7 @@ def test_docker_rm_and_network_rm_leave_nothing(e2e: Tracker, pycni: PycniServer
 
 def test_docker_run_rm_many_at_once(e2e: Tracker) -> None:
     """Containers started concurrently on one network all get distinct working addresses."""
-    net = e2e.network("pycni-e2e-par", "-d", "pycni", "--subnet", "10.200.12.0/24")
+    net = e2e.network("pycni-e2e-par", "-d", DRIVER, "--subnet", "10.200.12.0/24")
     names = [f"pycni-e2e-par{n}" for n in range(8)]
     errors: list[str] = []
 
@@ -109,7 +109,7 @@ def test_named_conflist_with_cni_ipam(e2e: Tracker, pycni: PycniServer) -> None:
             {"type": "firewall"},
         ],
     })
-    net = e2e.network("pycni-e2e-hl", "-d", "pycni", "--ipam-driver", "null",
+    net = e2e.network("pycni-e2e-hl", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", "cni.network=e2e-hl")
     a = e2e.run("pycni-e2e-hl1", "--network", net, TEST_IMAGE, "sleep", "600")
     b = e2e.run("pycni-e2e-hl2", "--network", net, TEST_IMAGE, "sleep", "600")
@@ -138,7 +138,7 @@ def test_named_conflist_with_docker_ipam(e2e: Tracker, pycni: PycniServer) -> No
             {"type": "firewall"},
         ],
     })
-    net = e2e.network("pycni-e2e-dk", "-d", "pycni", "--subnet", "10.200.14.0/24",
+    net = e2e.network("pycni-e2e-dk", "-d", DRIVER, "--subnet", "10.200.14.0/24",
                       "-o", "cni.network=e2e-dk")
     a = e2e.run("pycni-e2e-dk1", "--network", net, "--ip", "10.200.14.77", TEST_IMAGE,
                 "sleep", "600")
@@ -154,7 +154,7 @@ def test_docker_ipam_outside_the_chains_range_is_refused(e2e: Tracker, pycni: Py
         "plugins": [{"type": "bridge", "bridge": "pycni-e2eout",
                      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.15.0/24"}]]}}],
     })
-    proc = docker("network", "create", "-d", "pycni", "--subnet", "10.200.16.0/24",
+    proc = docker("network", "create", "-d", DRIVER, "--subnet", "10.200.16.0/24",
                   "-o", "cni.network=e2e-out", "pycni-e2e-out", check=False)
     assert proc.returncode != 0
     assert "outside the chain's host-local ranges" in proc.stderr
@@ -162,11 +162,11 @@ def test_docker_ipam_outside_the_chains_range_is_refused(e2e: Tracker, pycni: Py
 
 
 def test_unknown_conflist_and_option_are_clear_errors(e2e: Tracker) -> None:
-    proc = docker("network", "create", "-d", "pycni", "-o", "cni.network=nope",
+    proc = docker("network", "create", "-d", DRIVER, "-o", "cni.network=nope",
                   "pycni-e2e-nope", check=False)
     assert proc.returncode != 0
     assert "no CNI network named 'nope'" in proc.stderr
-    proc = docker("network", "create", "-d", "pycni", "-o", "cni.brdige=x",
+    proc = docker("network", "create", "-d", DRIVER, "-o", "cni.brdige=x",
                   "pycni-e2e-typo", check=False)
     assert proc.returncode != 0
     assert "unknown option 'cni.brdige'" in proc.stderr
@@ -188,7 +188,7 @@ def test_macvlan_on_a_parent_the_test_makes(e2e: Tracker, pycni: PycniServer) ->
                                                "gateway": "10.200.17.254"}]],
                                   "routes": [{"dst": "0.0.0.0/0"}]}}],
         })
-        net = e2e.network("pycni-e2e-mv", "-d", "pycni", "--ipam-driver", "null",
+        net = e2e.network("pycni-e2e-mv", "-d", DRIVER, "--ipam-driver", "null",
                           "-o", "cni.network=e2e-mv")
         a = e2e.run("pycni-e2e-mv1", "--network", net, TEST_IMAGE, "sleep", "600")
         b = e2e.run("pycni-e2e-mv2", "--network", net, TEST_IMAGE, "sleep", "600")
@@ -212,7 +212,7 @@ def test_failing_plugin_names_itself_and_leaves_nothing(e2e: Tracker, pycni: Pyc
             {"type": "pycni-test-fail"},
         ],
     })
-    net = e2e.network("pycni-e2e-fail", "-d", "pycni", "--ipam-driver", "null",
+    net = e2e.network("pycni-e2e-fail", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", "cni.network=e2e-fail")
     netns_before = set(os.listdir("/run/netns"))
     proc = docker("run", "--rm", "--name", "pycni-e2e-fail1", "--network", net, TEST_IMAGE,
@@ -228,7 +228,7 @@ def test_failing_plugin_names_itself_and_leaves_nothing(e2e: Tracker, pycni: Pyc
 
 
 def test_plugin_restarted_between_run_and_rm(e2e: Tracker, pycni: PycniServer) -> None:
-    net = e2e.network("pycni-e2e-rs", "-d", "pycni", "--subnet", "10.200.19.0/24")
+    net = e2e.network("pycni-e2e-rs", "-d", DRIVER, "--subnet", "10.200.19.0/24")
     a = e2e.run("pycni-e2e-rs1", "--network", net, TEST_IMAGE, "sleep", "600")
     pycni.restart(signal.SIGTERM)
     b = e2e.run("pycni-e2e-rs2", "--network", net, TEST_IMAGE, "sleep", "600")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import Tracker
+from tests.e2e.conftest import DRIVER, Tracker
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,7 @@ def engine_back() -> object:
 
 
 def test_restart_always_containers_come_back_networked(engine_back: object, e2e: Tracker) -> None:
-    net = e2e.network("pycni-e2e-ra", "-d", "pycni", "--subnet", "10.200.60.0/24")
+    net = e2e.network("pycni-e2e-ra", "-d", DRIVER, "--subnet", "10.200.60.0/24")
     e2e.run("pycni-e2e-ra1", "--restart", "always", "--network", net, TEST_IMAGE, "sleep", "900")
     e2e.run("pycni-e2e-ra2", "--restart", "always", "--network", net, TEST_IMAGE, "sleep", "900")
     restart_engine()  # without live-restore: containers stop with the engine, then come back
@@ -73,7 +73,7 @@ def test_restart_always_containers_come_back_networked(engine_back: object, e2e:
 
 def test_live_restore_keeps_containers_networked(engine_back: object, e2e: Tracker) -> None:
     restart_engine("--live-restore")
-    net = e2e.network("pycni-e2e-lr", "-d", "pycni", "--subnet", "10.200.61.0/24")
+    net = e2e.network("pycni-e2e-lr", "-d", DRIVER, "--subnet", "10.200.61.0/24")
     e2e.run("pycni-e2e-lr1", "--network", net, TEST_IMAGE, "sleep", "900")
     e2e.run("pycni-e2e-lr2", "--network", net, TEST_IMAGE, "sleep", "900")
     pid = json.loads(docker("inspect", "pycni-e2e-lr1").stdout)[0]["State"]["Pid"]

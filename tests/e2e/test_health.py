@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker, socket_path
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def report(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_check_healthy_then_address_removed(e2e: Tracker, pycni: PycniServer) -> None:
-    net = e2e.network("pycni-e2e-hc", "-d", "pycni", "--subnet", "10.203.60.0/24")
+    net = e2e.network("pycni-e2e-hc", "-d", DRIVER, "--subnet", "10.203.60.0/24")
     c = e2e.run("pycni-e2e-hc1", "--network", net, TEST_IMAGE, "sleep", "600")
     info = inspect(c)["NetworkSettings"]["Networks"][net]
     address = f"{info['IPAddress']}/{info['IPPrefixLen']}"
@@ -81,7 +81,7 @@ def test_check_healthy_then_address_removed(e2e: Tracker, pycni: PycniServer) ->
 
 
 def test_check_missing_cache_file(e2e: Tracker, pycni: PycniServer) -> None:
-    net = e2e.network("pycni-e2e-hk", "-d", "pycni", "--subnet", "10.203.61.0/24")
+    net = e2e.network("pycni-e2e-hk", "-d", DRIVER, "--subnet", "10.203.61.0/24")
     c = e2e.run("pycni-e2e-hk1", "--network", net, TEST_IMAGE, "sleep", "600")
     endpoint = inspect(c)["NetworkSettings"]["Networks"][net]["EndpointID"]
     record = json.loads((pycni.state_dir / "endpoints" / f"{endpoint}.json").read_text())
@@ -100,7 +100,7 @@ def test_check_missing_cache_file(e2e: Tracker, pycni: PycniServer) -> None:
 
 def test_check_with_published_port(e2e: Tracker, pycni: PycniServer) -> None:
     """portmap's CHECK runs too; its IPv4-only ip6tables bug is only a warning."""
-    net = e2e.network("pycni-e2e-hp", "-d", "pycni", "--subnet", "10.203.62.0/24")
+    net = e2e.network("pycni-e2e-hp", "-d", DRIVER, "--subnet", "10.203.62.0/24")
     c = e2e.run("pycni-e2e-hp1", "--network", net, "-p", "127.0.0.1::80", TEST_IMAGE,
                 "sleep", "600")
     proc = pycni_cli(pycni, "check", c)
@@ -122,8 +122,8 @@ def test_check_second_network_under_the_name_docker_gave_it(
             {"type": "firewall"},
         ],
     })
-    first = e2e.network("pycni-e2e-hm1", "-d", "pycni", "--subnet", "10.203.66.0/24")
-    second = e2e.network("pycni-e2e-hm2", "-d", "pycni", "--ipam-driver", "null",
+    first = e2e.network("pycni-e2e-hm1", "-d", DRIVER, "--subnet", "10.203.66.0/24")
+    second = e2e.network("pycni-e2e-hm2", "-d", DRIVER, "--ipam-driver", "null",
                          "-o", "cni.network=e2e-hm")
     c = e2e.run("pycni-e2e-hm", "--network", first, TEST_IMAGE, "sleep", "600")
     docker("network", "connect", second, c)
@@ -153,7 +153,7 @@ def write(path: Path, conf: object) -> None:
 def test_doctor_against_the_session_server(
     e2e: Tracker, pycni: PycniServer, tmp_path: Path
 ) -> None:
-    e2e.network("pycni-e2e-hd", "-d", "pycni", "--subnet", "10.203.63.0/24")
+    e2e.network("pycni-e2e-hd", "-d", DRIVER, "--subnet", "10.203.63.0/24")
     bridge = {"type": "bridge", "bridge": "pycni-e2ehd",
               "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.203.64.0/24"}]]}}
     write(tmp_path / "10-fw.conflist",
@@ -164,7 +164,7 @@ def test_doctor_against_the_session_server(
     assert proc.returncode == 0, report(proc)
     assert "FAIL" not in proc.stdout
     assert "ok   dockerd: reachable" in proc.stdout
-    assert "ok   pycni socket /run/docker/plugins/pycni.sock: pycni serve answers" in proc.stdout
+    assert f"ok   pycni socket {socket_path()}: pycni serve answers" in proc.stdout
     assert "10-fw.conflist (network hd-fw): plugins bridge, host-local, firewall found" in proc.stdout
     assert "leftovers:" in proc.stdout
     policy = run("iptables", "-S", "FORWARD").stdout.splitlines()[0]

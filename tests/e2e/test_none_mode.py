@@ -18,10 +18,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import PLUGIN_MODE, PycniServer, Tracker
 from tests.e2e.test_health import pycni_cli, report
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(PLUGIN_MODE, reason="plugin mode: the --network none mode runs no driver: nothing in it differs with a managed plugin"),
+]
 
 
 WEB = "mkdir -p /www; echo hello > /www/i; httpd -p 80 -h /www; sleep 900"

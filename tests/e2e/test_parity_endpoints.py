@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker, engine_version
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker, engine_version
 from tests.e2e.test_driver import inspect_net, sh
 
 pytestmark = pytest.mark.e2e
@@ -156,10 +156,10 @@ def test_a_restarted_container_is_reachable_at_once(e2e: Tracker, pycni: PycniSe
         {"type": "portmap", "capabilities": {"portMappings": True}}]})
     nets = {
         "bridge": e2e.network("pycni-e2e-rs-br", "--subnet", "10.201.100.0/24"),
-        "zero-config": e2e.network("pycni-e2e-rs-zc", "-d", "pycni",
+        "zero-config": e2e.network("pycni-e2e-rs-zc", "-d", DRIVER,
                                    "--subnet", "10.201.101.0/24"),
         # Docker's IPAM hands the chain the same address again; the chain picks a new MAC
-        "conflist": e2e.network("pycni-e2e-rs-cl", "-d", "pycni", "-o",
+        "conflist": e2e.network("pycni-e2e-rs-cl", "-d", DRIVER, "-o",
                                 "cni.network=pycni-e2e-rsc", "--subnet", "10.201.102.0/24"),
     }
     got = {kind: restart_reachability(e2e, net, kind[:2], 18510 + n)
@@ -191,7 +191,7 @@ def test_no_docker_gwbridge_leg_without_a_default_route(e2e: Tracker,
     pycni.write_conflist("pycni-e2e-nr", {"cniVersion": "1.0.0", "plugins": [
         {"type": "bridge", "bridge": "pycni-e2e-nr",
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.201.103.0/24"}]]}}]})
-    py = e2e.network("pycni-e2e-nr", "-d", "pycni", "-o", "cni.network=pycni-e2e-nr",
+    py = e2e.network("pycni-e2e-nr", "-d", DRIVER, "-o", "cni.network=pycni-e2e-nr",
                      "--ipam-driver", "null")
     br = e2e.network("pycni-e2e-nr-br", "--internal", "--subnet", "10.201.104.0/24")
     for net in (py, br):
@@ -226,9 +226,9 @@ def test_published_ports_answer_where_the_bridges_do(e2e: Tracker, pycni: PycniS
         ("bridge", "v4"): e2e.network("pycni-e2e-pp-b4", "--subnet", "10.201.105.0/24"),
         ("bridge", "ds"): e2e.network("pycni-e2e-pp-b6", "--ipv6", "--subnet", "10.201.106.0/24",
                                       "--subnet", "fd00:201:106::/64"),
-        ("pycni", "v4"): e2e.network("pycni-e2e-pp-p4", "-d", "pycni",
+        ("pycni", "v4"): e2e.network("pycni-e2e-pp-p4", "-d", DRIVER,
                                      "--subnet", "10.201.107.0/24"),
-        ("pycni", "ds"): e2e.network("pycni-e2e-pp-p6", "-d", "pycni", "--ipv6",
+        ("pycni", "ds"): e2e.network("pycni-e2e-pp-p6", "-d", DRIVER, "--ipv6",
                                      "--subnet", "10.201.108.0/24",
                                      "--subnet", "fd00:201:108::/64"),
     }
@@ -282,7 +282,7 @@ def test_the_proxy_comes_back_with_pycni_and_goes_with_the_container(
         e2e: Tracker, pycni: PycniServer) -> None:
     """The proxy lives in ``pycni serve``: a restarted pycni listens again for the endpoints it
     serves; a stopped container's ports are let go (Revoke), and a removed one's too."""
-    net = e2e.network("pycni-e2e-pr", "-d", "pycni", "--subnet", "10.201.112.0/24")
+    net = e2e.network("pycni-e2e-pr", "-d", DRIVER, "--subnet", "10.201.112.0/24")
     web = e2e.run("pycni-e2e-pr-web", "--network", net, "-p", "18526:80", TEST_IMAGE,
                   "sh", "-c", WEB)
     assert serves(18526) and answer("::1", 18526) == "hello"
@@ -310,7 +310,7 @@ def test_ephemeral_ports_in_order_from_the_kernels_range(e2e: Tracker,
     (Docker's allocator searches in order from after the last port it gave); pycni's and
     Docker's never the same port at once."""
     br = e2e.network("pycni-e2e-eph-br", "--subnet", "10.201.109.0/24")
-    py = e2e.network("pycni-e2e-eph-py", "-d", "pycni", "--subnet", "10.201.111.0/24")
+    py = e2e.network("pycni-e2e-eph-py", "-d", DRIVER, "--subnet", "10.201.111.0/24")
     got: dict[str, list[int]] = {"bridge": [], "pycni": []}
     for driver, net in (("pycni", py), ("bridge", br)):
         for n in range(2):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker
 from tests.e2e.test_health import PYCNI, pycni_cli, report, write
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,7 @@ def test_check_passes_for_a_healthy_ptp_container(e2e: Tracker, pycni: PycniServ
         ],
     })
     bridge = e2e.network("pycni-e2e-hpb", "-d", "bridge", "--subnet", "10.201.166.0/24")
-    ptp = e2e.network("pycni-e2e-hpp", "-d", "pycni", "--ipam-driver", "null",
+    ptp = e2e.network("pycni-e2e-hpp", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", "cni.network=e2e-hptp")
     for net, name in ((bridge, "pycni-e2e-hpb1"), (ptp, "pycni-e2e-hpp1")):
         e2e.run(name, "--network", net, TEST_IMAGE, "sleep", "600")
@@ -65,7 +65,7 @@ def test_doctor_trusts_pycnis_own_rules_on_zero_config_networks(
 ) -> None:
     """A zero-config network's bridge chain has no firewall plugin: pycni puts the forwarding
     rules in itself (as Docker's bridge driver does), and its containers reach each other."""
-    net = e2e.network("pycni-e2e-hzc", "-d", "pycni", "--subnet", "10.201.167.0/24")
+    net = e2e.network("pycni-e2e-hzc", "-d", DRIVER, "--subnet", "10.201.167.0/24")
     e2e.run("pycni-e2e-hzc1", "--network", net, TEST_IMAGE, "sleep", "600")
     e2e.run("pycni-e2e-hzc2", "--network", net, TEST_IMAGE, "sleep", "600")
     docker("exec", "pycni-e2e-hzc1", "ping", "-c1", "-W2", "pycni-e2e-hzc2")
@@ -112,7 +112,7 @@ def test_doctor_as_a_user_says_run_as_root(pycni: PycniServer) -> None:
 def test_ls_inspect_and_doctor_name_what_docker_names(
     e2e: Tracker, pycni: PycniServer, tmp_path: Path
 ) -> None:
-    net = e2e.network("pycni-e2e-hnm", "-d", "pycni", "--subnet", "10.201.168.0/24")
+    net = e2e.network("pycni-e2e-hnm", "-d", DRIVER, "--subnet", "10.201.168.0/24")
     c = e2e.run("pycni-e2e-hnm1", "--network", net, TEST_IMAGE, "sleep", "600")
     info = net_info(c, net)
     network_id = info["NetworkID"]
@@ -141,7 +141,7 @@ def test_parallel_runs_leave_no_queue_warnings(e2e: Tracker, pycni: PycniServer)
     depth" warning (a pool sized for Docker's parallel calls)."""
     count = 24
     bridge = e2e.network("pycni-e2e-hqb", "-d", "bridge", "--subnet", "10.201.169.0/24")
-    pycni_net = e2e.network("pycni-e2e-hqp", "-d", "pycni", "--subnet", "10.201.170.0/24")
+    pycni_net = e2e.network("pycni-e2e-hqp", "-d", DRIVER, "--subnet", "10.201.170.0/24")
     log_start = pycni.log_path.stat().st_size
 
     def each(commands: list[list[str]]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker, engine_version
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker, driver_of, engine_version
 from tests.e2e.test_driver import inspect_net, sh
 from tests.e2e.test_engine_restart import engine_back, restart_engine, wait_running  # noqa: F401
 from tests.e2e.test_surface import http_get, wait_http
@@ -120,8 +120,8 @@ def test_networks_are_isolated_from_each_other(e2e: Tracker, outside: Outside) -
     and every network still reaches the world outside."""
     b1 = e2e.network("pycni-e2e-iso-b1", "-d", "bridge", "--subnet", "10.201.130.0/24")
     b2 = e2e.network("pycni-e2e-iso-b2", "-d", "bridge", "--subnet", "10.201.131.0/24")
-    p1 = e2e.network("pycni-e2e-iso-p1", "-d", "pycni", "--subnet", "10.201.132.0/24")
-    p2 = e2e.network("pycni-e2e-iso-p2", "-d", "pycni", "--subnet", "10.201.133.0/24")
+    p1 = e2e.network("pycni-e2e-iso-p1", "-d", DRIVER, "--subnet", "10.201.132.0/24")
+    p2 = e2e.network("pycni-e2e-iso-p2", "-d", DRIVER, "--subnet", "10.201.133.0/24")
     on = {}
     for net in (b1, b2, p1, p2):
         on[net] = e2e.run(net + "-c", "--network", net, TEST_IMAGE, "sleep", "900")
@@ -163,7 +163,7 @@ def test_dockers_bridge_options(e2e: Tracker, outside: Outside) -> None:
     found: dict[str, dict[str, Any]] = {}
     for driver, subnet, name, port in (("bridge", "10.201.134.0/24", "p134br0", 18134),
                                        ("pycni", "10.201.135.0/24", "p135br0", 18135)):
-        net = e2e.network(f"pycni-e2e-opt-{driver}", "-d", driver, "--subnet", subnet,
+        net = e2e.network(f"pycni-e2e-opt-{driver}", "-d", driver_of(driver), "--subnet", subnet,
                           *bridge_options(name))
         web = e2e.run(f"{net}-web", "--network", net, "--hostname", "web", "-p", f"{port}:80",
                       TEST_IMAGE, "sh", "-c", WEB)
@@ -209,12 +209,12 @@ def test_bridge_options_pycni_cannot_honour_are_refused(e2e: Tracker,
         (["--subnet", "10.201.137.0/24", "-o", "com.docker.network.bridge.enable_icc=maybe"],
          "must be true or false"),
     ):
-        proc = docker("network", "create", "-d", "pycni", *opts, "pycni-e2e-optno", check=False)
+        proc = docker("network", "create", "-d", DRIVER, *opts, "pycni-e2e-optno", check=False)
         if proc.returncode == 0:
             e2e.networks.append("pycni-e2e-optno")
         assert proc.returncode != 0 and says in proc.stderr, (opts, proc.stderr)
     # What the conflist says itself is taken.
-    e2e.network("pycni-e2e-optok", "-d", "pycni", *conflist,
+    e2e.network("pycni-e2e-optok", "-d", DRIVER, *conflist,
                 "-o", "com.docker.network.driver.mtu=1450",
                 "-o", "com.docker.network.bridge.name=p136cl0",
                 "-o", "com.docker.network.bridge.host_binding_ipv4=127.0.0.1")
@@ -230,12 +230,12 @@ def test_internal_network_reaches_the_host_and_nothing_else(e2e: Tracker,
     found: dict[str, dict[str, Any]] = {}
     others = {
         "bridge": e2e.network("pycni-e2e-int-bo", "-d", "bridge", "--subnet", "10.201.138.0/24"),
-        "pycni": e2e.network("pycni-e2e-int-po", "-d", "pycni", "--subnet", "10.201.139.0/24"),
+        "pycni": e2e.network("pycni-e2e-int-po", "-d", DRIVER, "--subnet", "10.201.139.0/24"),
     }
     strangers = {d: e2e.run(f"{n}-c", "--network", n, TEST_IMAGE, "sleep", "900")
                  for d, n in others.items()}
     for driver, subnet in (("bridge", "10.201.140.0/24"), ("pycni", "10.201.141.0/24")):
-        net = e2e.network(f"pycni-e2e-int-{driver}", "-d", driver, "--internal",
+        net = e2e.network(f"pycni-e2e-int-{driver}", "-d", driver_of(driver), "--internal",
                           "--subnet", subnet)
         c = e2e.run(f"{net}-c", "--network", net, TEST_IMAGE, "sleep", "900")
         address = ip_of(c, net)
@@ -269,7 +269,7 @@ def test_internal_network_reaches_the_host_and_nothing_else(e2e: Tracker,
 def refused(e2e: Tracker, driver: str, *args: str) -> str:
     """``docker network create`` that must fail; its error (the network removed if not)."""
     name = f"pycni-e2e-no-{driver}"
-    proc = docker("network", "create", "-d", driver, *args, name, check=False)
+    proc = docker("network", "create", "-d", driver_of(driver), *args, name, check=False)
     if proc.returncode == 0:
         docker("network", "rm", name, check=False)
         raise AssertionError(f"docker network create -d {driver} {' '.join(args)} was accepted")
@@ -283,7 +283,7 @@ def test_create_refuses_what_would_hurt_the_host_or_another_network(
     run("ip", "link", "add", "p142v0", "type", "veth", "peer", "name", "p142v1")
     try:
         dock = e2e.network("pycni-e2e-no-db", "-d", "bridge", "--subnet", "10.201.142.0/24")
-        mine = e2e.network("pycni-e2e-no-pz", "-d", "pycni", "--subnet", "10.201.143.0/24")
+        mine = e2e.network("pycni-e2e-no-pz", "-d", DRIVER, "--subnet", "10.201.143.0/24")
         # A link that is not a bridge, Docker's bridges: Docker's bridge refuses them...
         # (20.10's takes over docker0 — its address, and its rules when removed — so it is left
         # out there; it does refuse another network's bridge.)
@@ -329,7 +329,7 @@ def test_a_docker_network_made_after_a_pycni_network_is_kept_out_too(e2e: Tracke
     network made after the pycni network still can't reach it, nor it that network — but for a
     port published there, which the pycni network reaches at the container's own address
     (README, "Differences from Docker's bridge")."""
-    p = e2e.network("pycni-e2e-late-p", "-d", "pycni", "--subnet", "10.201.146.0/24")
+    p = e2e.network("pycni-e2e-late-p", "-d", DRIVER, "--subnet", "10.201.146.0/24")
     cp = e2e.run("pycni-e2e-late-pc", "--network", p, TEST_IMAGE, "sleep", "900")
     b = e2e.network("pycni-e2e-late-b", "-d", "bridge", "--subnet", "10.201.147.0/24")
     cb = e2e.run("pycni-e2e-late-bc", "--network", b, "--hostname", "web", "-p", "18147:80",
@@ -349,7 +349,7 @@ def test_docker_user_opens_dockers_networks_but_not_pycnis(e2e: Tracker) -> None
     "Differences from Docker's bridge")."""
     b1 = e2e.network("pycni-e2e-du-b1", "-d", "bridge", "--subnet", "10.201.148.0/24")
     b2 = e2e.network("pycni-e2e-du-b2", "-d", "bridge", "--subnet", "10.201.149.0/24")
-    p1 = e2e.network("pycni-e2e-du-p1", "-d", "pycni", "--subnet", "10.201.150.0/24")
+    p1 = e2e.network("pycni-e2e-du-p1", "-d", DRIVER, "--subnet", "10.201.150.0/24")
     c = {n: e2e.run(f"{n}-c", "--network", n, TEST_IMAGE, "sleep", "900") for n in (b1, b2, p1)}
     opened = [(bridge_of(b1), bridge_of(other)) for other in (b2, p1)]
     opened += [(o, i) for i, o in opened]
@@ -376,9 +376,9 @@ def test_a_conflist_network_is_what_its_firewall_plugin_makes_it(e2e: Tracker,
                               "routes": [{"dst": "0.0.0.0/0"}]}},
                     {"type": "firewall"}],
     })
-    x = e2e.network("pycni-e2e-fwp-x", "-d", "pycni", "--ipam-driver", "null",
+    x = e2e.network("pycni-e2e-fwp-x", "-d", DRIVER, "--ipam-driver", "null",
                     "-o", "cni.network=e2e-fwp")
-    z = e2e.network("pycni-e2e-fwp-z", "-d", "pycni", "--subnet", "10.201.152.0/24")
+    z = e2e.network("pycni-e2e-fwp-z", "-d", DRIVER, "--subnet", "10.201.152.0/24")
     d = e2e.network("pycni-e2e-fwp-d", "-d", "bridge", "--subnet", "10.201.153.0/24")
     c = {n: e2e.run(f"{n}-c", "--network", n, TEST_IMAGE, "sleep", "900") for n in (x, z, d)}
     assert route_dev(ip_of(c[x], x)) == "p151cl0"
@@ -399,7 +399,7 @@ def test_a_conflist_network_is_what_its_firewall_plugin_makes_it(e2e: Tracker,
 def test_isolation_outlives_a_dockerd_restart(e2e: Tracker) -> None:
     """dockerd rebuilds its own chains when it starts; pycni's rules are in chains of pycni's,
     so a pycni network and a bridge network stay apart after a restart."""
-    p = e2e.network("pycni-e2e-rs-p", "-d", "pycni", "--subnet", "10.201.154.0/24")
+    p = e2e.network("pycni-e2e-rs-p", "-d", DRIVER, "--subnet", "10.201.154.0/24")
     b = e2e.network("pycni-e2e-rs-b", "-d", "bridge", "--subnet", "10.201.155.0/24")
     c = {n: e2e.run(f"{n}-c", "--restart", "always", "--network", n, TEST_IMAGE, "sleep", "900")
          for n in (p, b)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PycniServer, Tracker
 from tests.e2e.test_driver import inspect_net, sh
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +55,7 @@ def dnat_targets() -> str:
 
 
 def test_published_ports(e2e: Tracker, pycni: PycniServer) -> None:
-    net = e2e.network("pycni-e2e-ports", "-d", "pycni", "--subnet", "10.200.64.0/24")
+    net = e2e.network("pycni-e2e-ports", "-d", DRIVER, "--subnet", "10.200.64.0/24")
     e2e.run("pycni-e2e-web", "--network", net, "--hostname", "web",
             "-e", "PORTS=80 81 82", "-p", "18090:80", "-p", "18091-18092:81-82",
             "-p", "127.0.0.1:18093:80", "-p", "80", "--expose", "82", "-P",
@@ -96,7 +96,7 @@ def test_udp_port(e2e: Tracker) -> None:
     Udp NoPorts counter instead."""
     import socket
 
-    net = e2e.network("pycni-e2e-udp", "-d", "pycni", "--subnet", "10.200.65.0/24")
+    net = e2e.network("pycni-e2e-udp", "-d", DRIVER, "--subnet", "10.200.65.0/24")
     e2e.run("pycni-e2e-udp1", "--network", net, "-p", "18094:5353/udp", TEST_IMAGE,
             "sleep", "900")
     before = udp_no_ports("pycni-e2e-udp1")
@@ -114,15 +114,15 @@ def test_sctp_port(e2e: Tracker) -> None:
         socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132).close()
     except OSError:
         pytest.skip("this kernel has no SCTP (CONFIG_IP_SCTP)")
-    net = e2e.network("pycni-e2e-sctp", "-d", "pycni", "--subnet", "10.200.82.0/24")
+    net = e2e.network("pycni-e2e-sctp", "-d", DRIVER, "--subnet", "10.200.82.0/24")
     e2e.run("pycni-e2e-sctp1", "--network", net, "-p", "18096:9/sctp", TEST_IMAGE, "sleep", "900")
     ip = inspect_net("pycni-e2e-sctp1", net)["IPAddress"]
     assert f"-p sctp -m sctp --dport 18096 -j DNAT --to-destination {ip}:9" in dnat_targets()
 
 
 def test_connect_disconnect_several_networks(e2e: Tracker, pycni: PycniServer) -> None:
-    one = e2e.network("pycni-e2e-one", "-d", "pycni", "--subnet", "10.200.66.0/24")
-    two = e2e.network("pycni-e2e-two", "-d", "pycni", "--subnet", "10.200.67.0/24")
+    one = e2e.network("pycni-e2e-one", "-d", DRIVER, "--subnet", "10.200.66.0/24")
+    two = e2e.network("pycni-e2e-two", "-d", DRIVER, "--subnet", "10.200.67.0/24")
     plain = e2e.network("pycni-e2e-plain", "--subnet", "10.200.68.0/24")  # Docker's own bridge
     e2e.run("pycni-e2e-c1", "--network", one, TEST_IMAGE, "sleep", "900")
     e2e.run("pycni-e2e-c2", "--network", two, TEST_IMAGE, "sleep", "900")
@@ -142,7 +142,7 @@ def test_connect_disconnect_several_networks(e2e: Tracker, pycni: PycniServer) -
 
 
 def test_ip_mac_alias_and_internal(e2e: Tracker) -> None:
-    net = e2e.network("pycni-e2e-addr", "-d", "pycni", "--subnet", "10.200.69.0/24")
+    net = e2e.network("pycni-e2e-addr", "-d", DRIVER, "--subnet", "10.200.69.0/24")
     e2e.run("pycni-e2e-fixed", "--network", net, "--ip", "10.200.69.50",
             "--mac-address", "02:42:0a:c8:45:32", "--network-alias", "db-alias",
             TEST_IMAGE, "sleep", "900")
@@ -152,7 +152,7 @@ def test_ip_mac_alias_and_internal(e2e: Tracker) -> None:
     out = docker("run", "--rm", "--network", net, TEST_IMAGE, "sh", "-c",
                  "nslookup db-alias 127.0.0.11 && ping -c1 -W2 db-alias").stdout
     assert "10.200.69.50" in out
-    internal = e2e.network("pycni-e2e-int", "-d", "pycni", "--internal",
+    internal = e2e.network("pycni-e2e-int", "-d", DRIVER, "--internal",
                            "--subnet", "10.200.70.0/24")
     e2e.run("pycni-e2e-i1", "--network", internal, TEST_IMAGE, "sleep", "900")
     e2e.run("pycni-e2e-i2", "--network", internal, TEST_IMAGE, "sleep", "900")
@@ -162,7 +162,7 @@ def test_ip_mac_alias_and_internal(e2e: Tracker) -> None:
 
 
 def test_ipv6_dual_stack_zero_config(e2e: Tracker) -> None:
-    net = e2e.network("pycni-e2e-v6", "-d", "pycni", "--ipv6", "--subnet", "10.200.71.0/24",
+    net = e2e.network("pycni-e2e-v6", "-d", DRIVER, "--ipv6", "--subnet", "10.200.71.0/24",
                       "--subnet", "fd00:200:71::/64")
     e2e.run("pycni-e2e-v6a", "--network", net, TEST_IMAGE, "sleep", "900")
     e2e.run("pycni-e2e-v6b", "--network", net, "--ip6", "fd00:200:71::50", TEST_IMAGE,
@@ -192,7 +192,7 @@ def test_ipv6_from_cni_ipam(e2e: Tracker, pycni: PycniServer) -> None:
             {"type": "firewall"},
         ],
     })
-    net = e2e.network("pycni-e2e-v6hl", "-d", "pycni", "--ipam-driver", "null",
+    net = e2e.network("pycni-e2e-v6hl", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", "cni.network=e2e-v6hl")
     e2e.run("pycni-e2e-v6h1", "--network", net, TEST_IMAGE, "sleep", "900")
     info = inspect_net("pycni-e2e-v6h1", net)
@@ -214,7 +214,7 @@ def test_ptp_chain_versions(version: str, e2e: Tracker, pycni: PycniServer) -> N
         # host: the firewall plugin (CNI 0.4.0 and later) lets that through.
         + ([{"type": "firewall"}] if version != "0.3.1" else []),
     })
-    net = e2e.network(f"pycni-{name}", "-d", "pycni", "--ipam-driver", "null",
+    net = e2e.network(f"pycni-{name}", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", f"cni.network={name}")
     e2e.run(f"pycni-{name}-a", "--network", net, TEST_IMAGE, "sleep", "900")
     e2e.run(f"pycni-{name}-b", "--network", net, TEST_IMAGE, "sleep", "900")
@@ -241,7 +241,7 @@ def test_bandwidth_and_tuning(e2e: Tracker, pycni: PycniServer) -> None:
              "egressRate": 8000000, "egressBurst": 800000},
         ],
     })
-    net = e2e.network("pycni-e2e-bwt", "-d", "pycni", "--ipam-driver", "null",
+    net = e2e.network("pycni-e2e-bwt", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", "cni.network=e2e-bwt")
     e2e.run("pycni-e2e-bw1", "--network", net, TEST_IMAGE, "sleep", "900")
     assert "mtu 1400" in sh("pycni-e2e-bw1", "ip link show eth0")  # a link attribute: kept
@@ -265,7 +265,7 @@ def test_host_device(e2e: Tracker, pycni: PycniServer) -> None:
                                                  "gateway": "10.200.77.1"}],
                                   "routes": [{"dst": "0.0.0.0/0"}]}}],
         })
-        net = e2e.network("pycni-e2e-hd", "-d", "pycni", "--ipam-driver", "null",
+        net = e2e.network("pycni-e2e-hd", "-d", DRIVER, "--ipam-driver", "null",
                           "-o", "cni.network=e2e-hd")
         e2e.run("pycni-e2e-hd1", "--network", net, TEST_IMAGE, "sleep", "900")
         assert "10.200.77.5/24" in sh("pycni-e2e-hd1", "ip addr show eth0")
@@ -280,27 +280,31 @@ def test_host_device(e2e: Tracker, pycni: PycniServer) -> None:
 
 
 def test_everyday_commands(e2e: Tracker, pycni: PycniServer) -> None:
-    net = e2e.network("pycni-e2e-day", "-d", "pycni", "--subnet", "10.200.78.0/24",
+    net = e2e.network("pycni-e2e-day", "-d", DRIVER, "--subnet", "10.200.78.0/24",
                       "-o", "cni.bridge=pycni-day0")
     e2e.run("pycni-e2e-d1", "--network", net, TEST_IMAGE, "sleep", "900")
     e2e.run("pycni-e2e-d2", "--network", net, TEST_IMAGE, "sleep", "900")
     netinfo = json.loads(docker("network", "inspect", net).stdout)[0]
-    assert netinfo["Driver"] == "pycni" and netinfo["Options"]["cni.bridge"] == "pycni-day0"
+    assert netinfo["Driver"] == DRIVER and netinfo["Options"]["cni.bridge"] == "pycni-day0"
     listed = {c["Name"]: c["IPv4Address"] for c in netinfo["Containers"].values()}
     assert listed["pycni-e2e-d1"].startswith("10.200.78.")
     docker("restart", "-t", "1", "pycni-e2e-d1")
     sh("pycni-e2e-d1", "ping -c1 -W2 pycni-e2e-d2")
-    idle = e2e.network("pycni-e2e-idle", "-d", "pycni", "--subnet", "10.200.79.0/24")
+    idle = e2e.network("pycni-e2e-idle", "-d", DRIVER, "--subnet", "10.200.79.0/24")
     out = docker("network", "prune", "-f").stdout
     assert idle in out and net not in out
     names = docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert idle not in names and net in names
 
 
-def test_compose(e2e: Tracker, pycni: PycniServer) -> None:
+def test_compose(e2e: Tracker, pycni: PycniServer, tmp_path: Path) -> None:
     example = REPO / "examples"
     shutil.copy(example / "net.d" / "pycni-compose-hl.conflist", pycni.conf_dir)
-    compose = ["docker", "compose", "-f", str(example / "compose.yaml"), "-p", "pycni-e2e"]
+    # The example names the driver `pycni`; a managed plugin's is `pycni:latest`.
+    compose_file = tmp_path / "compose.yaml"
+    compose_file.write_text((example / "compose.yaml").read_text().replace(
+        "driver: pycni\n", f"driver: {DRIVER}\n"))
+    compose = ["docker", "compose", "-f", str(compose_file), "-p", "pycni-e2e"]
     try:
         run(*compose, "up", "-d", timeout=300)
         wait_http("127.0.0.1", 18180, "hello from web", path="/")

@@ -22,12 +22,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE, docker, run
-from tests.e2e.conftest import PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PLUGIN_MODE, PycniServer, Tracker
 from tests.e2e.test_engine_restart import engine_back, restart_engine, wait_running
 from tests.e2e.test_health import PYCNI, pycni_cli
 from tests.e2e.test_none_mode import bridge_removed, chain, exec_out
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(PLUGIN_MODE, reason="plugin mode: pycni watch runs no driver: nothing in it differs with a managed plugin"),
+]
 
 Start = Callable[[], "subprocess.Popen[str]"]
 
@@ -289,7 +292,7 @@ def test_serve_watch_is_the_controller_too(e2e: Tracker, pycni: PycniServer) -> 
             a = labelled(e2e, "pycni-e2e-ws-a", "e2e-ws")
             wait_for("a attached by pycni serve --watch", lambda: bool(ip_of(a, "10.201.225.")))
             # and the driver serves beside it
-            net = e2e.network("pycni-e2e-ws-net", "-d", "pycni", "--subnet", "10.201.226.0/24")
+            net = e2e.network("pycni-e2e-ws-net", "-d", DRIVER, "--subnet", "10.201.226.0/24")
             e2e.run("pycni-e2e-ws-b", "--network", net, TEST_IMAGE, "sleep", "600")
             a_id = cid(a)
             docker("rm", "-f", a)
