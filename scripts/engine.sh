@@ -19,15 +19,10 @@ is_dockerd() {
     [ "$name" = dockerd ]
 }
 
-# Any dockerd on the machine, without needing procps' pgrep.
+# The machine's engine: the dockerd its pid file names. Other dockerds (a second "host" in its own
+# namespaces, with its own pid file) are not it and never make us wait.
 dockerd_running() {
-    local comm name
-    for comm in /proc/[0-9]*/comm; do
-        name=
-        read -r name 2>/dev/null <"$comm" || true   # the process may be gone by now
-        [ "$name" = dockerd ] && return 0
-    done
-    return 1
+    is_dockerd "$(cat "$PIDFILE" 2>/dev/null || true)"
 }
 
 for tool in docker dockerd; do
@@ -60,7 +55,7 @@ if ! answers; then
             done
             exec setsid dockerd "${extra[@]}" >>"$LOG" 2>&1 </dev/null
         ) &
-        started=yes
+        started=$!
     else
         echo "engine: a dockerd is running but not answering yet; waiting"
     fi
@@ -68,7 +63,8 @@ if ! answers; then
     while [ "$SECONDS" -lt "$deadline" ] && ! answers; do
         sleep 1
         # Ours died (bad flags, a leftover lock...): no point waiting out the minute.
-        if [ -n "$started" ] && ! dockerd_running; then break; fi
+        # (It writes its pid file a moment after it starts: until then, the pid we started.)
+        if [ -n "$started" ] && ! dockerd_running && ! is_dockerd "$started"; then break; fi
     done
     if ! answers; then
         echo "engine: dockerd is not answering (it exited, or ${WAIT}s passed); end of $LOG:" >&2

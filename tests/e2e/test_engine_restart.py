@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TEST_IMAGE, docker, run
+from tests.conftest import REPO, TEST_IMAGE, docker
 from tests.e2e.conftest import DRIVER, Tracker
 
 pytestmark = pytest.mark.e2e
 
 
+def engine_pid() -> int:
+    """The machine's dockerd (the one its pid file names; not a second "host"'s), or 0."""
+    try:
+        pid = int(Path("/var/run/docker.pid").read_text().strip() or 0)
+        comm = Path(f"/proc/{pid}/comm").read_text().strip() if pid else ""
+    except (OSError, ValueError):
+        return 0
+    return pid if comm == "dockerd" else 0
+
+
 def stop_engine() -> None:
-    run("pkill", "-TERM", "-x", "dockerd", check=False)
+    pid = engine_pid()
+    if pid:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 90
-    while subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True,
-                         check=False).returncode == 0:
+    while pid and engine_pid() == pid:
         assert time.monotonic() < deadline, "dockerd did not stop within 90s"
         time.sleep(0.2)
 
