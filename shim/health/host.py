@@ -55,6 +55,7 @@ def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
             findings.append(Finding(SKIP, subject, NEEDS_ROOT))
         findings.append(check_ip_forward(probes.ip_forward()))
         return findings
+    findings += _overlays(settings)
     serving = check_socket(settings.socket_path, post)
     findings.append(serving)
     findings += check_forwarding(chains, probes.bridge_netfilter(), probes.forward_policy())
@@ -318,3 +319,14 @@ def check_ip_forward(value: str | None) -> Finding:
         f"{value.strip()}: containers can't be routed beyond their bridge",
         "`sysctl -w net.ipv4.ip_forward=1` (Docker sets it when it starts)",
     )
+
+
+def _overlays(settings: Settings) -> list[Finding]:
+    from ..overlay.manager import read_records
+    from ..overlay.store import Endpoint, Etcd
+    from .overlays import check_overlays
+
+    def connect(s: Settings) -> Etcd:
+        return Etcd(Endpoint(s.etcd, s.etcd_ca, s.etcd_cert, s.etcd_key))
+
+    return check_overlays(read_records(settings.state_dir), settings, connect)
