@@ -225,6 +225,21 @@ def docker_ipam(req: CreateNetworkRequest) -> bool:
     return bool(pools) and not all(p.is_null for p in pools)
 
 
+
+def gateway_bridge(bridge: str, ipam: dict[str, Any], mtu: int | None = None) -> dict[str, Any]:
+    """The bridge plugin of pycni's own chains: the bridge is the gateway; masquerading and
+    forwarding are pycni's per-network rules (:mod:`shim.firewall`), not ``ipMasq``."""
+    main: dict[str, Any] = {"type": "bridge", "bridge": bridge, "isGateway": True,
+                            "ipMasq": False, "hairpinMode": True, "ipam": ipam}
+    if mtu:
+        main["mtu"] = mtu
+    return main
+
+
+def portmap() -> dict[str, Any]:
+    """portmap as pycni's own chains use it: Docker's ``-p`` through ``portMappings``."""
+    return {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+
 def zero_config(req: CreateNetworkRequest) -> Resolved:
     """pycni's own bridge chain for a network created with no CNI config named."""
     if not docker_ipam(req):
@@ -240,19 +255,10 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
     # firewall plugin: that saves several iptables runs on every ADD and DEL. The bridge has the
     # gateway address on an --internal network too, as Docker's has: the host reaches the
     # containers, and they get no route out (for_endpoint).
-    main: dict[str, Any] = {
-        "type": "bridge",
-        "bridge": bridge,
-        "isGateway": True,
-        "ipMasq": False,
-        "hairpinMode": True,
-        "ipam": {"type": "static"},
-    }
-    if asked.mtu:
-        main["mtu"] = asked.mtu
+    main = gateway_bridge(bridge, {"type": "static"}, asked.mtu)
     plugins: list[dict[str, Any]] = [main]
     if not internal:
-        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
+        plugins.append(portmap())
     raw = {
         "cniVersion": ZERO_CONFIG_VERSION,
         "name": cni_network_name(req.network_id),

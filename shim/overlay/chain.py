@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from .. import chains
 from ..cni.config import conflist_from_dict
@@ -72,27 +71,18 @@ def resolve(req: CreateNetworkRequest, joined: Joined, cache_dir: str) -> chains
     """The network's chain on this host's lease."""
     options = chains.bridge_options(req.driver_options)
     bridge = options.bridge or chains.default_bridge_name(req.network_id)
-    main: dict[str, Any] = {
-        "type": "bridge",
-        "bridge": bridge,
-        "isGateway": True,
-        "ipMasq": False,
-        "hairpinMode": True,
-        "mtu": joined.definition.mtu,
-        "ipam": {
-            "type": "host-local",
-            # host-local's reservations beside libcni's cache: a second pycni on one machine
-            # (another host's, in tests) keeps its own
-            "dataDir": os.path.join(cache_dir, "networks"),
-            "ranges": [[{"subnet": str(joined.subnet), "gateway": joined.gateway}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-        },
-    }
+    main = chains.gateway_bridge(bridge, {
+        "type": "host-local",
+        # host-local's reservations beside libcni's cache: a second pycni on one machine
+        # (another host's, in tests) keeps its own
+        "dataDir": os.path.join(cache_dir, "networks"),
+        "ranges": [[{"subnet": str(joined.subnet), "gateway": joined.gateway}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+    }, joined.definition.mtu)
     raw = {
         "cniVersion": chains.ZERO_CONFIG_VERSION,
         "name": chains.cni_network_name(req.network_id),
-        "plugins": [main, {"type": "portmap", "capabilities": {"portMappings": True},
-                           "snat": True}],
+        "plugins": [main, chains.portmap()],
     }
     return chains.Resolved(
         config=conflist_from_dict(
