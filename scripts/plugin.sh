@@ -153,6 +153,7 @@ run_tests() {
         tmp=$(mktemp -d)
         (cd "$tmp" && apt-get download -qq docker-registry 2>/dev/null \
             || { apt-get update -qq && apt-get download -qq docker-registry; })
+        mkdir -p build/docker-registry   # a fresh clone has no build/
         dpkg -x "$tmp"/docker-registry_*.deb build/docker-registry
         rm -rf "$tmp"
     fi
