@@ -55,12 +55,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import dockerview, plugins, ports
+from . import dockerview, firewall, plugins, ports
 from .attach import Attacher, Attachment
 from .cni import CNI, find
 from .cni.config import NetworkConfigList, validate_ifname, validate_network_name
 from .cni.types import DNS
 from .errors import InvalidRequest, NotFound, PycniError
+from .seams import Rules
 from .settings import Settings
 from .state import ContainerRecord, Store
 
@@ -228,8 +229,11 @@ class Request:
 
 class Containers:
     def __init__(self, store: Store, cni: CNI, conf_dir: str, docker: Docker | None = None,
-                 proc: str = "/proc", cli: DockerCLI | None = None) -> None:
+                 proc: str = "/proc", cli: DockerCLI | None = None,
+                 rules: Rules = firewall) -> None:
         self.store = store
+        #: the loopback guard of attachments whose chain may open the host's 127.0.0.0/8
+        self.rules = rules
         self.cni = cni
         self.attacher = Attacher(cni)
         self.conf_dir = conf_dir
@@ -329,6 +333,10 @@ class Containers:
         )
         with contextlib.ExitStack() as undo:
             undo.callback(self.store.delete_container, rec.id)
+            if plugins.opens_loopback(config):
+                # before ADD: portmap opens route_localnet during it (shim.firewall)
+                undo.callback(self._unguard, rec)
+                self.rules.add_guard(_guard_tag(rec))
             if req.ports:
                 if not plugins_with(config, "portMappings"):
                     raise InvalidRequest(f"-p: no plugin of network {req.network!r} declares "
@@ -403,6 +411,14 @@ class Containers:
             att = att.elsewhere("")
         self.attacher.delete(att)
         self.store.delete_container(rec.id)
+        self._unguard(rec)
+
+    def _unguard(self, rec: ContainerRecord) -> None:
+        """Remove the attachment's loopback guard; the last attachment of its network closes
+        route_localnet on the network's bridges again."""
+        self.rules.remove_guard(_guard_tag(rec))
+        if not any(r.network == rec.network for r in self.store.containers() if r.id != rec.id):
+            self.rules.close_localnet(plugins.bridges(rec.attachment.config))
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
         """Attachments whose container Docker no longer has: DEL them. Nothing when Docker
@@ -500,6 +516,10 @@ class Containers:
             exc.message = f"pycni run: {what} {created[-1][:12]}, attaching failed: {exc.message}"
             raise
         return app, done
+
+
+def _guard_tag(rec: ContainerRecord) -> str:
+    return f"none:{rec.container_id[:12]}.{rec.network}.{rec.ifname}"
 
 
 def _name_in(args: Sequence[str]) -> str:

@@ -110,14 +110,13 @@ class Driver:
         """Read every record back: Docker never re-sends CreateNetwork after a restart."""
         networks, endpoints = self.registry.load()
         for net in self.registry.networks():
-            if net.firewall:
-                # iptables rules don't survive a reboot (or an admin's flush); adding is
-                # idempotent, so a restart puts back whatever is missing.
-                try:
-                    self.rules.add_network(net.id, **net.firewall)
-                except PycniError as exc:
-                    log.error("network %s: cannot restore its iptables rules: %s",
-                              net.id[:12], exc)
+            # iptables rules don't survive a reboot (or an admin's flush); adding is
+            # idempotent, so a restart puts back whatever is missing - and gives a network
+            # made before the loopback guard existed its guard.
+            try:
+                self._add_rules(net)
+            except PycniError as exc:
+                log.error("network %s: cannot restore its iptables rules: %s", net.id[:12], exc)
         self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
         for rec in self.registry.endpoints():
             published = rec.capability_args.get(PORTS)
@@ -194,17 +193,35 @@ class Driver:
             )
             # Record first: a crash after the rules are in leaves something gc can undo.
             self.store.save_network(record)
-            if record.firewall:
-                try:
-                    self.rules.add_network(record.id, **record.firewall)
-                except BaseException:
-                    self.rules.remove_network(record.id, **record.firewall)
-                    self.store.delete_network(record.id)
-                    raise
+            try:
+                self._add_rules(record)
+            except BaseException:
+                self._remove_rules(record)
+                self.store.delete_network(record.id)
+                raise
             self.registry.add_network(record)
             undo.pop_all()
         log.info("network %s: %s, %s IPAM, chain %s", req.network_id[:12], record.mode,
                  record.ipam, "+".join(config.plugin_types()))
+
+    def _add_rules(self, record: NetworkRecord) -> None:
+        """The network's own iptables rules: a zero-config network's forwarding, masquerading
+        and isolation, and the loopback guard of a chain that may open the host's 127.0.0.0/8
+        (:mod:`shim.firewall`)."""
+        if plugins.opens_loopback(record.config):
+            self.rules.add_guard(record.id[:12])
+        if record.firewall:
+            self.rules.add_network(record.id, **record.firewall)
+
+    def _remove_rules(self, record: NetworkRecord) -> None:
+        if record.firewall:
+            self.rules.remove_network(record.id, **record.firewall)
+        self.rules.remove_guard(record.id[:12])
+        # portmap opened route_localnet on the network's bridge; a bridge that stays (not
+        # this network's to remove) gets it closed again unless another network uses it.
+        shared = {b for n in self.registry.networks() if n.id != record.id
+                  for b in plugins.bridges(n.config)}
+        self.rules.close_localnet(b for b in plugins.bridges(record.config) if b not in shared)
 
     def delete_network(self, network_id: str) -> None:
         with self.registry.locked_if_any(network_id) as net:
@@ -220,8 +237,7 @@ class Driver:
                                 network_id[:12], name, ", ".join(in_use))
                 else:
                     self.links.delete_link(name)
-            if net.record.firewall:
-                self.rules.remove_network(network_id, **net.record.firewall)
+            self._remove_rules(net.record)
             if self.overlays is not None:
                 self.overlays.leave(network_id)  # nothing for a network of no overlay
             elif leave_locally(self.settings.state_dir, network_id):

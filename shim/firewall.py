@@ -50,6 +50,20 @@ reaches its containers through the bridge's address::
 ``net.bridge.bridge-nf-call-iptables``); without that a network asking for it is refused rather
 than left talking.
 
+**The host's loopback stays closed.** portmap's ``snat`` (its default) sets ``route_localnet=1``
+on the interface that routes to a container, so that ``127.0.0.1:PORT`` can be DNAT'd to it;
+from then on the kernel also accepts, on that interface, packets a container addresses to the
+host's 127.0.0.0/8 - reaching services that listen only on the host's loopback (the class of
+CVE-2020-8558). pycni guards it as kube-proxy does: every network whose chain may set it
+(:func:`shim.plugins.opens_loopback`), and in the ``--network none`` mode every such attachment,
+puts one rule of its own in ``PYCNI-LOCALNET``, jumped to from the top of ``INPUT``::
+
+    filter PYCNI-LOCALNET   -d 127.0.0.0/8 ! -i lo -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT
+                            -j DROP
+
+Only what a published port's DNAT rewrote (or answers to the host's own connections) gets
+through. IPv6 needs no guard: the kernel never accepts ``::1`` from outside ``lo``.
+
 Every rule carries the comment ``pycni:<net12>`` so removal finds exactly its own; a chain left
 empty is removed with its jump, so nothing of pycni's outlives its last network. iptables is run
 with list arguments (never a shell) and ``-w``, through :data:`runner`, the module's one contact
@@ -60,15 +74,20 @@ look at br_netfilter.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
 
 from .errors import FirewallError
 
+log = logging.getLogger(__name__)
+
 FORWARD_CHAIN = "PYCNI-FORWARD"
 NAT_CHAIN = "PYCNI-POSTROUTING"
 ISOLATION_CHAIN = "PYCNI-ISOLATION"
+LOCALNET_CHAIN = "PYCNI-LOCALNET"
 #: Docker's list of its bridges to keep out (moby ``IsolationChain2``): ``-o BR -j DROP`` each
 DOCKER_ISOLATION = "DOCKER-ISOLATION-STAGE-2"
 #: (table, chain) → the built-in chain that jumps to it
@@ -76,6 +95,7 @@ _PARENTS = {
     ("filter", FORWARD_CHAIN): "FORWARD",
     ("nat", NAT_CHAIN): "POSTROUTING",
     ("mangle", ISOLATION_CHAIN): "FORWARD",
+    ("filter", LOCALNET_CHAIN): "INPUT",
 }
 _lock = threading.Lock()
 
@@ -244,6 +264,50 @@ def remove_network(network_id: str, bridge: str, subnets: list[str], internal: b
             touched.add((v, table, chain))
         for v, table, chain in sorted(touched):
             _drop_chain_if_empty(v, table, chain, _PARENTS[(table, chain)])
+
+
+def _guard_rule(tag: str) -> list[str]:
+    return ["-d", "127.0.0.0/8", "!", "-i", "lo", "-m", "conntrack", "!", "--ctstate",
+            "RELATED,ESTABLISHED,DNAT", "-m", "comment", "--comment", f"pycni:{tag}", "-j", "DROP"]
+
+
+def add_guard(tag: str) -> None:
+    """Keep containers off the host's 127.0.0.0/8 for the network (or attachment) ``tag``
+    (idempotent): see the module's docstring."""
+    with _lock:
+        _ensure_chain(4, "filter", LOCALNET_CHAIN, "INPUT")
+        rule = _guard_rule(tag)
+        if not _run(4, "-t", "filter", "-C", LOCALNET_CHAIN, *rule, check=False):
+            _run(4, "-t", "filter", "-A", LOCALNET_CHAIN, *rule)
+
+
+def remove_guard(tag: str) -> bool:
+    """Remove ``tag``'s guard, and the chain with its jump once no guard is left. Repeat-safe.
+    Answers whether the chain is gone (no pycni network or attachment needs a guard any more)."""
+    with _lock:
+        rule = _guard_rule(tag)
+        while _run(4, "-t", "filter", "-D", LOCALNET_CHAIN, *rule, check=False):
+            pass
+        _drop_chain_if_empty(4, "filter", LOCALNET_CHAIN, "INPUT")
+        return not _has_chain(4, "filter", LOCALNET_CHAIN)
+
+
+def close_localnet(interfaces: Iterable[str], root: str = "/proc/sys/net/ipv4/conf") -> None:
+    """Put ``route_localnet`` back to 0 on ``interfaces`` that still exist, once no pycni network
+    or attachment uses them: portmap never does. Best effort (a managed plugin's ``/proc/sys``
+    may be read-only): the guard has kept the loopback closed all along."""
+    for name in interfaces:
+        path = os.path.join(root, name, "route_localnet")
+        try:
+            with open(path) as f:
+                if f.read().strip() == "0":
+                    continue
+            with open(path, "w") as f:
+                f.write("0")
+        except FileNotFoundError:
+            continue  # the interface is gone, and the setting with it
+        except OSError as exc:
+            log.warning("cannot reset %s: %s", path, exc)
 
 
 def _require_bridged_frames_filtered(subnets: Iterable[str]) -> None:

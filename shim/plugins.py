@@ -15,6 +15,11 @@ quirk is one line in one file. Everything else in pycni asks this module instead
   ``GATEWAY=`` (static).
 * **Creates a bridge** (``default_bridge``): the bridge plugin creates ``cni0`` unless told a name;
   pycni removes a bridge with the network that made it.
+* **Opens the host's loopback** (``opens_loopback``): portmap's ``snat`` (on unless ``false``)
+  sets ``route_localnet=1`` on the interface that routes to the container, after which the
+  kernel accepts packets for 127.0.0.0/8 arriving there (the CVE-2020-8558 class). A chain with
+  such a plugin, or with one pycni has no row for, gets pycni's loopback guard
+  (:func:`shim.firewall.add_guard`).
 * **CHECK quirks** (``check_quirks``): CHECK failures that are known limitations of the plugin
   version Debian ships, reported as warnings by ``pycni check``.
 """
@@ -52,6 +57,7 @@ class Traits:
     idle_without: str = ""
     ip_arg: IPArg = ""
     default_bridge: str = ""
+    opens_loopback: Callable[[Mapping[str, Any]], bool] = lambda conf: False
     check_quirks: tuple[CheckQuirk, ...] = ()
 
 
@@ -79,6 +85,7 @@ TRAITS: dict[str, Traits] = {
     "ipvlan": Traits(),
     "portmap": Traits(
         idle_without="portMappings",
+        opens_loopback=lambda conf: conf.get("snat") is not False,
         check_quirks=(
             CheckQuirk(
                 PORTMAP_V6_BUG,
@@ -94,8 +101,9 @@ TRAITS: dict[str, Traits] = {
     "static": Traits(ip_arg="cidr"),
 }
 
-#: a plugin pycni has no row for: DEL may need anything, so it gets the link back
-UNKNOWN = Traits(del_needs_link=lambda conf: True)
+#: a plugin pycni has no row for: DEL may need anything, so it gets the link back; it may open
+#: the host's loopback as portmap does, so it gets the guard
+UNKNOWN = Traits(del_needs_link=lambda conf: True, opens_loopback=lambda conf: True)
 
 
 def traits(plugin_type: str) -> Traits:
@@ -105,6 +113,11 @@ def traits(plugin_type: str) -> Traits:
 def del_needs_link(config: NetworkConfigList) -> bool:
     """Whether any plugin's DEL needs the container's interface back in its netns."""
     return any(traits(p.type).del_needs_link(p.raw) for p in config.plugins)
+
+
+def opens_loopback(config: NetworkConfigList) -> bool:
+    """Whether any plugin may set ``route_localnet`` (and so needs pycni's loopback guard)."""
+    return any(traits(p.type).opens_loopback(p.raw) for p in config.plugins)
 
 
 def effective(config: NetworkConfigList, capability_args: Mapping[str, Any]) -> NetworkConfigList:

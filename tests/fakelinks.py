@@ -525,6 +525,10 @@ class FakeRules:
 
     networks: dict[str, dict[str, object]] = field(default_factory=dict)
     fail: dict[str, BaseException] = field(default_factory=dict)
+    #: the tags with a loopback guard (:func:`shim.firewall.add_guard`)
+    guards: set[str] = field(default_factory=set)
+    #: interfaces whose route_localnet was put back to 0
+    closed: list[str] = field(default_factory=list)
 
     def add_network(self, network_id: str, bridge: str, subnets: list[str],
                     internal: bool, *, icc: bool = True, masquerade: bool = True,
@@ -539,3 +543,15 @@ class FakeRules:
                        internal: bool, *, icc: bool = True, masquerade: bool = True,
                        peers: str = "", peer_subnet: str = "") -> None:
         self.networks.pop(network_id, None)
+
+    def add_guard(self, tag: str) -> None:
+        if "add_guard" in self.fail:
+            raise self.fail["add_guard"]
+        self.guards.add(tag)
+
+    def remove_guard(self, tag: str) -> bool:
+        self.guards.discard(tag)
+        return not self.guards
+
+    def close_localnet(self, interfaces: Iterable[str]) -> None:
+        self.closed.extend(interfaces)

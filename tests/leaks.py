@@ -84,6 +84,9 @@ class Snapshot:
     overlay_entries: frozenset[str] = field(default_factory=frozenset)
     #: keys under ``/pycni/`` in the etcd ``PYCNI_ETCD`` names (none without it)
     etcd_keys: frozenset[str] = field(default_factory=frozenset)
+    #: host interfaces whose ``net.ipv4.conf.<if>.route_localnet`` is 1 (portmap's snat sets
+    #: it; it opens the host's 127.0.0.0/8 to what arrives there)
+    localnet: frozenset[str] = field(default_factory=frozenset)
 
 
 #: Link kinds whose names are also listed by kind (``ip link show type <kind>``).
@@ -183,6 +186,19 @@ def _overlay_entries() -> set[str]:
     return found
 
 
+def _localnet(root: str = "/proc/sys/net/ipv4/conf") -> set[str]:
+    found = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(root):
+            try:
+                with open(os.path.join(root, name, "route_localnet")) as f:
+                    if f.read().strip() == "1":
+                        found.add(name)
+            except OSError:
+                continue
+    return found
+
+
 def _etcd_keys() -> set[str]:
     url = os.environ.get("PYCNI_ETCD")
     if not url:
@@ -212,6 +228,7 @@ def snapshot(cni_cache_dir: str = "/var/lib/cni", state_dir: str = "/var/lib/pyc
         state_files=frozenset(_files(state_dir)),
         overlay_entries=frozenset(_overlay_entries()),
         etcd_keys=frozenset(_etcd_keys()),
+        localnet=frozenset(_localnet()),
     )
 
 

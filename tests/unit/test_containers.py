@@ -24,6 +24,7 @@ from shim.containers import Containers, Request
 from shim.dockerview import Target
 from shim.errors import CNIError, InvalidRequest, NotFound
 from shim.state import Store
+from tests.fakelinks import FakeRules
 from tests.fakes import FakeExec, add_interface, cni_args
 
 pytestmark = pytest.mark.unit
@@ -87,8 +88,9 @@ class Rig:
         self.fake = FakeExec().on("bridge", "ADD", add_interface("eth0", "10.201.200.5/24"))
         self.cache = tmp / "cache"
         self.store = Store(str(tmp / "state"))
+        self.rules = FakeRules()
         self.mode = Containers(self.store, CNI(["/bin"], exec=self.fake, cache_dir=str(self.cache)),
-                               str(self.conf), self.docker, proc=str(self.proc))
+                               str(self.conf), self.docker, proc=str(self.proc), rules=self.rules)
 
     def write(self, conf: dict[str, Any]) -> None:
         (self.conf / f"{conf['name']}.conflist").write_text(json.dumps(conf))
@@ -126,6 +128,27 @@ def test_attach_adds_into_the_containers_own_namespace_and_records_it(rig: Rig) 
     assert loaded.to_json() == rec.to_json()
     assert loaded.attachment.result is not None
     assert rig.cached()  # libcni's cache has it too
+
+
+def test_an_attachment_whose_chain_may_open_the_loopback_is_guarded_while_it_lasts(
+        rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    rig.mode.attach("app", Request("pcn", ifname="eth1"))
+    assert rig.rules.guards == {f"none:{CID[:12]}.pcn.eth0", f"none:{CID[:12]}.pcn.eth1"}
+    rig.mode.detach("app", "pcn", "eth0")
+    assert rig.rules.guards == {f"none:{CID[:12]}.pcn.eth1"} and rig.rules.closed == []
+    rig.mode.detach("app", "pcn")
+    assert rig.rules.guards == set()
+    assert rig.rules.closed == ["pcn0"]  # the network's last attachment: route_localnet closed
+
+
+def test_a_failed_attach_takes_its_guard_with_it(rig: Rig) -> None:
+    rig.live()
+    rig.fake.on("tuning", "ADD", CNIError("no such sysctl", plugin="tuning", verb="ADD"))
+    with pytest.raises(CNIError):
+        rig.mode.attach("app", Request("pcn"))
+    assert rig.rules.guards == set()
 
 
 def test_attach_refuses_a_second_attachment_of_the_same_interface(rig: Rig) -> None:

@@ -612,6 +612,40 @@ def test_ports_on_an_internal_network_are_refused(world: World) -> None:
         publish(world)
 
 
+# --- the host's loopback ---------------------------------------------------------------------------
+
+
+def test_a_chain_that_may_open_the_loopback_gets_the_guard_until_the_network_goes(
+        world: World) -> None:
+    world.create_network()  # zero config: portmap with snat
+    assert world.rules.guards == {NET[:12]}
+    world.delete_network()
+    assert world.rules.guards == set()
+    assert world.rules.closed == [f"pycni-{NET[:9]}"]  # route_localnet put back, if it stays
+
+
+def test_a_chain_that_cannot_open_the_loopback_gets_no_guard(world: World) -> None:
+    world.conflist("nosnat", {"type": "bridge", "bridge": "br-nosnat", "ipam": host_local()},
+                   {"type": "portmap", "capabilities": {"portMappings": True}, "snat": False})
+    world.create_network(cni_network="nosnat", ipv4=NULL_IPAM)
+    assert world.rules.guards == set()
+
+
+def test_a_guard_that_cannot_be_put_in_leaves_no_network(world: World) -> None:
+    world.rules.fail["add_guard"] = FirewallError("iptables: no chain")
+    with pytest.raises(FirewallError):
+        world.create_network()
+    assert world.driver.networks == {} and world.rules.networks == {}
+    assert world.rules.guards == set() and world.records() == ([], [])
+
+
+def test_a_network_made_before_the_guard_gets_it_when_pycni_starts(world: World) -> None:
+    world.create_network()
+    world.rules.guards.clear()  # as a record from an older pycni would have it
+    world.driver.load()
+    assert world.rules.guards == {NET[:12]}
+
+
 # --- DeleteNetwork -------------------------------------------------------------------------------
 
 

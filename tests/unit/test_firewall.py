@@ -8,6 +8,7 @@ still referenced). No iptables ever runs.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -386,3 +387,42 @@ def test_an_overlay_network_lets_its_vtep_in_and_does_not_masquerade_the_overlay
     firewall.remove_network(NET, "pycni-br0", ["10.202.1.0/24"], internal=False,
                             peers="pycni.42", peer_subnet="10.202.0.0/16")
     assert iptables.own() == {}
+
+
+# --- the loopback guard ---------------------------------------------------------------------------
+
+
+def guard(tag: str) -> Rule:
+    return ("-d", "127.0.0.0/8", "!", "-i", "lo", "-m", "conntrack", "!", "--ctstate",
+            "RELATED,ESTABLISHED,DNAT", "-m", "comment", "--comment", f"pycni:{tag}", "-j", "DROP")
+
+
+def test_the_guard_drops_what_comes_for_the_loopback_from_outside_unless_dnatd(
+        iptables: FakeIptables) -> None:
+    firewall.add_guard("net1")
+    firewall.add_guard("net1")  # idempotent
+    firewall.add_guard("net2")
+    filt = iptables.tables[("iptables", "filter")]
+    assert filt["INPUT"][0] == ("-j", "PYCNI-LOCALNET")
+    assert filt["PYCNI-LOCALNET"] == [guard("net1"), guard("net2")]
+    assert "PYCNI-LOCALNET" not in iptables.tables[("ip6tables", "filter")]  # ::1 needs none
+
+
+def test_the_last_guard_takes_its_chain_and_jump_with_it(iptables: FakeIptables) -> None:
+    firewall.add_guard("net1")
+    firewall.add_guard("net2")
+    assert firewall.remove_guard("net1") is False
+    assert iptables.tables[("iptables", "filter")]["PYCNI-LOCALNET"] == [guard("net2")]
+    assert firewall.remove_guard("net2") is True
+    assert firewall.remove_guard("net2") is True  # repeat-safe
+    assert iptables.own() == {}
+    assert iptables.tables[("iptables", "filter")]["INPUT"] == []
+
+
+def test_route_localnet_is_closed_on_interfaces_that_still_exist(tmp_path: Path) -> None:
+    for name, value in (("br0", "1"), ("br1", "0")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "route_localnet").write_text(value + "\n")
+    firewall.close_localnet(["br0", "br1", "gone0"], root=str(tmp_path))
+    assert (tmp_path / "br0" / "route_localnet").read_text() == "0"
+    assert (tmp_path / "br1" / "route_localnet").read_text() == "0\n"  # not rewritten
