@@ -433,6 +433,21 @@ def neighbours(pycni: Iterable[tuple[str, CreateNetworkRequest, NetworkConfigLis
     return found
 
 
+def clashes_with_docker(pycni: Iterable[tuple[str, CreateNetworkRequest, NetworkConfigList, str]],
+                        docker: Iterable[DockerNetwork]) -> list[tuple[str, str]]:
+    """Where a pycni network's addresses overlap a subnet of one of Docker's own networks, as
+    (the pycni network's name, what overlaps what): Docker's IPAM doesn't know a range a chain's
+    IPAM hands out, so it may give it to a network created later."""
+    pycni = list(pycni)
+    found = neighbours(pycni, docker)
+    mine, theirs = found[:len(pycni)], found[len(pycni):]
+    return [
+        (m.name, f"its range {r} overlaps {s}, the subnet of {t.name}")
+        for m in mine for r in m.subnets for t in theirs for s in t.subnets
+        if r.version == s.version and r.overlaps(s)
+    ]
+
+
 def refuse_collisions(req: CreateNetworkRequest, resolved: Resolved, config: NetworkConfigList,
                       *, links: Links, others: Iterable[Neighbour]) -> None:
     """Refuse a network that would hurt the host or another network.

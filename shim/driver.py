@@ -104,6 +104,7 @@ class Driver:
             (lambda: None) if docker_view else dockerview.networks)
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
+        self._clashes_told: set[tuple[str, str]] = set()
         self.load()
 
     def load(self) -> None:
@@ -203,6 +204,19 @@ class Driver:
             undo.pop_all()
         log.info("network %s: %s, %s IPAM, chain %s", req.network_id[:12], record.mode,
                  record.ipam, "+".join(config.plugin_types()))
+
+    def warn_range_clashes(self) -> None:
+        """Log, once each, where a pycni network's addresses overlap a network Docker created
+        later inside a range only the chain's IPAM knew (``pycni doctor`` FAILs on it too).
+        A remote driver never hears of other drivers' networks: the reconciler asks."""
+        docker = self.docker_networks()
+        if docker is None:
+            return
+        found = set(chains.clashes_with_docker(
+            [(n.id, n.docker, n.config, str(n.ipam)) for n in self.registry.networks()], docker))
+        for name, what in sorted(found - self._clashes_told):
+            log.warning("%s: %s; their addresses are handed out twice (pycni doctor)", name, what)
+        self._clashes_told = found
 
     def _add_rules(self, record: NetworkRecord) -> None:
         """The network's own iptables rules: a zero-config network's forwarding, masquerading

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: which takes well under a second; Docker lists an endpoint once its container runs)
 STALE_AFTER = 30.0
 _DOCKER_ID = re.compile(r"[0-9a-f]{64}")
+#: how often Docker's networks are compared with pycni's ranges when nothing is pending
+CLASH_EVERY = 30.0
 #: "ask Docker" (the default), as opposed to a view given by the caller (None: unknown)
 ASK = object()
 
@@ -360,17 +362,24 @@ class Reconciler:
         self._wake.set()
 
     def _loop(self) -> None:
-        deadline = time.monotonic()  # looks again only once something is pending
+        deadline = time.monotonic()  # sweeps again only once something is pending
+        sweep = True
         while not self._stop.is_set():
+            if sweep:
+                try:
+                    report = run(self.driver)
+                except Exception:  # a sweep must never kill the server's reconciler
+                    log.exception("reconciliation failed (pycni gc retries it)")
+                    report = Report([], ["?"])
+                if report.pending:
+                    deadline = time.monotonic() + self.patience
+                    log.debug("reconcile: %d pending; looking again in %.0fs",
+                              len(report.pending), self.interval)
             try:
-                report = run(self.driver)
-            except Exception:  # a sweep must never kill the server's reconciler
-                log.exception("reconciliation failed (pycni gc retries it)")
-                report = Report([], ["?"])
-            if report.pending:
-                deadline = time.monotonic() + self.patience
-                log.debug("reconcile: %d pending; looking again in %.0fs",
-                          len(report.pending), self.interval)
-            timeout = self.interval if time.monotonic() < deadline else None
-            self._wake.wait(timeout)
+                self.driver.warn_range_clashes()
+            except Exception:
+                log.exception("checking Docker's networks against pycni's ranges failed")
+            pending = time.monotonic() < deadline
+            woke = self._wake.wait(self.interval if pending else CLASH_EVERY)
             self._wake.clear()
+            sweep = woke or pending

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .. import chains
 from ..client import PluginClient
 from ..cni.config import NetworkConfigList, load_all, validate_plugin_type
 from ..cni.invoke import find_in_path
-from ..dockerview import Stopped
+from ..dockerview import DockerNetwork, Stopped
 from ..errors import CNIError, ConfigError, PycniError
+from ..protocol import CreateNetworkRequest
 from ..revive import stranded
 from ..settings import Settings
 from ..state import Store
@@ -41,6 +43,7 @@ def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
         names = probes.network_names(settings.driver_name)
         net_chains, broken = network_chains(Store(settings.state_dir), names)
         findings += broken
+        findings += check_ranges(Store(settings.state_dir), probes.docker_networks())
     else:
         net_chains = []
         findings.append(Finding(SKIP, "pycni networks", NEEDS_ROOT))
@@ -149,6 +152,26 @@ def network_chains(
                  own_forwarding=bool(net.firewall))
         for net in networks
     ], []
+
+
+def check_ranges(store: Store, docker: list[DockerNetwork] | None) -> list[Finding]:
+    """A FAIL for each pycni network whose addresses overlap one of Docker's own networks (one
+    Docker created after it, inside a range only the chain's IPAM knew)."""
+    subject = "address ranges"
+    if docker is None:
+        return [Finding(SKIP, subject, "not checked: Docker can't be asked")]
+    try:
+        records = store.networks()
+    except PycniError:
+        return []  # network_chains has said so
+    found = chains.clashes_with_docker(
+        [(n.id, CreateNetworkRequest.from_json(n.request), n.config, str(n.ipam))
+         for n in records], docker)
+    if not found:
+        return [Finding(OK, subject, "no pycni network overlaps one of Docker's")]
+    return [Finding(FAIL, name, what, "their addresses are handed out twice: remove the "
+                    "newer network, or re-create one of them with a range the other doesn't use")
+            for name, what in found]
 
 
 def network_label(network_id: str, name: str | None) -> str:

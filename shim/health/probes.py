@@ -68,6 +68,8 @@ class Probes:
     docker_ping: Callable[[], None] = dockerview.ping
     #: Docker's name for each of the driver's network ids ({} when Docker can't be asked)
     network_names: Callable[[str], dict[str, str]] = dockerview.network_names
+    #: every network Docker has (None when Docker can't be asked)
+    docker_networks: Callable[[], list[dockerview.DockerNetwork] | None] = dockerview.networks
     euid: Callable[[], int] = os.geteuid
     #: the exited containers on the driver's networks (PycniError if Docker can't be asked)
     stopped: Callable[[str], list[dockerview.Stopped]] = dockerview.stopped_containers

@@ -187,3 +187,26 @@ def test_doctor_names_a_broken_conflist(pycni: PycniServer, tmp_path: Path) -> N
     assert f"FAIL conf dir: {broken}: plugins[0].type: invalid plugin type 'a/b'" in proc.stdout
     assert "40-missing.conflist (network hd-missing): plugin(s) pycni-nope not found" in proc.stdout
     assert "doctor: 2 problem(s)" in proc.stdout
+
+
+def test_doctor_names_a_docker_network_made_inside_a_chains_range(
+    e2e: Tracker, pycni: PycniServer
+) -> None:
+    """A null-IPAM chain's range is unknown to Docker's IPAM, which may hand it to a network
+    created later (pycni refuses the other order at create): doctor FAILs naming both."""
+    pycni.write_conflist("pycni-e2e-hr", {"cniVersion": "1.0.0", "plugins": [
+        {"type": "bridge", "bridge": "pycni-e2e-hr",
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.203.66.0/24"}]]}}]})
+    mine = e2e.network("pycni-e2e-hr", "-d", DRIVER, "-o", "cni.network=pycni-e2e-hr",
+                       "--ipam-driver", "null")
+    refused = docker("network", "create", "-d", DRIVER, "--subnet", "10.203.66.0/25",
+                     "pycni-e2e-hr-2", check=False)
+    assert refused.returncode != 0 and "overlaps" in refused.stderr  # pycni's own: refused
+    late = e2e.network("pycni-e2e-hr-late", "--subnet", "10.203.66.128/25")
+    proc = pycni_cli(pycni, "doctor")
+    assert proc.returncode == 1, report(proc)
+    assert (f"FAIL pycni network '{mine}': its range 10.203.66.0/24 overlaps 10.203.66.128/25, "
+            f"the subnet of Docker network '{late}'") in proc.stdout, report(proc)
+    docker("network", "rm", late)
+    proc = pycni_cli(pycni, "doctor")
+    assert "address ranges: no pycni network overlaps one of Docker's" in proc.stdout, report(proc)

@@ -16,6 +16,7 @@ import pytest
 
 from shim import reconcile
 from shim.cni import AddFailed
+from shim.dockerview import DockerNetwork
 from shim.driver import Driver, way_out
 from shim.errors import (
     CNIError,
@@ -644,6 +645,20 @@ def test_a_network_made_before_the_guard_gets_it_when_pycni_starts(world: World)
     world.rules.guards.clear()  # as a record from an older pycni would have it
     world.driver.load()
     assert world.rules.guards == {NET[:12]}
+
+
+def test_a_docker_network_made_later_inside_a_chains_range_is_logged_once(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.conflist("hl", {"type": "bridge", "bridge": "br-hl", "ipam": host_local()})
+    world.create_network(cni_network="hl", ipv4=NULL_IPAM)
+    late = [DockerNetwork("b" * 64, "late", "bridge", ("10.200.20.0/25",), "br-late")]
+    world.driver.docker_networks = lambda: late
+    world.driver.warn_range_clashes()
+    world.driver.warn_range_clashes()  # told once
+    told = [r.getMessage() for r in caplog.records if "handed out twice" in r.getMessage()]
+    assert told == [(f"pycni network {NET[:12]!r}: its range 10.200.20.0/24 overlaps "
+                    "10.200.20.0/25, the subnet of Docker network 'late'; their addresses are "
+                    "handed out twice (pycni doctor)")]
 
 
 # --- DeleteNetwork -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from shim import dockerview, health, plugins
 from shim.cni import CNI
 from shim.cni.cache import CachedAttachment, ResultCache
 from shim.cni.types import Result
-from shim.dockerview import ContainerView, Endpoint
+from shim.dockerview import ContainerView, DockerNetwork, Endpoint
 from shim.errors import CNIError, PycniError
 from shim.health import FAIL, OK, SKIP, WARN, Finding, container, host
 from shim.health.probes import Post, Probes, parse_forward_policy
@@ -580,6 +580,7 @@ def probes(**changes: Any) -> Probes:
         network_names=lambda driver: {},
         euid=lambda: 0,
         stopped=lambda driver: [],
+        docker_networks=list,
     )
     for key, value in changes.items():
         setattr(base, key, value)
@@ -641,6 +642,33 @@ def test_doctor_missing_plugin_of_a_network_record(settings: Settings) -> None:
     failed = [f for f in findings if f.failed]
     assert len(failed) == 1 and failed[0].subject == "pycni network " + "a" * 12
     assert "firewall not found" in failed[0].message
+
+
+def test_doctor_fails_where_docker_handed_out_a_pycni_networks_range(settings: Settings) -> None:
+    """A null-IPAM chain's range is the chain's IPAM's alone: Docker may give it to a network
+    created later. Doctor names both."""
+    data = {
+        "id": "a" * 64,
+        "request": {"NetworkID": "a" * 64, "Options": {},
+                    "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}], "IPv6Data": []},
+        "config": {**CONFIG, "plugins": [{"type": "bridge", "ipam": {
+            "type": "host-local", "ranges": [[{"subnet": "10.200.50.0/24"}]]}}]},
+        "mode": "conflist", "ipam": "cni", "firewall": {},
+    }
+    stored(Store(settings.state_dir), "networks", data)
+    plugin_dir(settings, "bridge", "host-local", "static", "portmap", "firewall")
+    docker = [DockerNetwork("b" * 64, "late", "bridge", ("10.200.50.128/25",), "br-bbb"),
+              DockerNetwork("a" * 64, "mine", "pycni", ("0.0.0.0/0",)),
+              DockerNetwork("c" * 64, "apart", "bridge", ("10.200.51.0/24",), "br-ccc")]
+    findings = health.doctor(settings, probes(docker_networks=lambda: docker,
+                                              network_names=lambda driver: {"a" * 64: "mine"}))
+    [failed] = [f for f in findings if f.failed]
+    assert failed.subject == "pycni network 'mine'"
+    assert failed.message == ("its range 10.200.50.0/24 overlaps 10.200.50.128/25, the subnet of "
+                              "Docker network 'late'")
+    assert "remove the newer network" in failed.hint
+    unknown = health.doctor(settings, probes(docker_networks=lambda: None))
+    assert "address ranges" in [f.subject for f in unknown if f.status == SKIP]
 
 
 def test_iptables_policy_parsing() -> None:
