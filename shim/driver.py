@@ -102,6 +102,9 @@ class Driver:
         # Docker's view
         self.docker_networks: Callable[[], list[dockerview.DockerNetwork] | None] = (
             (lambda: None) if docker_view else dockerview.networks)
+        # Docker's names for endpoints' containers (errors name them); {} where tests fake it
+        self.docker_names: Callable[[], dockerview.Names] = (
+            dockerview.Names if docker_view else lambda: dockerview.names(settings.driver_name))
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
         self._clashes_told: set[tuple[str, str]] = set()
@@ -444,7 +447,7 @@ class Driver:
                 )
             if rec.capability_args.get(PORTS):
                 return  # already programmed (Docker retried)
-            with self.ports.reserve(rec.id, bindings) as mappings:
+            with self._reserving(rec.id, bindings) as mappings:
                 self.attacher.publish(rec.attachment, PORTS, [m.to_cni() for m in mappings])
                 try:
                     self.proxies.start(rec.id, mappings, rec.addresses)
@@ -453,6 +456,33 @@ class Driver:
                     raise
                 self.registry.save_endpoint(net, rec)
         log.info("endpoint %s publishes %s", rec.id[:12], ", ".join(map(str, mappings)))
+
+    @contextlib.contextmanager
+    def _reserving(self, endpoint_id: str, bindings: list[ports.Binding]
+                   ) -> Iterator[list[ports.Mapping]]:
+        """The Publisher's reservation; a port another endpoint holds is refused naming the
+        container that holds it, as Docker's "port is already allocated" does."""
+        try:
+            reservation = self.ports.reserve(endpoint_id, bindings)
+            mappings = reservation.__enter__()
+        except ports.PortInUse as exc:
+            if not exc.holder:
+                raise
+            raise ports.PortInUse(f"{exc}: {self._holder(exc.holder)}", exc.key,
+                                  exc.holder) from None
+        with contextlib.ExitStack() as stack:
+            stack.push(reservation)
+            yield mappings
+
+    def _holder(self, endpoint_id: str) -> str:
+        """Who holds a port pycni published for ``endpoint_id``, as Docker names them."""
+        held = self.registry.network_of(endpoint_id)
+        container = self.docker_names().endpoints.get(endpoint_id)
+        if container is not None:
+            return f"container {container.name.lstrip('/')} publishes it"
+        on = f" on network {held[:12]}" if held else ""
+        return (f"pycni published it for endpoint {endpoint_id[:12]}{on}, whose container Docker "
+                "doesn't list; if it is gone, `pycni gc` removes what it left behind")
 
     def revoke_external(self, req: EndpointRequest) -> None:
         with self.registry.endpoint_locked(self._network_of(req), req.endpoint_id) as net:

@@ -193,11 +193,14 @@ def _taken(used: set[tuple[str, str, int]], protocol: str, host_ip: str, port: i
 
 
 class PortInUse(InvalidRequest):
-    """An asked-for host port is taken; ``key`` is (protocol, host IP, port) when one is."""
+    """An asked-for host port is taken; ``key`` is (protocol, host IP, port) when one is, and
+    ``holder`` the endpoint pycni published it for, when pycni did."""
 
-    def __init__(self, message: str, key: tuple[str, str, int] | None = None) -> None:
+    def __init__(self, message: str, key: tuple[str, str, int] | None = None,
+                 holder: str = "") -> None:
         super().__init__(message)
         self.key = key
+        self.holder = holder
 
 
 def allocate(
@@ -281,14 +284,8 @@ class Publisher:
             try:
                 chosen = allocate(bindings, in_use, self._cursors, self.ephemeral)
             except PortInUse as exc:
-                holder = in_use.get(exc.key) if exc.key else None
-                if holder is None:
-                    raise
-                raise PortInUse(
-                    f"{exc}: pycni published it for endpoint {holder[:12]}; if that container "
-                    "is gone, `pycni gc` removes what it left behind",
-                    exc.key,
-                ) from None
+                exc.holder = in_use.get(exc.key, "") if exc.key else ""
+                raise
             self._held[owner] = chosen
         try:
             yield chosen

@@ -330,3 +330,24 @@ def test_ephemeral_ports_in_order_from_the_kernels_range(e2e: Tracker,
     for driver, host_ports in got.items():
         for port in host_ports:
             assert serves(port), (driver, port)
+
+
+def test_a_taken_host_port_names_the_container_holding_it(e2e: Tracker) -> None:
+    """Docker's bridge: "port is already allocated"; pycni names the container, as a compose
+    service scaled past one fixed host port would want to know."""
+    nets = {"bridge": e2e.network("pycni-e2e-pt-br", "--subnet", "10.201.109.0/24"),
+            "pycni": e2e.network("pycni-e2e-pt-py", "-d", DRIVER, "--subnet", "10.201.110.0/24")}
+    for n, (kind, net) in enumerate(nets.items()):
+        port = 18528 + n
+        first = e2e.run(f"{net}-1", "--network", net, "-p", f"{port}:80", TEST_IMAGE,
+                        "sleep", "900")
+        e2e.containers.append(f"{net}-2")
+        second = docker("run", "-d", "--name", f"{net}-2", "--network", net, "-p", f"{port}:80",
+                        TEST_IMAGE, "sleep", "900", check=False)
+        assert second.returncode != 0, kind
+        if kind == "bridge":
+            assert "port is already allocated" in second.stderr, second.stderr
+        else:
+            assert f"port {port} on all addresses is already in use: container {first} " \
+                   "publishes it" in second.stderr, second.stderr
+            assert "pycni gc" not in second.stderr

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from shim import plugins, ports, reconcile
+from shim import dockerview, plugins, ports, reconcile
 from shim.attach import Attacher, Attachment
 from shim.cni.config import conflist_from_dict
 from shim.dockerview import DockerView
-from shim.errors import CNIError, InvalidRequest
+from shim.errors import CNIError
 from shim.protocol import EndpointRequest
 from shim.settings import Settings
 from shim.state import Phase
@@ -268,13 +268,31 @@ def test_dry_run_only_reports(world: World) -> None:
 # --- host ports ----------------------------------------------------------------------------------
 
 
-def test_a_port_held_by_a_leftover_says_so_and_names_gc() -> None:
+def test_a_port_held_by_another_endpoint_names_its_holder() -> None:
     publisher = ports.Publisher()
     publisher.load([("e" * 64, [{"hostPort": 48081, "containerPort": 80, "protocol": "tcp"}])])
     binding = ports.Binding("tcp", 80, "", 48081, 48081)
-    with pytest.raises(InvalidRequest, match=r"endpoint eeeeeeeeeeee.*`pycni gc`"), \
+    with pytest.raises(ports.PortInUse, match="already in use") as exc, \
             publisher.reserve("f" * 64, [binding]):
         pass
+    assert exc.value.holder == "e" * 64 and exc.value.key == ("tcp", "", 48081)
+
+
+def test_a_port_conflict_names_the_container_docker_lists_or_points_at_gc(world: World) -> None:
+    world.create_network()
+    world.create_endpoint()
+    world.create_endpoint("f" * 64, address="10.200.9.8/24")
+    world.driver.ports.load([(EP, [{"hostPort": 48081, "containerPort": 80, "protocol": "tcp"}])])
+    req = EndpointRequest(NET, "f" * 64, {"com.docker.network.portmap": [
+        {"Proto": 6, "Port": 80, "HostPort": 48081, "HostPortEnd": 48081}]})
+    world.driver.docker_names = lambda: dockerview.Names(
+        endpoints={EP: dockerview.Container("c" * 64, "/web-1")})
+    with pytest.raises(ports.PortInUse, match=r"port 48081 .* in use: container web-1 publishes it$"):
+        world.driver.program_external(req)
+    world.driver.docker_names = dockerview.Names
+    with pytest.raises(ports.PortInUse, match=rf"endpoint {EP[:12]} on network {NET[:12]}, whose "
+                       "container Docker doesn't list; .*`pycni gc`"):
+        world.driver.program_external(req)
 
 
 def test_ports_are_released_when_the_plugins_refuse_them() -> None:
