@@ -255,10 +255,11 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
     # firewall plugin: that saves several iptables runs on every ADD and DEL. The bridge has the
     # gateway address on an --internal network too, as Docker's has: the host reaches the
     # containers, and they get no route out (for_endpoint).
+    # Published ports are pycni's DNAT rules too (shim.firewall.publish), as Docker's bridge
+    # writes its own: portmap's ADD and DEL cost ~130 ms a container, and its snat would open
+    # route_localnet.
     main = gateway_bridge(bridge, {"type": "static"}, asked.mtu)
     plugins: list[dict[str, Any]] = [main]
-    if not internal:
-        plugins.append(portmap())
     raw = {
         "cniVersion": ZERO_CONFIG_VERSION,
         "name": cni_network_name(req.network_id),

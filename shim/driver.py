@@ -122,8 +122,17 @@ class Driver:
             except PycniError as exc:
                 log.error("network %s: cannot restore its iptables rules: %s", net.id[:12], exc)
         self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
+        records = {n.id: n for n in self.registry.networks()}
         for rec in self.registry.endpoints():
             published = rec.capability_args.get(PORTS)
+            net_rec = records.get(rec.network_id)
+            if published and net_rec is not None and _own_ports(net_rec, rec):
+                try:  # iptables rules don't survive a reboot
+                    self.rules.restore_published(rec.id[:12], _port_rules(
+                        net_rec, rec, [ports.Mapping.from_cni(m) for m in published]))
+                except PycniError as exc:
+                    log.error("endpoint %s: cannot restore its published ports' rules: %s",
+                              rec.id[:12], exc)
             if published and rec.phase in (Phase.READY, Phase.JOINED):
                 try:
                     self.proxies.start(rec.id, [ports.Mapping.from_cni(m) for m in published],
@@ -381,6 +390,13 @@ class Driver:
         rec.phase = Phase.DELETING
         self.store.save_endpoint(rec)
         self.proxies.stop(rec.id)  # and every connection through it
+        if net is not None and _own_ports(net.record, rec):
+            self._unpublish_own(net.record, rec)
+            self.store.save_endpoint(rec)
+        elif net is None and PORTS in rec.capability_args and not has_capability(rec.config,
+                                                                                 PORTS):
+            # a leftover no network owns: its rules are found by the endpoint's tag
+            self.rules.unpublish(rec.id[:12], None)
         att = rec.attachment
         if att.result is None:
             # Crashed between ADD and saving its result: libcni's cache has it.
@@ -439,7 +455,8 @@ class Driver:
             bindings = [replace(b, host_ip=b.host_ip or host_ip) for b in ports.parse(req.options)]
             if not bindings:
                 return
-            if not has_capability(rec.config, PORTS):
+            own = _own_ports(net.record, rec)
+            if not own and not has_capability(rec.config, PORTS):
                 raise InvalidRequest(
                     f"network {rec.network_id[:12]}'s CNI chain "
                     f"({'+'.join(rec.config.plugin_types())}) has no plugin with the "
@@ -448,12 +465,23 @@ class Driver:
             if rec.capability_args.get(PORTS):
                 return  # already programmed (Docker retried)
             with self._reserving(rec.id, bindings) as mappings:
-                self.attacher.publish(rec.attachment, PORTS, [m.to_cni() for m in mappings])
-                try:
+                if own:
+                    # Docker's order: the proxy holds the host ports, then the DNAT rules
                     self.proxies.start(rec.id, mappings, rec.addresses)
-                except BaseException:
-                    quietly(self.attacher.unpublish, rec.attachment, PORTS)
-                    raise
+                    try:
+                        self.rules.publish(rec.id[:12], _port_rules(net.record, rec, mappings))
+                    except BaseException:
+                        self.proxies.stop(rec.id)
+                        raise
+                    rec.attachment.capability_args = {
+                        **rec.capability_args, PORTS: [m.to_cni() for m in mappings]}
+                else:
+                    self.attacher.publish(rec.attachment, PORTS, [m.to_cni() for m in mappings])
+                    try:
+                        self.proxies.start(rec.id, mappings, rec.addresses)
+                    except BaseException:
+                        quietly(self.attacher.unpublish, rec.attachment, PORTS)
+                        raise
                 self.registry.save_endpoint(net, rec)
         log.info("endpoint %s publishes %s", rec.id[:12], ", ".join(map(str, mappings)))
 
@@ -492,12 +520,50 @@ class Driver:
             # DEL with the same portMappings as ADD (portmap removes nothing otherwise), then
             # forget them, so the endpoint's final DEL doesn't try again.
             self.proxies.stop(rec.id)
-            self.attacher.unpublish(rec.attachment, PORTS)
+            if _own_ports(net.record, rec):
+                self._unpublish_own(net.record, rec)
+            else:
+                self.attacher.unpublish(rec.attachment, PORTS)
             self.ports.release(rec.id)
             self.registry.save_endpoint(net, rec)
 
+    def _unpublish_own(self, network: NetworkRecord, rec: EndpointRecord) -> None:
+        published = [ports.Mapping.from_cni(m) for m in rec.capability_args.get(PORTS) or []]
+        self.rules.unpublish(rec.id[:12], _port_rules(network, rec, published))
+        rec.attachment.capability_args = {k: v for k, v in rec.capability_args.items()
+                                          if k != PORTS}
+
     def allocate_network(self) -> None:
         raise Unsupported("pycni is a local-scope driver; swarm-scoped networks are not supported")
+
+
+def _own_ports(network: NetworkRecord, rec: EndpointRecord) -> bool:
+    """Whether pycni writes the endpoint's DNAT rules itself (:func:`shim.firewall.publish`):
+    on a zero-config network, whose chain has no ``portMappings`` plugin (one made by an older
+    pycni has portmap, and keeps it)."""
+    return (bool(network.firewall) and not network.firewall.get("internal")
+            and not has_capability(rec.config, PORTS))
+
+
+def _port_rules(network: NetworkRecord, rec: EndpointRecord,
+                mappings: Iterable[ports.Mapping]) -> list[firewall.PortRule]:
+    """The DNAT rules of ``mappings``: one per mapping and container address of the host
+    address's family (both for "all addresses"). None for the host's loopback: Docker leaves
+    it to its proxy, and so does pycni (route_localnet stays 0)."""
+    bridge = str(network.firewall["bridge"])
+    found = []
+    for m in mappings:
+        host = ipaddress.ip_address(m.host_ip) if m.host_ip else None
+        if host is not None and host.is_loopback:
+            continue
+        for address in rec.addresses:
+            ip = ipaddress.ip_interface(address).ip
+            if host is not None and host.version != ip.version:
+                continue
+            found.append(firewall.PortRule(
+                ip.version, m.protocol, "" if host is None or host.is_unspecified else str(host),
+                m.host_port, str(ip), m.container_port, bridge))
+    return found
 
 
 def _answer(asked: EndpointInterface, rec: EndpointRecord) -> EndpointAnswer:

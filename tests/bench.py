@@ -16,6 +16,9 @@ P4  1000 endpoints kept on one zero-config network, made through the socket (Cre
     into a namespace of its own, on a bridge of its own) grows to the same size: its
     last-50 ÷ first-50 ratio is what the kernel and the plugins add as the host fills up
     (namespaces, bridge ports, links), so what pycni adds beyond it is pycni's own.
+P1p P1 with a published port, ``docker run --rm -p 127.0.0.1::80``.                goal ≤ 1.10
+P3p P3 with a published port each (``-p 127.0.0.1::80``), 60 containers from 10 clients by
+    default.                                                                 goal ≤ 1.10 each
 P5  on an overlay network across two hosts (the two-host rig, tests/multihost.py): the median
     ping RTT from a container to one on the other host ÷ to one on the same host
     (tests/bench_overlay.py); needs the run's own pycni serve (it restarts it with etcd). No goal.
@@ -36,7 +39,7 @@ on the plugin socket (then it uses that one and says so). Timings never fail the
 status is 0 unless the benchmark itself breaks (a command fails, or it leaves something behind).
 Traffic stays on this machine; the subnets are in 10.202.0.0/16.
 
-Usage: python -m tests.bench [--only P1,P2,P3,P4,P5] [--runs N] [--quick] [--containers N]
+Usage: python -m tests.bench [--only P1,P1p,P2,P3,P3p,P4,P5] [--runs N] [--quick] [--containers N]
                              [--clients N] [--rounds N] [--endpoints N] [--keep-log]
 """
 
@@ -348,8 +351,13 @@ class Pair:
         return median(self.ours) / median(self.base)
 
 
-def p1(runs: int, warmup: int) -> Pair:
-    """``docker run --rm`` on pycni vs Docker's bridge, alternating so drift hits both alike."""
+#: what P1p and P3p publish: a port on the host's loopback, picked by the allocator
+PUBLISH = ("-p", "127.0.0.1::80")
+
+
+def p1(runs: int, warmup: int, publish: tuple[str, ...] = ()) -> Pair:
+    """``docker run --rm`` on pycni vs Docker's bridge, alternating so drift hits both alike
+    (P1p: with ``publish``)."""
     made: list[str] = []
     try:
         sh("docker", "network", "create", "-d", "pycni", "--subnet", P1_PYCNI_SUBNET, P1_PYCNI_NET)
@@ -358,7 +366,8 @@ def p1(runs: int, warmup: int) -> Pair:
         made.append(P1_BRIDGE_NET)
 
         def run_on(net: str) -> float:
-            return timed(lambda: sh("docker", "run", "--rm", "--network", net, TEST_IMAGE, "true"))
+            return timed(lambda: sh("docker", "run", "--rm", "--network", net, *publish,
+                                    TEST_IMAGE, "true"))
 
         pair = Pair()
         for n in range(warmup + runs):
@@ -610,13 +619,15 @@ def _existing_containers(names: list[str]) -> list[str]:
     return [n for n in names if n in listed]
 
 
-def p3_round(net: str, tag: str, containers: int, clients: int) -> Burst:
+def p3_round(net: str, tag: str, containers: int, clients: int,
+             publish: tuple[str, ...] = ()) -> Burst:
     """Start ``containers`` containers on ``net`` from ``clients`` clients, then remove them."""
     names = [f"pycni-bench-p3-{tag}-{n:04d}" for n in range(containers)]
     try:
         began = time.time()
         run, run_calls = in_parallel(clients, [
-            ["docker", "run", "-d", "--name", name, "--network", net, TEST_IMAGE, "sleep", "600"]
+            ["docker", "run", "-d", "--name", name, "--network", net, *publish, TEST_IMAGE,
+             "sleep", "600"]
             for name in names])
         run_window = (began, time.time())
         time.sleep(SETTLE)
@@ -631,7 +642,7 @@ def p3_round(net: str, tag: str, containers: int, clients: int) -> Burst:
                  run_window=run_window, rm_window=rm_window)
 
 
-def p3(containers: int, clients: int, rounds: int) -> P3Result:
+def p3(containers: int, clients: int, rounds: int, publish: tuple[str, ...] = ()) -> P3Result:
     """Rounds of P3 on pycni and on Docker's bridge, in ABBA order (pycni first in odd rounds)."""
     out = P3Result(containers=containers, clients=clients)
     made: list[str] = []
@@ -644,9 +655,9 @@ def p3(containers: int, clients: int, rounds: int) -> P3Result:
         for n in range(rounds):
             for tag, net, into in (sides if n % 2 == 0 else sides[::-1]):
                 time.sleep(SETTLE)
-                burst = p3_round(net, tag, containers, clients)
+                burst = p3_round(net, tag, containers, clients, publish)
                 into.append(burst)
-                print(f"bench: P3 round {n + 1} on {tag}: {containers}× run -d {burst.run:.1f}s, "
+                print(f"bench: P3{'p' if publish else ''} round {n + 1} on {tag}: {containers}× run -d {burst.run:.1f}s, "
                       f"rm -f {burst.rm:.1f}s")
         return out
     finally:
@@ -1168,11 +1179,12 @@ def print_summary(rows: list[Row]) -> None:
           " the first ones'; RSS: ours = at\nthe end, base = at the start, result in MiB.")
 
 
-MEASURES = ("P1", "P2", "P3", "P4", "P5")
+MEASURES = ("P1", "P1p", "P2", "P3", "P3p", "P4", "P5")
 
 
 def _measures(text: str) -> list[str]:
-    chosen = [m.strip().upper() for m in text.split(",") if m.strip()]
+    named = {m.upper(): m for m in MEASURES}
+    chosen = [named.get(m.strip().upper(), m.strip()) for m in text.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in MEASURES]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(
@@ -1195,7 +1207,8 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--only", type=_measures, default=list(MEASURES), metavar="P1,P2,P3,P4,P5",
+    parser.add_argument("--only", type=_measures, default=list(MEASURES),
+                        metavar="P1,P1p,P2,P3,P3p,P4,P5",
                         help="the measures to run, comma-separated (default: all)")
     parser.add_argument("--runs", type=_bounded(1, MAX_RUNS), default=None,
                         help="measured samples per side for P1 and P2 (default 30)")
@@ -1208,6 +1221,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="P3: parallel docker clients (default 10)")
     parser.add_argument("--rounds", type=_bounded(1, MAX_ROUNDS), default=2,
                         help="P3: rounds per network, alternating which goes first (default 2)")
+    parser.add_argument("--port-containers", type=_bounded(1, MAX_CONTAINERS), default=None,
+                        help="P3p: containers per network and round (default 60)")
     parser.add_argument("--endpoints", type=_bounded(2, MAX_ENDPOINTS), default=None,
                         help="P4: endpoints kept on one network, and raw ones (default 1000)")
     parser.add_argument("--keep-log", action="store_true",
@@ -1217,6 +1232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = 1 if quick else 2
     args.runs = args.runs or (5 if quick else 30)
     args.containers = args.containers or (20 if quick else 100)
+    args.port_containers = args.port_containers or (20 if quick else 60)
     args.clients = args.clients or (4 if quick else 10)
     args.endpoints = args.endpoints or (100 if quick else 1000)
     return args
@@ -1267,12 +1283,14 @@ def main(argv: list[str] | None = None) -> int:
             remove_leftovers()
             before = host_state(server.state_dir)
             plan = {"P1": f"P1/P2 {args.runs} samples per side (+{args.warmup} warm-up)",
+                    "P3p": f"P3p {args.port_containers} containers with -p from {args.clients} "
+                           f"clients × {args.rounds} rounds per side",
                     "P3": f"P3 {args.containers} containers from {args.clients} clients × "
                           f"{args.rounds} rounds per side",
                     "P4": f"P4 {args.endpoints} endpoints per side",
                     "P5": f"P5 {args.runs} ping bursts per side"}
-            if "P2" in args.only:
-                plan["P2"] = plan["P1"]
+            for same in ("P1p", "P2"):
+                plan[same] = plan["P1"]
             print("bench: " + "; ".join(dict.fromkeys(plan[m] for m in args.only)))
             load = os.getloadavg()[0]
             if load >= 0.5:
@@ -1285,6 +1303,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(pair_row("P1", "docker run --rm: pycni ÷ Docker bridge", pair,
                                          P1_GOAL))
                     print(f"bench: P1 done in {time.monotonic() - started:.0f}s")
+                if "P1p" in args.only:
+                    started = time.monotonic()
+                    pair = p1(args.runs, args.warmup, PUBLISH)
+                    rows.append(pair_row("P1p", "docker run --rm -p 127.0.0.1::80: ÷ bridge",
+                                         pair, P1_GOAL))
+                    print(f"bench: P1p done in {time.monotonic() - started:.0f}s")
                 if "P2" in args.only:
                     started = time.monotonic()
                     p2_result = p2(server, args.runs, args.warmup)
@@ -1300,6 +1324,15 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(pair_row("", f"{what}: rm -f, pycni ÷ bridge",
                                          p3_result.pair("rm"), P3_GOAL, seconds=True))
                     print(f"bench: P3 done in {time.monotonic() - started:.0f}s")
+                if "P3p" in args.only:
+                    started = time.monotonic()
+                    ported = p3(args.port_containers, args.clients, args.rounds, PUBLISH)
+                    what = f"{args.port_containers} with -p, {args.clients} clients"
+                    rows.append(pair_row("P3p", f"{what}: run -d, ÷ bridge",
+                                         ported.pair("run"), P3_GOAL, seconds=True))
+                    rows.append(pair_row("", f"{what}: rm -f, ÷ bridge",
+                                         ported.pair("rm"), P3_GOAL, seconds=True))
+                    print(f"bench: P3p done in {time.monotonic() - started:.0f}s")
                 if "P4" in args.only:
                     started = time.monotonic()
                     p4_result = p4(server, args.endpoints)

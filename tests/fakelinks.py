@@ -32,6 +32,7 @@ from typing import Any
 
 from shim import netlink
 from shim.errors import CNIError, NetlinkFailure
+from shim.firewall import PortRule
 from tests.fakes import FakeExec, cni_args, requested_addresses
 
 HOST = ""  # the host namespace's key in :attr:`FakeLinks.spaces`
@@ -529,6 +530,8 @@ class FakeRules:
     guards: set[str] = field(default_factory=set)
     #: interfaces whose route_localnet was put back to 0
     closed: list[str] = field(default_factory=list)
+    #: an endpoint's tag → its published ports' DNAT rules
+    dnat: dict[str, list[PortRule]] = field(default_factory=dict)
 
     def add_network(self, network_id: str, bridge: str, subnets: list[str],
                     internal: bool, *, icc: bool = True, masquerade: bool = True,
@@ -555,3 +558,17 @@ class FakeRules:
 
     def close_localnet(self, interfaces: Iterable[str]) -> None:
         self.closed.extend(interfaces)
+
+    def publish(self, tag: str, rules: Iterable[PortRule]) -> None:
+        if "publish" in self.fail:
+            raise self.fail["publish"]
+        self.dnat.setdefault(tag, []).extend(r for r in rules if r not in self.dnat.get(tag, []))
+
+    def restore_published(self, tag: str, rules: Iterable[PortRule]) -> None:
+        self.publish(tag, rules)
+
+    def unpublish(self, tag: str, rules: Iterable[PortRule] | None) -> None:
+        gone = list(self.dnat.get(tag, []) if rules is None else rules)
+        left = [r for r in self.dnat.pop(tag, []) if r not in gone]
+        if left:
+            self.dnat[tag] = left

@@ -163,7 +163,7 @@ def test_whose_ipam_chooses(ipv4: list[dict[str, Any]], ipv6: list[dict[str, Any
 # --- zero config ---------------------------------------------------------------------------------
 
 
-def test_zero_config_is_a_gateway_bridge_with_static_ipam_and_portmap() -> None:
+def test_zero_config_is_a_gateway_bridge_with_static_ipam() -> None:
     resolved = chains.zero_config(parsed(request(ipv6=[V6])))
     bridge = "pycni-" + NET[:9]
     assert resolved.config.raw == {
@@ -172,8 +172,7 @@ def test_zero_config_is_a_gateway_bridge_with_static_ipam_and_portmap() -> None:
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
              "hairpinMode": True, "ipam": {"type": "static"}},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ],
+        ],  # no portmap: published ports are pycni's DNAT rules (shim.firewall.publish)
     }
     assert (resolved.mode, resolved.ipam, resolved.address_via) == ("zero-config", "docker",
                                                                     "config")

@@ -27,6 +27,7 @@ from shim.errors import (
     NotFound,
     Unsupported,
 )
+from shim.firewall import PortRule
 from shim.protocol import EndpointRequest
 from shim.state import EndpointRecord, Phase
 from tests.fakelinks import FakeMainPlugin
@@ -62,19 +63,19 @@ def test_zero_config_network_is_a_bridge_chain_with_static_ipam(world: World) ->
     assert (rec.mode, rec.ipam, rec.address_via) == ("zero-config", "docker", "config")
     assert rec.request == req  # Docker's request as received
     assert rec.config.name == f"pycni-{NET[:12]}" and rec.config.cni_version == "1.0.0"
-    main, portmap = rec.config.raw["plugins"]
+    [main] = rec.config.raw["plugins"]  # published ports are pycni's DNAT rules
     assert main["type"] == "bridge" and main["bridge"] == bridge
     assert main["ipam"] == {"type": "static"} and main["isGateway"] is True
     # Masquerade and forwarding are pycni's per-network rules (the chain's "firewall" part),
     # not ipMasq or a firewall plugin run per container.
     assert main["ipMasq"] is False
-    assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
     assert rec.firewall == {"bridge": bridge, "subnets": ["10.200.9.0/24"], "internal": False}
     assert world.rules.networks[NET] == rec.firewall
     assert rec.owned_links == [bridge]  # not there yet: the chain will make it, we remove it
     assert world.records() == ([NET], [])
     # Every plugin was asked its versions before the config was settled.
-    assert {c.plugin for c in world.exec.calls_for("VERSION")} == {"bridge", "portmap"}
+    assert {c.plugin for c in world.exec.calls_for("VERSION")} == {"bridge"}
+    assert world.rules.guards == set()  # no portmap: route_localnet stays 0
 
 
 def test_zero_config_options_and_internal(world: World) -> None:
@@ -539,8 +540,8 @@ def test_mac_ignoring_plugin_deleted_before_join_leaves_nothing(world: World) ->
 # --- published ports -----------------------------------------------------------------------------
 
 
-def test_ports_are_published_through_portmap_and_revoked(world: World) -> None:
-    world.create_network()
+def test_a_conflists_ports_are_published_through_portmap_and_revoked(world: World) -> None:
+    masquerading_chain(world)
     world.create_endpoint()
     publish(world, 8080)
     [add] = world.exec.calls_for("ADD", "portmap")
@@ -555,7 +556,47 @@ def test_ports_are_published_through_portmap_and_revoked(world: World) -> None:
     [delete] = world.exec.calls_for("DEL", "portmap")
     assert delete.stdin["runtimeConfig"]["portMappings"] == [mapping]
     world.delete_endpoint()
-    assert [c.plugin for c in world.exec.calls_for("DEL")] == ["portmap", "bridge"]
+    assert [c.plugin for c in world.exec.calls_for("DEL")] == ["portmap", "tuning", "bridge"]
+    assert world.rules.dnat == {}
+
+
+def test_a_zero_config_networks_ports_are_pycnis_own_dnat_rules(world: World) -> None:
+    """As Docker's bridge: a rule per port and container address of the host address's family,
+    none for the host's loopback (the proxy serves it), removed at Revoke; no plugin runs."""
+    world.create_network(ipv6=[{"AddressSpace": "LocalDefault", "Pool": "fd00:200:9::/64",
+                                "Gateway": "fd00:200:9::1/64"}])
+    world.create_endpoint(address_ipv6="fd00:200:9::7/64")
+    world.exec.reset()
+    world.driver.program_external(EndpointRequest.from_json({
+        "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "Port": 80, "HostPort": 8080},
+            {"Proto": 17, "Port": 53, "HostIP": "0.0.0.0", "HostPort": 5353},
+            {"Proto": 6, "Port": 81, "HostIP": "127.0.0.1", "HostPort": 8081}]}}))
+    bridge = f"pycni-{NET[:9]}"
+    assert world.rules.dnat == {EP[:12]: [
+        PortRule(4, "tcp", "", 8080, "10.200.9.7", 80, bridge),
+        PortRule(6, "tcp", "", 8080, "fd00:200:9::7", 80, bridge),
+        PortRule(4, "udp", "", 5353, "10.200.9.7", 53, bridge)]}  # 0.0.0.0: IPv4 alone
+    assert world.exec.calls == []
+    assert len(world.driver.endpoints[EP].capability_args["portMappings"]) == 3
+    world.rules.dnat.clear()  # a reboot, or an admin's iptables -F
+    world.restart()
+    assert len(world.rules.dnat[EP[:12]]) == 3
+    world.driver.revoke_external(EndpointRequest.from_json({"NetworkID": NET, "EndpointID": EP}))
+    assert world.rules.dnat == {} and world.driver.ports.held() == {}
+    assert "portMappings" not in world.driver.endpoints[EP].capability_args
+
+
+def test_deleting_an_endpoint_removes_its_dnat_rules(world: World) -> None:
+    world.create_network()
+    world.create_endpoint()
+    publish(world, 8080)
+    world.driver.program_external(EndpointRequest.from_json({
+        "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "Port": 80, "HostPort": 0}]}}))
+    assert list(world.rules.dnat) == [EP[:12]]
+    world.delete_endpoint()  # without a Revoke first
+    assert world.rules.dnat == {} and world.proxies.serving() == {}
 
 
 def test_published_ports_get_a_userland_proxy_until_revoked(world: World) -> None:
@@ -586,7 +627,7 @@ def test_a_proxy_that_cannot_listen_undoes_the_publishing(world: World) -> None:
         world.driver.program_external(EndpointRequest.from_json({
             "NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [
                 {"Proto": 6, "Port": 80, "HostPort": 8080}]}}))
-    assert [c.plugin for c in world.exec.calls_for("DEL")] == ["portmap"]  # unpublished
+    assert world.rules.dnat == {} and world.exec.calls_for("DEL") == []  # nothing published
     assert world.driver.ports.held() == {} and "portMappings" not in \
         world.driver.endpoints[EP].capability_args
     world.proxies.taken.clear()
@@ -618,11 +659,11 @@ def test_ports_on_an_internal_network_are_refused(world: World) -> None:
 
 def test_a_chain_that_may_open_the_loopback_gets_the_guard_until_the_network_goes(
         world: World) -> None:
-    world.create_network()  # zero config: portmap with snat
+    masquerading_chain(world)  # portmap, snat by default
     assert world.rules.guards == {NET[:12]}
     world.delete_network()
     assert world.rules.guards == set()
-    assert world.rules.closed == [f"pycni-{NET[:9]}"]  # route_localnet put back, if it stays
+    assert world.rules.closed == ["br-masq"]  # route_localnet put back, if it stays
 
 
 def test_a_chain_that_cannot_open_the_loopback_gets_no_guard(world: World) -> None:
@@ -635,13 +676,13 @@ def test_a_chain_that_cannot_open_the_loopback_gets_no_guard(world: World) -> No
 def test_a_guard_that_cannot_be_put_in_leaves_no_network(world: World) -> None:
     world.rules.fail["add_guard"] = FirewallError("iptables: no chain")
     with pytest.raises(FirewallError):
-        world.create_network()
+        masquerading_chain(world)
     assert world.driver.networks == {} and world.rules.networks == {}
     assert world.rules.guards == set() and world.records() == ([], [])
 
 
 def test_a_network_made_before_the_guard_gets_it_when_pycni_starts(world: World) -> None:
-    world.create_network()
+    masquerading_chain(world)
     world.rules.guards.clear()  # as a record from an older pycni would have it
     world.driver.load()
     assert world.rules.guards == {NET[:12]}

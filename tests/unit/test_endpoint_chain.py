@@ -77,9 +77,11 @@ def test_a_conflist_endpoint_keeps_the_chains_mac(via: str) -> None:
 
 def test_portmap_leaves_ipv6_loopback_alone() -> None:
     """Docker's OUTPUT rule skips ::1 (its docker-proxy answers there); so does portmap."""
-    template = zero_config()
+    template = conflist(
+        {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.201.120.0/24"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}})
     before = copy.deepcopy(template)
-    chain = chains.for_endpoint(template, request(), "config", EndpointInterface(address=ADDR4))
+    chain = chains.for_endpoint(template, request(), "", EndpointInterface())
     [portmap] = [p.raw for p in chain.config.plugins if p.type == "portmap"]
     assert portmap["conditionsV6"] == ["!", "-d", "::1/128"]
     assert "conditionsV4" not in portmap

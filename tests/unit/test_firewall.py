@@ -426,3 +426,79 @@ def test_route_localnet_is_closed_on_interfaces_that_still_exist(tmp_path: Path)
     firewall.close_localnet(["br0", "br1", "gone0"], root=str(tmp_path))
     assert (tmp_path / "br0" / "route_localnet").read_text() == "0"
     assert (tmp_path / "br1" / "route_localnet").read_text() == "0\n"  # not rewritten
+
+
+# --- published ports of zero-config networks -----------------------------------------------------
+
+
+PORTS = [firewall.PortRule(4, "tcp", "", 8080, "10.200.9.7", 80, "br0"),
+         firewall.PortRule(6, "udp", "fd00::1", 5353, "fd00::7", 53, "br0")]
+
+
+@pytest.fixture
+def fresh_dnat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(firewall, "_dnat_ready", set())
+
+
+def test_published_ports_are_dnat_rules_as_dockers(iptables: FakeIptables,
+                                                   fresh_dnat: None) -> None:
+    firewall.publish("ep1", PORTS)
+    nat4, nat6 = iptables.tables[("iptables", "nat")], iptables.tables[("ip6tables", "nat")]
+    assert nat4["PREROUTING"][0] == ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "PYCNI-DNAT")
+    assert nat4["OUTPUT"][0] == ("!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type",
+                                 "LOCAL", "-j", "PYCNI-DNAT")
+    assert nat6["OUTPUT"][0][:3] == ("!", "-d", "::1/128")
+    assert nat4["PYCNI-DNAT"] == [("!", "-i", "br0", "-p", "tcp", "-m", "tcp", "--dport", "8080",
+                                   "-m", "comment", "--comment", "pycni:ep1", "-j", "DNAT",
+                                   "--to-destination", "10.200.9.7:80")]
+    assert nat6["PYCNI-DNAT"] == [("-d", "fd00::1", "!", "-i", "br0", "-p", "udp", "-m", "udp",
+                                   "--dport", "5353", "-m", "comment", "--comment", "pycni:ep1",
+                                   "-j", "DNAT", "--to-destination", "[fd00::7]:53")]
+    calls = len(iptables.calls)
+    firewall.publish("ep2", [firewall.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
+    assert len(iptables.calls) == calls + 1  # one iptables run a port, once the chain is there
+
+
+def test_unpublishing_takes_exactly_the_endpoints_rules(iptables: FakeIptables,
+                                                        fresh_dnat: None) -> None:
+    firewall.publish("ep1", PORTS)
+    firewall.publish("ep2", [firewall.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
+    firewall.unpublish("ep1", PORTS)
+    firewall.unpublish("ep1", PORTS)  # DEL semantics
+    assert [r[-1] for r in iptables.tables[("iptables", "nat")]["PYCNI-DNAT"]] == [
+        "10.200.9.8:80"]
+    assert iptables.tables[("ip6tables", "nat")]["PYCNI-DNAT"] == []
+    firewall.unpublish("ep2", None)  # by its tag alone
+    assert iptables.tables[("iptables", "nat")]["PYCNI-DNAT"] == []
+
+
+def test_a_refused_port_undoes_the_endpoints_others(iptables: FakeIptables,
+                                                    fresh_dnat: None) -> None:
+    iptables.refuse[("-t", "nat", "-A", "PYCNI-DNAT", "-d", "fd00::1")] = "no such match"
+    with pytest.raises(FirewallError, match="no such match"):
+        firewall.publish("ep1", PORTS)
+    assert iptables.tables[("iptables", "nat")]["PYCNI-DNAT"] == []
+
+
+def test_a_flushed_chain_is_made_again_and_rules_restored(iptables: FakeIptables,
+                                                          fresh_dnat: None) -> None:
+    firewall.publish("ep1", PORTS[:1])
+    nat4 = iptables.tables[("iptables", "nat")]
+    del nat4["PYCNI-DNAT"]
+    nat4["PREROUTING"].clear()
+    nat4["OUTPUT"].clear()  # an admin's flush, pycni still running
+    firewall.publish("ep2", [firewall.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
+    firewall.restore_published("ep1", PORTS[:1])
+    firewall.restore_published("ep1", PORTS[:1])  # only what is missing
+    assert len(nat4["PYCNI-DNAT"]) == 2 and nat4["PREROUTING"][0][-1] == "PYCNI-DNAT"
+
+
+def test_the_last_network_takes_the_empty_dnat_chain(iptables: FakeIptables,
+                                                     fresh_dnat: None) -> None:
+    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.publish("ep1", PORTS[:1])
+    firewall.unpublish("ep1", PORTS[:1])
+    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    assert iptables.own() == {}
+    firewall.publish("ep1", PORTS[:1])  # a later network makes it again
+    assert len(iptables.tables[("iptables", "nat")]["PYCNI-DNAT"]) == 1

@@ -71,9 +71,11 @@ def test_ports_go_on_host_binding_ipv4_unless_docker_names_an_address(world: Wor
              "HostPortEnd": 18130},
             {"Proto": 6, "IP": "", "Port": 81, "HostIP": "0.0.0.0", "HostPort": 18131,
              "HostPortEnd": 18131}]}}))
-    [add] = world.exec.calls_for("ADD", "portmap")
-    assert [(m["containerPort"], m.get("hostIP")) for m in
-            add.stdin["runtimeConfig"]["portMappings"]] == [(80, "127.0.0.1"), (81, "0.0.0.0")]
+    published = world.driver.endpoints[EP].capability_args["portMappings"]
+    assert [(m["containerPort"], m.get("hostIP")) for m in published] == [
+        (80, "127.0.0.1"), (81, "0.0.0.0")]
+    [rule] = world.rules.dnat[EP[:12]]  # 127.0.0.1 is the proxy's: no DNAT rule
+    assert (rule.host_ip, rule.host_port) == ("", 18131)
 
 
 def test_a_conflist_option_it_contradicts_is_refused_before_anything_is_made(
