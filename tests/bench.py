@@ -1261,6 +1261,13 @@ def p5_row(server: Server, runs: int) -> Row:
                     Pair(ours=crossed, base=local), None)
 
 
+def p3_rows(label: str, what: str, result: P3Result) -> list[Row]:
+    return [pair_row(label, f"{what}: run -d, pycni ÷ bridge", result.pair("run"), P3_GOAL,
+                     seconds=True),
+            pair_row("", f"{what}: rm -f, pycni ÷ bridge", result.pair("rm"), P3_GOAL,
+                     seconds=True)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -1318,20 +1325,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "P3" in args.only:
                     started = time.monotonic()
                     p3_result = p3(args.containers, args.clients, args.rounds)
-                    what = f"{args.containers} containers, {args.clients} clients"
-                    rows.append(pair_row("P3", f"{what}: run -d, pycni ÷ bridge",
-                                         p3_result.pair("run"), P3_GOAL, seconds=True))
-                    rows.append(pair_row("", f"{what}: rm -f, pycni ÷ bridge",
-                                         p3_result.pair("rm"), P3_GOAL, seconds=True))
+                    rows += p3_rows("P3", f"{args.containers} containers, {args.clients} "
+                                    "clients", p3_result)
                     print(f"bench: P3 done in {time.monotonic() - started:.0f}s")
                 if "P3p" in args.only:
                     started = time.monotonic()
                     ported = p3(args.port_containers, args.clients, args.rounds, PUBLISH)
-                    what = f"{args.port_containers} with -p, {args.clients} clients"
-                    rows.append(pair_row("P3p", f"{what}: run -d, ÷ bridge",
-                                         ported.pair("run"), P3_GOAL, seconds=True))
-                    rows.append(pair_row("", f"{what}: rm -f, ÷ bridge",
-                                         ported.pair("rm"), P3_GOAL, seconds=True))
+                    rows += p3_rows("P3p", f"{args.port_containers} with -p, {args.clients} "
+                                    "clients", ported)
                     print(f"bench: P3p done in {time.monotonic() - started:.0f}s")
                 if "P4" in args.only:
                     started = time.monotonic()

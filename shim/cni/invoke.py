@@ -15,10 +15,12 @@ No shell is ever involved: the binary is executed directly with an argument list
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -165,18 +167,11 @@ class RawExec:
         verb = env.get("CNI_COMMAND", "")
         for attempt in range(TEXT_BUSY_RETRIES):
             try:
-                proc = subprocess.run(
-                    [plugin_path],
-                    input=stdin,
-                    env=dict(env),
-                    capture_output=True,
-                    timeout=timeout,
-                    close_fds=True,
-                    check=False,
-                )
+                returncode, stdout, stderr = _run_in_own_group(plugin_path, stdin, env, timeout)
             except subprocess.TimeoutExpired as exc:
                 raise PluginTimeout(
-                    f"no answer after {timeout:g}s; the plugin was killed",
+                    f"no answer after {timeout:g}s; the plugin was killed, and every process "
+                    "it started",
                     plugin=plugin,
                     verb=verb,
                     code=CNIError.TRY_AGAIN_LATER,
@@ -192,12 +187,44 @@ class RawExec:
                 raise CNIError(
                     f"cannot execute {plugin_path}: {exc.strerror}", plugin=plugin, verb=verb
                 ) from exc
-            if proc.stderr:
-                log.debug("%s %s stderr: %s", plugin, verb, _excerpt(proc.stderr, 2000))
-            if proc.returncode != 0:
-                raise error_from_output(plugin, verb, proc.stdout, proc.stderr, proc.returncode)
-            return proc.stdout
+            if stderr:
+                log.debug("%s %s stderr: %s", plugin, verb, _excerpt(stderr, 2000))
+            if returncode != 0:
+                raise error_from_output(plugin, verb, stdout, stderr, returncode)
+            return stdout
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: how long the pipes of a killed plugin's group may take to close
+_REAP_TIMEOUT = 5.0
+
+
+def _run_in_own_group(plugin_path: str, stdin: bytes, env: Mapping[str, str], timeout: float
+                      ) -> tuple[int, bytes, bytes]:
+    """Run the plugin in a process group of its own, so that a plugin that hangs is killed with
+    everything it started (a child holding the plugin's stdout would otherwise outlive it and
+    keep the pipe open); raises ``subprocess.TimeoutExpired`` after killing them."""
+    proc = subprocess.Popen(
+        [plugin_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=dict(env), close_fds=True, start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.communicate(timeout=_REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # a child that left the group holds a pipe
+            proc.kill()
+            proc.wait()
+        raise
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, stdout, stderr
 
 
 def decode_json(plugin: str, verb: str, stdout: bytes) -> Any:

@@ -327,6 +327,33 @@ def test_raw_exec_file_that_is_not_a_program(tmp_path: Path) -> None:
     assert "Exec format error" in info.value.msg
 
 
+def test_a_hanging_plugin_is_killed_with_every_process_it_started(tmp_path: Path) -> None:
+    """A child holding the plugin's stdout would keep the pipe open (and the runtime waiting)
+    long after the plugin itself was killed."""
+    marker = f"pycni-hang-{os.getpid()}-{time.monotonic_ns()}"
+    path = plugin(tmp_path, "hangs", f"export PYCNI_HANG={marker}\nsleep 300 &\nsleep 300\n")
+    started = time.monotonic()
+    with pytest.raises(PluginTimeout, match="and every process it started"):
+        RawExec().exec_plugin(path, b"{}", env_for("ADD"), 0.5)
+    assert time.monotonic() - started < 4.0
+    deadline = time.monotonic() + 3
+    left: list[str] = []
+    while time.monotonic() < deadline:
+        left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _environ_has(pid, marker)]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == [], "the plugin's children outlived it"
+
+
+def _environ_has(pid: str, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
+
+
 def _text_file_busy_supported(path: str) -> bool:
     """Whether this kernel refuses to exec a file that is open for writing (ETXTBSY)."""
     with open(path, "r+b"):
