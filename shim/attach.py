@@ -118,7 +118,11 @@ class Attacher:
             try:
                 self.cni.delete(chain, rt, result=exc.partial)
             except PycniError as cleanup:
+                # Every plugin's DEL ran; what one could not undo is kept in libcni's cache,
+                # where gc finds it and runs DEL again.
                 log.error("cleanup after failed ADD of %s: %s", rt.container_id[:12], cleanup)
+                self.cni.remember(chain, rt, exc.partial)
+                exc.undo_failed = str(cleanup)
             raise
         undo.callback(quietly, self.delete, att)
         return att.result

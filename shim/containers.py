@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -58,7 +59,13 @@ from typing import Any, Protocol
 from . import dockerview, firewall, plugins, ports
 from .attach import Attacher, Attachment
 from .cni import CNI, find
-from .cni.config import NetworkConfigList, validate_ifname, validate_network_name
+from .cni.cache import CachedAttachment
+from .cni.config import (
+    NetworkConfigList,
+    conflist_from_dict,
+    validate_ifname,
+    validate_network_name,
+)
 from .cni.types import DNS
 from .errors import InvalidRequest, NotFound, PycniError
 from .seams import Rules
@@ -447,6 +454,7 @@ class Containers:
                         done.append(f"{what}: its container is gone; DEL run")
                 if not dry_run:
                     self._remove_holder(cid, recs, known)
+        done += self._unrecorded(dry_run)
         for fail in self.store.failures():  # the controller's note of a failed attempt
             if fail.container_id not in known:
                 done.append(f"failed attempt {fail.name or fail.container_id[:12]}/"
@@ -454,6 +462,44 @@ class Containers:
                 if not dry_run:
                     self.store.delete_failure(fail.container_id)
         return done
+
+    def _unrecorded(self, dry_run: bool) -> list[str]:
+        """libcni cache entries of this mode (ADD ran in a container's ``/proc/PID/ns/net``)
+        with no record: an attach whose undo failed part-way (kept so DEL can run again), or
+        one that crashed between ADD and its record. DEL them, in no namespace once the pid
+        is no longer the one ADD ran in."""
+        recorded = {(r.container_id, r.network, r.ifname) for r in self.records()}
+        done = []
+        for entry in self.cni.cached_attachments():
+            if not re.fullmatch(re.escape(self.proc) + r"/\d+/ns/net", entry.netns):
+                continue  # the driver's (a staging or sandbox namespace): not this mode's
+            if (entry.container_id, entry.network, entry.ifname) in recorded:
+                continue
+            what = f"CNI attachment {entry.network}/{entry.container_id[:12]}/{entry.ifname}"
+            if dry_run:
+                done.append(f"{what}: no record; removed")
+                continue
+            with self.locked(entry.container_id):
+                try:
+                    config = conflist_from_dict(json.loads(entry.config), source="libcni's cache")
+                    att = Attachment(entry.container_id, self._live(entry), entry.ifname, config,
+                                     cni_args=tuple(entry.cni_args),
+                                     capability_args=dict(entry.capability_args))
+                    self.attacher.delete(att)
+                except PycniError as exc:
+                    done.append(f"{what}: no record; failed: {exc}")
+                else:
+                    done.append(f"{what}: no record; DEL run")
+        return done
+
+    def _live(self, entry: CachedAttachment) -> str:
+        """The namespace ADD ran in if its container still runs as that pid, else none."""
+        try:
+            found = self.docker.target(entry.container_id)
+        except NotFound:
+            return ""
+        here = os.path.join(self.proc, str(found.pid), "ns", "net")
+        return here if found.running and entry.netns == here and os.path.exists(here) else ""
 
     def run(self, networks: Sequence[str], docker_args: Sequence[str], *,
             ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),

@@ -66,6 +66,28 @@ class AddFailed(CNIError):
         self.cause = cause
         self.partial = partial
         self.chain = chain
+        #: what undoing it could not undo (a DEL that failed too); "" when all was undone
+        self.undo_failed = ""
+
+    def __str__(self) -> str:
+        if not self.undo_failed:
+            return super().__str__()
+        return (f"{super().__str__()}; undoing it failed too: {self.undo_failed} (kept for "
+                "`pycni gc`, which runs DEL again)")
+
+
+class DelFailed(CNIError):
+    """One or more plugins' DEL failed; the others ran all the same. ``failures``: each
+    plugin's error, in the order DEL ran."""
+
+    def __init__(self, failures: list[CNIError]) -> None:
+        first = failures[0]
+        others = "; ".join(str(e) for e in failures[1:])
+        super().__init__(
+            first.msg + (f" (and {others})" if others else ""), plugin=first.plugin,
+            verb="DEL", code=first.code, details=first.details,
+        )
+        self.failures = failures
 
 
 class CNI:
@@ -145,9 +167,33 @@ class CNI:
                     prev = Result.from_json(cached.result, default_version=net.cni_version)
                 except CNIError as exc:
                     log.warning("ignoring unreadable cached result for %s: %s", rt.container_id, exc)
+        failed: list[CNIError] = []
         for plugin in reversed(net.plugins):
-            self._run(net, plugin, "DEL", rt, prev)
+            # Unlike libcni, which stops at the first failure, go on: a plugin whose DEL fails
+            # must not leave the ones before it in place (their addresses, their rules). The
+            # cache entry stays until every DEL succeeded, so a later DEL (gc) can try again.
+            try:
+                self._run(net, plugin, "DEL", rt, prev)
+            except CNIError as exc:
+                failed.append(exc.label(plugin.type, "DEL"))
+        if len(failed) == 1:
+            raise failed[0]
+        if failed:
+            raise DelFailed(failed)
         self.cache.delete(net.name, rt.container_id, rt.ifname)
+
+    def remember(self, net: NetworkConfigList, rt: RuntimeConf, result: Result | None) -> None:
+        """Cache an attachment that could not be undone in full (its ADD failed, and so did a
+        DEL of the undo), as ADD would have: a later DEL, or gc, finds its config, arguments
+        and what was made."""
+        self.cache.write(
+            CachedAttachment(
+                network=net.name, container_id=rt.container_id, ifname=rt.ifname,
+                config=net.bytes, netns=rt.netns, cni_args=list(rt.args),
+                capability_args=dict(rt.capability_args),
+                result=result.convert(net.cni_version).to_json() if result is not None else None,
+            )
+        )
 
     def check(self, net: NetworkConfigList, rt: RuntimeConf, *, result: Result | None = None) -> None:
         """CHECK every plugin in order against the cached (or given) result."""

@@ -208,3 +208,65 @@ def test_a_container_removed_while_pycni_was_down_frees_its_port(
         time.sleep(2)
     took = time.monotonic() - started
     print(f"port free again {took:.0f} s after the container was created")
+
+
+FAIL_PLUGIN = """#!/bin/sh
+# Fails ADD and DEL (the DEL until $FLAGS/del-ok exists), as a broken third-party plugin does.
+cat >/dev/null
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}'; exit 0 ;;
+DEL) [ -e %(flags)s/del-ok ] && exit 0 ;;
+esac
+echo '{"cniVersion":"1.0.0","code":11,"msg":"pycni-test-fail refuses '"$CNI_COMMAND"'"}'
+exit 1
+""".replace("%(flags)s", str(FLAGS))
+
+
+@not_with_plugin("the failing plugin's flag lives in the host's /run")
+def test_a_plugin_failing_add_and_del_leaves_nothing_but_what_gc_removes(
+    e2e: Tracker, pycni: PycniServer
+) -> None:
+    """The chain users write (bridge isGateway + ipMasq, host-local, portmap, firewall) and a
+    last plugin whose ADD and DEL both fail: every other plugin is still undone (address,
+    masquerade, firewall rules), the error names both failures, and what is left is libcni's
+    cache entry alone, which ``pycni gc`` DELs once the plugin works again."""
+    plugin = pycni.plugin_dir / "pycni-test-fail"
+    plugin.write_text(FAIL_PLUGIN)
+    plugin.chmod(0o755)
+    FLAGS.mkdir(exist_ok=True)
+    (FLAGS / "del-ok").unlink(missing_ok=True)
+    pycni.write_conflist("e2e-fail", {"cniVersion": "1.0.0", "plugins": [
+        {"type": "bridge", "bridge": "pycni-e2efl", "isGateway": True, "ipMasq": True,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.41.0/24"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "firewall"},
+        {"type": "pycni-test-fail"}]})
+    net = e2e.network("pycni-e2e-fail", "-d", DRIVER, "--ipam-driver", "null",
+                      "-o", "cni.network=e2e-fail")
+    cache = Path("/var/lib/cni/results")
+    before = set(cache.glob("e2e-fail-*")) if cache.exists() else set()
+    for n in range(2):  # a retry leaks nothing either
+        e2e.containers.append(f"pycni-e2e-fail-{n}")
+        proc = docker("run", "-d", "--name", f"pycni-e2e-fail-{n}", "--network", net,
+                      TEST_IMAGE, "sleep", "60", check=False)
+        assert proc.returncode != 0
+        assert 'CNI plugin "pycni-test-fail" failed (ADD)' in proc.stderr, proc.stderr
+        assert "undoing it failed too" in proc.stderr and "pycni gc" in proc.stderr
+        docker("rm", "-f", f"pycni-e2e-fail-{n}", check=False)
+    left = set(cache.glob("e2e-fail-*")) - before
+    assert len(left) == 2, left  # what could not be undone, kept for gc
+    reserved = list(Path("/var/lib/cni/networks/e2e-fail").glob("10.*"))
+    assert reserved == []  # host-local was undone past the failing DEL
+    (FLAGS / "del-ok").touch()
+    try:
+        pcli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pycni")
+        env = {**os.environ, "PYCNI_STATE_DIR": str(pycni.state_dir)}
+        gc = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=120,
+                            check=False)
+        assert gc.returncode == 0, gc.stderr
+        assert "CNI attachment e2e-fail/" in gc.stdout, gc.stdout
+        assert set(cache.glob("e2e-fail-*")) - before == set()
+    finally:
+        (FLAGS / "del-ok").unlink(missing_ok=True)
+        subprocess.run(["ip", "link", "del", "pycni-e2efl"], capture_output=True, check=False)

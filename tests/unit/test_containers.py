@@ -421,3 +421,22 @@ def test_run_with_a_holder_removes_both_when_attaching_fails(rig: Rig) -> None:
         ("create", ["--network", "none", "--label", "pycni.holder=1", "pause:3.9"])]
     assert cli.calls[-1] == ("rm", [CID])
     assert rig.files() == [] and rig.cached() == []
+
+
+def test_an_attach_whose_undo_failed_is_left_for_gc_which_finishes_it(rig: Rig) -> None:
+    rig.live()
+    rig.fake.on("tuning", "ADD", CNIError("no such sysctl", plugin="tuning", verb="ADD"))
+    rig.fake.on("tuning", "DEL", CNIError("still no sysctl", plugin="tuning", verb="DEL"))
+    with pytest.raises(CNIError, match="undoing it failed too: .*still no sysctl.*pycni gc"):
+        rig.mode.attach("app", Request("pcn"))
+    assert ("bridge", "DEL") in rig.fake.commands()  # past the failing DEL
+    assert rig.files() == [] and len(rig.cached()) == 1  # no record; libcni's cache keeps it
+    rig.fake.reset()
+    rig.fake.on("tuning", "DEL", b"")
+    assert rig.mode.gc(dry_run=True) == [f"CNI attachment pcn/{CID[:12]}/eth0: no record; removed"]
+    assert rig.mode.gc() == [f"CNI attachment pcn/{CID[:12]}/eth0: no record; DEL run"]
+    assert rig.fake.commands() == [("tuning", "DEL"), ("bridge", "DEL")]
+    # the container still runs as that pid: DEL runs in its namespace
+    assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"] == str(
+        rig.proc / "4242" / "ns" / "net")
+    assert rig.cached() == [] and rig.mode.gc() == []

@@ -16,6 +16,7 @@ import pytest
 
 from shim import dockerview, plugins, ports, reconcile
 from shim.attach import Attacher, Attachment
+from shim.cni.api import AddFailed, DelFailed, RuntimeConf
 from shim.cni.config import conflist_from_dict
 from shim.dockerview import DockerView
 from shim.errors import CNIError
@@ -52,6 +53,44 @@ def test_a_failed_add_is_undone_with_the_partial_result_and_names_the_plugin(
         attacher.add(att, undo)
     assert fake.commands() == [("bridge", "ADD"), ("tuning", "ADD"),
                                ("firewall", "DEL"), ("tuning", "DEL"), ("bridge", "DEL")]
+
+
+def test_an_undo_goes_on_past_a_failing_del_and_leaves_it_for_gc(tmp_path: Path) -> None:
+    """The last plugin fails ADD and DEL: the plugins before it are still torn down, and what
+    could not be undone stays in libcni's cache, where gc runs DEL again."""
+    fake = (FakeExec().on("firewall", "ADD", CNIError("bad rule", code=7))
+            .on("firewall", "DEL", CNIError("still bad", code=7)))
+    from shim.cni import CNI
+    cni = CNI(["/fake"], exec=fake, cache_dir=str(tmp_path))
+    attacher = Attacher(cni)
+    att = Attachment("c1", "/run/netns/x", "eth0", chain("bridge", "tuning", "firewall"))
+    with contextlib.ExitStack() as undo, pytest.raises(AddFailed) as info:
+        attacher.add(att, undo)
+    assert fake.commands() == [("bridge", "ADD"), ("tuning", "ADD"), ("firewall", "ADD"),
+                               ("firewall", "DEL"), ("tuning", "DEL"), ("bridge", "DEL")]
+    assert '"firewall" failed (ADD): [code 7] bad rule' in str(info.value)
+    assert 'undoing it failed too: CNI plugin "firewall" failed (DEL): [code 7] still bad' in str(
+        info.value) and "pycni gc" in str(info.value)
+    [kept] = cni.cached_attachments()
+    assert (kept.container_id, kept.netns) == ("c1", "/run/netns/x")
+    assert kept.result is not None  # bridge's and tuning's part, for DEL's prevResult
+    fake.reset()
+    fake.on("firewall", "DEL", b"")
+    cni.delete(att.config, att.runtime())  # gc's turn: it works now
+    assert fake.commands() == [("firewall", "DEL"), ("tuning", "DEL"), ("bridge", "DEL")]
+    assert cni.cached_attachments() == []
+
+
+def test_every_del_runs_and_all_failures_are_named(tmp_path: Path) -> None:
+    fake = (FakeExec().on("firewall", "DEL", CNIError("one", code=7))
+            .on("bridge", "DEL", CNIError("two", code=7)))
+    from shim.cni import CNI
+    cni = CNI(["/fake"], exec=fake, cache_dir=str(tmp_path))
+    with pytest.raises(DelFailed) as info:
+        cni.delete(chain("bridge", "tuning", "firewall"), RuntimeConf("c1", "/run/netns/x"))
+    assert fake.commands() == [("firewall", "DEL"), ("tuning", "DEL"), ("bridge", "DEL")]
+    assert [e.plugin for e in info.value.failures] == ["firewall", "bridge"]
+    assert 'and CNI plugin "bridge" failed (DEL): [code 7] two' in str(info.value)
 
 
 def test_the_undo_of_a_good_add_is_a_del_with_the_same_arguments(tmp_path: Path) -> None:
