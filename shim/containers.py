@@ -52,11 +52,11 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import dockerview, firewall, plugins, ports
+from . import dockerview, firewall, netlink, plugins, ports
 from .attach import Attacher, Attachment
 from .cni import CNI, find
 from .cni.cache import CachedAttachment
@@ -237,8 +237,10 @@ class Request:
 class Containers:
     def __init__(self, store: Store, cni: CNI, conf_dir: str, docker: Docker | None = None,
                  proc: str = "/proc", cli: DockerCLI | None = None,
-                 rules: Rules = firewall) -> None:
+                 rules: Rules = firewall, host: Host = netlink) -> None:
         self.store = store
+        #: namespaces and links (pins, a taken interface name, announcements)
+        self.host = host
         #: the loopback guard of attachments whose chain may open the host's 127.0.0.0/8
         self.rules = rules
         self.cni = cni
@@ -316,6 +318,9 @@ class Containers:
                 f"container {found.name} is already attached to {req.network} as {req.ifname}")
         if any(r.ifname == req.ifname for r in self.records(found.id)):
             raise InvalidRequest(f"container {found.name} already has an interface {req.ifname}")
+        source = os.path.join(self.proc, str(found.pid), "ns", "net")
+        if self.host.link_info(req.ifname, source) is not None:
+            raise InvalidRequest(_ifname_taken(found, req.ifname))
         config = find(self.conf_dir, req.network)
         caps: dict[str, Any] = {}
         args = list(req.args)
@@ -325,11 +330,16 @@ class Containers:
             args += ip_args
         if args:
             args.insert(0, ("IgnoreUnknown", "1"))
+        # The namespace is held open for the attachment's life (as Docker pins its sandboxes):
+        # DEL then finds the interface and its addresses even after the container's last
+        # process is gone - the bridge plugin removes its masquerade rules only for addresses
+        # it finds there - and never touches another process's namespace under a reused pid.
+        pin = self.host.pin_netns(source, _pin_name(found.id, source))
         rec = ContainerRecord(
             network=req.network,
             attachment=Attachment(
                 container_id=found.id,
-                netns=os.path.join(self.proc, str(found.pid), "ns", "net"),
+                netns=pin,
                 ifname=req.ifname,
                 config=config,
                 cni_args=tuple(args),
@@ -339,6 +349,7 @@ class Containers:
             pid=found.pid,
         )
         with contextlib.ExitStack() as undo:
+            undo.callback(self._unpin_unless_used, pin, rec.id, found.id)
             undo.callback(self.store.delete_container, rec.id)
             if plugins.opens_loopback(config):
                 # before ADD: portmap opens route_localnet during it (shim.firewall)
@@ -359,6 +370,12 @@ class Containers:
             assert rec.attachment.result is not None
             write_resolv_conf(found.resolv_conf, rec.attachment.result.dns)
             undo.pop_all()
+        # A container restarted with its address has a new MAC: its neighbours learn it now,
+        # not when their entries time out (as Docker's bridge does for its endpoints).
+        try:
+            self.host.announce(pin, req.ifname, [str(ip.address) for ip in rec.attachment.ips()])
+        except PycniError as exc:
+            log.warning("%s: announcing %s failed: %s", found.name, req.ifname, exc)
         return rec
 
     def _ports_in_use(self) -> set[tuple[str, str, int]]:
@@ -411,7 +428,10 @@ class Containers:
     def _delete(self, rec: ContainerRecord, found: dockerview.Target | None) -> None:
         att = rec.attachment
         gone = found is None or not found.running or found.pid != rec.pid
-        if gone and os.path.exists(att.netns):
+        if _is_pin(att.netns):
+            if not self.host.is_netns(att.netns):
+                att = att.elsewhere("")  # the pin went (a reboot): DEL in no namespace
+        elif gone and os.path.exists(att.netns):  # a record of an older pycni: no pin
             # The namespace ADD ran in is gone, and DEL runs with its path all the same (plugins
             # tolerate a missing namespace) - unless another process has taken the pid since:
             # then with none, so no plugin touches that process's namespace.
@@ -419,6 +439,17 @@ class Containers:
         self.attacher.delete(att)
         self.store.delete_container(rec.id)
         self._unguard(rec)
+        self._unpin_unless_used(rec.attachment.netns, rec.id, rec.container_id)
+
+    def _unpin_unless_used(self, netns: str, record_id: str, container_id: str) -> None:
+        """Let the pinned namespace go once no other attachment uses it."""
+        if not _is_pin(netns):
+            return
+        if any(r.attachment.netns == netns for r in self.records() if r.id != record_id):
+            return
+        if any(e.netns == netns for e in self.cni.cached_attachments(container_id)):
+            return  # an undo that failed part-way: gc's DEL will need it
+        self.host.remove_netns(os.path.basename(netns))
 
     def _unguard(self, rec: ContainerRecord) -> None:
         """Remove the attachment's loopback guard; the last attachment of its network closes
@@ -471,7 +502,9 @@ class Containers:
         recorded = {(r.container_id, r.network, r.ifname) for r in self.records()}
         done = []
         for entry in self.cni.cached_attachments():
-            if not re.fullmatch(re.escape(self.proc) + r"/\d+/ns/net", entry.netns):
+            pinned = _is_pin(entry.netns)
+            if not pinned and not re.fullmatch(re.escape(self.proc) + r"/\d+/ns/net",
+                                               entry.netns):
                 continue  # the driver's (a staging or sandbox namespace): not this mode's
             if (entry.container_id, entry.network, entry.ifname) in recorded:
                 continue
@@ -482,7 +515,9 @@ class Containers:
             with self.locked(entry.container_id):
                 try:
                     config = conflist_from_dict(json.loads(entry.config), source="libcni's cache")
-                    att = Attachment(entry.container_id, self._live(entry), entry.ifname, config,
+                    where = ((entry.netns if self.host.is_netns(entry.netns) else "")
+                             if pinned else self._live(entry))
+                    att = Attachment(entry.container_id, where, entry.ifname, config,
                                      cni_args=tuple(entry.cni_args),
                                      capability_args=dict(entry.capability_args))
                     self.attacher.delete(att)
@@ -490,6 +525,7 @@ class Containers:
                     done.append(f"{what}: no record; failed: {exc}")
                 else:
                     done.append(f"{what}: no record; DEL run")
+                    self._unpin_unless_used(entry.netns, "", entry.container_id)
         return done
 
     def _live(self, entry: CachedAttachment) -> str:
@@ -562,6 +598,43 @@ class Containers:
             exc.message = f"pycni run: {what} {created[-1][:12]}, attaching failed: {exc.message}"
             raise
         return app, done
+
+
+class Host(Protocol):
+    """What this mode asks of the host (:mod:`shim.netlink`; a fake in unit tests)."""
+
+    def pin_netns(self, source: str, name: str) -> str: ...
+    def remove_netns(self, name: str) -> None: ...
+    def is_netns(self, path: str) -> bool: ...
+    def link_info(self, name: str, ns: str | None = None) -> netlink.LinkInfo | None: ...
+    def announce(self, ns: str, ifname: str, addresses: Iterable[str]) -> None: ...
+
+
+#: the names of the namespaces this mode pins: ``pycni-pin-<container 12>-<namespace inode>``
+PIN_PREFIX = "pycni-pin-"
+
+
+def _pin_name(container_id: str, source: str) -> str:
+    return f"{PIN_PREFIX}{container_id[:12]}-{os.stat(source).st_ino}"
+
+
+def _is_pin(netns: str) -> bool:
+    return os.path.basename(netns).startswith(PIN_PREFIX) and \
+        os.path.dirname(netns) == netlink.NETNS_DIR
+
+
+def _ifname_taken(found: dockerview.Target, ifname: str) -> str:
+    if found.network_mode.startswith("container:"):
+        return (f"container {found.name} shares another container's namespace "
+                f"(--network {found.network_mode}), which has an interface {ifname} already: "
+                "attach to that container instead")
+    if found.network_mode not in ("none", ""):
+        return (f"container {found.name} is on Docker's network {found.network_mode!r} (not "
+                f"--network none), whose interface {ifname} it has already: start it with "
+                "--network none for pycni to wire it, or attach beside Docker's with --ifname "
+                "eth1")
+    return (f"container {found.name} has an interface {ifname} already (not pycni's): choose "
+            "another with --ifname")
 
 
 def _guard_tag(rec: ContainerRecord) -> str:

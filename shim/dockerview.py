@@ -24,7 +24,7 @@ This is the one module that opens the SDK, always through :func:`docker_client`;
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -411,23 +411,29 @@ LIFECYCLE = ("start", "die", "destroy", "restart")
 
 
 @contextmanager
-def container_events(label: str, timeout: float = 10.0) -> Iterator[Iterator[tuple[str, str]]]:
+def container_events(label: str, timeout: float = 10.0,
+                     also: Callable[[str], bool] = lambda cid: False,
+                     ) -> Iterator[Iterator[tuple[str, str]]]:
     """Docker's event stream, opened: (container id, action) of each :data:`LIFECYCLE` event of
-    a container that has the label ``label``, from now on. The stream ends, or raises PycniError, when it is lost
-    (dockerd stopped or restarted); it is closed when the ``with`` block ends."""
+    a container that has the label ``label`` (or for whose id ``also`` says yes), from now on.
+    The stream ends, or raises PycniError, when it is lost (dockerd stopped or restarted); it is
+    closed when the ``with`` block ends."""
     with docker_client(timeout) as client:
         # only what changes a namespace: not exec_*, attach, health_status…, each of which
         # would make the controller look again (and retry a failed container) for nothing
         stream = client.api.events(decode=True, filters={
-            "type": "container", "label": label, "event": list(LIFECYCLE)})
+            "type": "container", "event": list(LIFECYCLE)})
 
         def items() -> Iterator[tuple[str, str]]:
             for event in stream:
                 if not isinstance(event, dict):
                     continue
-                cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+                actor = event.get("Actor") or {}
+                cid = str(event.get("id") or actor.get("ID") or "")
                 action = str(event.get("Action") or event.get("status") or "")
-                if cid and action:
+                if not cid or not action:
+                    continue
+                if label in (actor.get("Attributes") or {}) or also(cid):
                     yield cid, action
 
         try:

@@ -224,6 +224,33 @@ def create_netns(name: str) -> str:
     return path
 
 
+def pin_netns(source: str, name: str) -> str:
+    """Hold the namespace at ``source`` (``/proc/PID/ns/net``) open under the name ``name``, as
+    Docker pins its sandboxes: it lives on after its last process, until :func:`remove_netns`.
+    The path; a pin of that name holding the same namespace already is fine."""
+    path = netns_path(name)
+    try:
+        wanted = os.stat(source).st_ino
+    except OSError as exc:
+        raise NetlinkFailure(f"cannot pin {source}: {exc.strerror}") from exc
+    if is_netns(path):
+        if os.stat(path).st_ino == wanted:
+            return path
+        raise NetlinkFailure(f"cannot pin {source} as {name}: that name holds another namespace")
+    try:
+        _share_netns_dir()
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        try:
+            _mount(source, path, _MS_BIND)
+        except OSError:
+            os.unlink(path)
+            raise
+    except OSError as exc:
+        raise NetlinkFailure(f"cannot pin {source} as {name}: {exc.strerror or exc}") from exc
+    return path
+
+
 def remove_netns(name: str) -> None:
     """Remove the named netns; already gone is fine (DEL semantics)."""
     path = netns_path(name)

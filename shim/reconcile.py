@@ -148,9 +148,10 @@ def cached_attachments(sweep: Sweep) -> Iterator[Action]:
         cid = entry.container_id
         if not _DOCKER_ID.fullmatch(cid) or cid in known:
             continue
-        if not (driver.links.netns_exists(staging.netns_name(cid))
-                or entry.netns.startswith(staging_dir)):
-            continue  # not one of pycni's attachments
+        staged = (entry.netns.startswith(staging_dir)
+                  and staging.NETNS_NAME.fullmatch(os.path.basename(entry.netns)) is not None)
+        if not (driver.links.netns_exists(staging.netns_name(cid)) or staged):
+            continue  # not one of the driver's attachments (the --network none mode's pins)
         yield Action(f"CNI attachment {entry.network}/{cid[:12]}", "no endpoint",
                      partial(_reap_orphan, driver, _record_from_cache(driver, entry)),
                      outcome="DEL run")

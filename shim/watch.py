@@ -74,11 +74,17 @@ class Source(Protocol):
 
 
 class DockerSource:
+    """``recorded(cid)``: whether pycni has attachments of an unlabelled container (pycni run,
+    pycni attach), whose events matter too."""
+
+    def __init__(self, recorded: Callable[[str], bool] = lambda cid: False) -> None:
+        self.recorded = recorded
+
     def labelled(self) -> set[str]:
         return dockerview.labelled(NETWORKS)
 
     def events(self) -> contextlib.AbstractContextManager[Iterator[tuple[str, str]]]:
-        return dockerview.container_events(NETWORKS)
+        return dockerview.container_events(NETWORKS, also=self.recorded)
 
 
 class Serial:
@@ -128,9 +134,12 @@ class Watch:
     def __init__(self, containers: Containers, source: Source | None = None,
                  workers: int = 8) -> None:
         self.containers = containers
-        self.source: Source = source or DockerSource()
+        self.source: Source = source or DockerSource(
+            recorded=lambda cid: bool(containers.records(cid)))
         self.serial = Serial(self.converge, workers)
         self.stopping = threading.Event()
+        #: labelled containers on a Docker network, said once each
+        self._ignored: set[str] = set()
 
     def converge(self, cid: str) -> None:
         """Bring the container's attachments in line with Docker's view of it (see the module)."""
@@ -138,11 +147,20 @@ class Watch:
             found: dockerview.Target | None = self.containers.docker.target(cid)
         except NotFound:
             found = None
-        if found is not None and NETWORKS not in found.labels and found.running:
-            return  # not the controller's
+        labelled = found is not None and NETWORKS in found.labels
+        if found is not None and labelled and found.network_mode not in ("none", ""):
+            if cid not in self._ignored:
+                self._ignored.add(cid)
+                log.warning("pycni watch: %s has the label %s but is on Docker's network %r, "
+                            "not --network none: ignored (pycni wires only containers started "
+                            "with --network none)", _who(cid, found), NETWORKS,
+                            found.network_mode)
+            return
         recs = self.containers.records(cid)
         pid = found.pid if found is not None and found.running else 0
         live = found is not None and pid > 0
+        # Attachments follow their container, whoever made them (the labels, pycni run or
+        # pycni attach): a container that stopped, restarted or went loses them.
         if recs and (not live or any(r.pid != pid for r in recs)):
             why = "is gone" if found is None else "is not running" if not live else "restarted"
             for rec in self.containers.detach_all(cid):
@@ -153,6 +171,8 @@ class Watch:
         if not live or found is None:
             store.delete_failure(cid)
             return
+        if not labelled:
+            return  # pycni attach's or pycni run's: not the labels' to wire
         try:
             wanted = requests(found.labels)
         except InvalidRequest as exc:

@@ -6,18 +6,19 @@ plugins; the namespace paths live under a fake ``/proc`` in ``tmp_path``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from shim import containers, ports
+from shim import containers, netlink, ports
 from shim.cli import main
 from shim.cni import CNI
 from shim.containers import Containers, Request
@@ -63,6 +64,31 @@ class FakeDocker:
         return self.known
 
 
+class FakeHost:
+    """Pins, interface names and announcements, in memory (:class:`shim.containers.Host`)."""
+
+    def __init__(self) -> None:
+        self.pins: dict[str, str] = {}  # name → the source it holds
+        self.links: dict[tuple[str, str], netlink.LinkInfo] = {}  # (ns, name) → link
+        self.announced: list[tuple[str, str, list[str]]] = []
+
+    def pin_netns(self, source: str, name: str) -> str:
+        self.pins.setdefault(name, source)
+        return f"{netlink.NETNS_DIR}/{name}"
+
+    def remove_netns(self, name: str) -> None:
+        self.pins.pop(name, None)
+
+    def is_netns(self, path: str) -> bool:
+        return path.rsplit("/", 1)[-1] in self.pins
+
+    def link_info(self, name: str, ns: str | None = None) -> netlink.LinkInfo | None:
+        return self.links.get((ns or "", name))
+
+    def announce(self, ns: str, ifname: str, addresses: Iterable[str]) -> None:
+        self.announced.append((ns, ifname, list(addresses)))
+
+
 def conflist(name: str = "pcn", ips_cap: bool = False) -> dict[str, Any]:
     bridge: dict[str, Any] = {
         "type": "bridge", "bridge": "pcn0",
@@ -89,8 +115,10 @@ class Rig:
         self.cache = tmp / "cache"
         self.store = Store(str(tmp / "state"))
         self.rules = FakeRules()
+        self.host = FakeHost()
         self.mode = Containers(self.store, CNI(["/bin"], exec=self.fake, cache_dir=str(self.cache)),
-                               str(self.conf), self.docker, proc=str(self.proc), rules=self.rules)
+                               str(self.conf), self.docker, proc=str(self.proc), rules=self.rules,
+                               host=self.host)
 
     def write(self, conf: dict[str, Any]) -> None:
         (self.conf / f"{conf['name']}.conflist").write_text(json.dumps(conf))
@@ -118,8 +146,12 @@ def test_attach_adds_into_the_containers_own_namespace_and_records_it(rig: Rig) 
     rec = rig.mode.attach("app", Request("pcn"))
     add = rig.fake.calls_for("ADD", "bridge")[0]
     assert add.env["CNI_CONTAINERID"] == CID
-    assert add.env["CNI_NETNS"] == str(rig.proc / "4242" / "ns" / "net")
+    # the container's namespace, held open for the attachment's life
+    [(pin, source)] = rig.host.pins.items()
+    assert source == str(rig.proc / "4242" / "ns" / "net") and pin.startswith(f"pycni-pin-{CID[:12]}-")
+    assert add.env["CNI_NETNS"] == rec.attachment.netns == f"/run/netns/{pin}"
     assert add.env["CNI_IFNAME"] == "eth0"
+    assert rig.host.announced == [(f"/run/netns/{pin}", "eth0", ["10.201.200.5/24"])]
     # portmap is idle without ports: not run
     assert rig.fake.commands() == [("bridge", "ADD"), ("tuning", "ADD")]
     assert [str(ip.address) for ip in rec.attachment.ips()] == ["10.201.200.5/24"]
@@ -217,9 +249,10 @@ def test_detach_after_the_container_is_gone(rig: Rig) -> None:
     (rig.proc / "4242" / "ns" / "net").unlink()
     rig.fake.reset()
     rig.mode.detach("app", "pcn")  # by the name it had
-    assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"] == str(
-        rig.proc / "4242" / "ns" / "net")
-    assert rig.files() == []
+    # the pinned namespace outlived the container: DEL finds the interface and its addresses
+    [pin] = rig.host.announced
+    assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"] == pin[0]
+    assert rig.files() == [] and rig.host.pins == {}  # the pin went with the attachment
 
 
 def test_detach_never_touches_a_namespace_whose_pid_was_reused(rig: Rig) -> None:
@@ -228,7 +261,41 @@ def test_detach_never_touches_a_namespace_whose_pid_was_reused(rig: Rig) -> None
     rig.docker.forget(CID)  # gone, but /proc/4242 now belongs to another process
     rig.fake.reset()
     rig.mode.detach(CID[:12], "pcn")
+    netns = rig.fake.calls_for("DEL", "bridge")[0].env.get("CNI_NETNS", "")
+    assert netns.startswith("/run/netns/pycni-pin-")  # the pin: the namespace ADD ran in
+
+
+def test_a_lost_pin_means_del_in_no_namespace(rig: Rig) -> None:
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    rig.host.pins.clear()  # a reboot
+    rig.fake.reset()
+    rig.mode.detach("app", "pcn")
     assert rig.fake.calls_for("DEL", "bridge")[0].env.get("CNI_NETNS", "") == ""
+
+
+def test_a_second_network_shares_the_pin_which_goes_with_the_last(rig: Rig) -> None:
+    rig.live()
+    rig.write(conflist("caps", ips_cap=True))
+    rig.mode.attach("app", Request("pcn"))
+    rig.mode.attach("app", Request("caps", ifname="eth1"))
+    assert len(rig.host.pins) == 1
+    rig.mode.detach("app", "pcn")
+    assert len(rig.host.pins) == 1
+    rig.mode.detach("app", "caps")
+    assert rig.host.pins == {}
+
+
+def test_an_interface_that_is_not_pycnis_is_refused_saying_why(rig: Rig) -> None:
+    rig.live()
+    netns = str(rig.proc / "4242" / "ns" / "net")
+    rig.host.links[(netns, "eth0")] = netlink.LinkInfo("eth0", "02:42:0a:00:00:02", 1500)
+    rig.docker.targets[CID] = dataclasses.replace(rig.docker.targets[CID], network_mode="bridge")
+    with pytest.raises(InvalidRequest, match="on Docker's network 'bridge' .* --network none "
+                                             ".* --ifname eth1"):
+        rig.mode.attach("app", Request("pcn"))
+    assert rig.fake.calls == [] and rig.host.pins == {} and rig.files() == []
+    rig.mode.attach("app", Request("pcn", ifname="eth1"))  # beside Docker's: fine
 
 
 def test_gc_removes_attachments_of_gone_containers_only(rig: Rig) -> None:
@@ -436,7 +503,7 @@ def test_an_attach_whose_undo_failed_is_left_for_gc_which_finishes_it(rig: Rig) 
     assert rig.mode.gc(dry_run=True) == [f"CNI attachment pcn/{CID[:12]}/eth0: no record; removed"]
     assert rig.mode.gc() == [f"CNI attachment pcn/{CID[:12]}/eth0: no record; DEL run"]
     assert rig.fake.commands() == [("tuning", "DEL"), ("bridge", "DEL")]
-    # the container still runs as that pid: DEL runs in its namespace
-    assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"] == str(
-        rig.proc / "4242" / "ns" / "net")
-    assert rig.cached() == [] and rig.mode.gc() == []
+    # the pin was kept for it: DEL runs in the namespace ADD ran in, then the pin goes
+    assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"].startswith(
+        "/run/netns/pycni-pin-")
+    assert rig.cached() == [] and rig.host.pins == {} and rig.mode.gc() == []

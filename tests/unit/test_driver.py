@@ -787,6 +787,19 @@ def test_crash_before_the_result_was_recorded_is_reconciled(world: World) -> Non
     assert world.leftovers() == {}
 
 
+def test_gc_leaves_the_none_modes_attachments_alone(world: World) -> None:
+    """A --network none attachment's cache entry names its pinned namespace, which starts like
+    a staging namespace's path: the driver's sweep is not its owner."""
+    from shim.cni import RuntimeConf
+    from shim.cni.config import conflist_from_dict
+    pin = world.links.netns_path(f"pycni-pin-{'ab' * 6}-4026532999")
+    config = conflist_from_dict({"cniVersion": "1.0.0", "name": "none-net",
+                                 "plugins": [{"type": "bridge"}]})
+    world.driver.cni.remember(config, RuntimeConf("ab" * 32, pin, "eth0"), None)
+    assert reconcile.gc(world.driver) == []
+    assert len(world.driver.cni.cached_attachments()) == 1
+
+
 def test_gc_dry_run_changes_nothing(world: World) -> None:
     world.links.create_netns("pycni-" + "12" * 6)
     assert reconcile.gc(world.driver, dry_run=True) == [f"netns pycni-{'12' * 6}: no endpoint; removed"]

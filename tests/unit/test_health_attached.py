@@ -44,7 +44,7 @@ def test_a_healthy_attachment_passes_and_checks_with_adds_config(rig: Rig) -> No
     assert statuses(found) == [OK, OK, OK], found
     assert "CNI CHECK passed (3 plugins checked)" in str(found[-1])
     [check] = [c for c in rig.fake.calls if c.command == "CHECK"][:1]
-    assert check.env["CNI_NETNS"] == str(rig.proc / "4242" / "ns" / "net")
+    assert check.env["CNI_NETNS"] == rig.mode.records(CID)[0].attachment.netns  # the pin
     assert check.env["CNI_CONTAINERID"] == CID and check.env["CNI_IFNAME"] == "eth0"
 
 

@@ -244,3 +244,34 @@ def test_follow_hands_each_event_on(rig: Rig) -> None:
     w.stopping.set()
     t.join(5)
     assert [r.network for r in rig.mode.records(CID)] == ["pcn"]
+
+
+def test_attachments_of_pycni_attach_follow_their_container_too(rig: Rig) -> None:
+    rig.live()  # no label: pycni attach's (or pycni run's)
+    rig.mode.attach("app", Request("pcn"))
+    w = watch(rig)
+    w.converge(CID)  # running as attached: left alone
+    assert len(rig.mode.records(CID)) == 1
+    stopped(rig)
+    rig.fake.reset()
+    w.converge(CID)  # it died: DEL, in the pinned namespace
+    assert rig.mode.records(CID) == [] and ("bridge", "DEL") in rig.fake.commands()
+    rig.docker.targets[CID] = dataclasses.replace(rig.docker.targets[CID], running=True,
+                                                  pid=5252)
+    w.converge(CID)  # started again: not the labels' to wire
+    assert rig.mode.records(CID) == [] and ("bridge", "ADD") not in rig.fake.commands()
+
+
+def test_a_labelled_container_on_a_docker_network_is_ignored_saying_so_once(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    labelled(rig)
+    rig.docker.targets[CID] = dataclasses.replace(rig.docker.targets[CID],
+                                                  network_mode="bridge")
+    w = watch(rig)
+    w.converge(CID)
+    w.converge(CID)
+    assert rig.fake.calls == [] and rig.mode.records(CID) == []
+    said = [r.getMessage() for r in caplog.records if "is on Docker's network" in r.getMessage()]
+    assert said == ["pycni watch: container app has the label pycni.networks but is on Docker's "
+                    "network 'bridge', not --network none: ignored (pycni wires only containers "
+                    "started with --network none)"]
