@@ -210,18 +210,24 @@ def create_netns(name: str) -> str:
         return path
     if os.path.lexists(path):
         remove_netns(name)  # the empty file of a namespace whose mount went (see netns_exists)
+    _bind_at(path, _bind_new_netns, f"cannot create netns {name}")
+    return path
+
+
+def _bind_at(path: str, bind: Callable[[str], None], failure: str) -> None:
+    """The mount point file at ``path`` in the shared /run/netns, and ``bind(path)`` onto it;
+    no file is left behind when that fails."""
     try:
         _share_netns_dir()
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
-        os.close(fd)
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
         try:
-            _bind_new_netns(path)
+            bind(path)
         except OSError:
             os.unlink(path)
             raise
     except OSError as exc:
-        raise NetlinkFailure(f"cannot create netns {name}: {exc.strerror or exc}") from exc
-    return path
+        raise NetlinkFailure(f"{failure}: {exc.strerror or exc}") from exc
 
 
 def pin_netns(source: str, name: str) -> str:
@@ -237,17 +243,7 @@ def pin_netns(source: str, name: str) -> str:
         if os.stat(path).st_ino == wanted:
             return path
         raise NetlinkFailure(f"cannot pin {source} as {name}: that name holds another namespace")
-    try:
-        _share_netns_dir()
-        if not os.path.lexists(path):
-            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-        try:
-            _mount(source, path, _MS_BIND)
-        except OSError:
-            os.unlink(path)
-            raise
-    except OSError as exc:
-        raise NetlinkFailure(f"cannot pin {source} as {name}: {exc.strerror or exc}") from exc
+    _bind_at(path, lambda at: _mount(source, at, _MS_BIND), f"cannot pin {source} as {name}")
     return path
 
 

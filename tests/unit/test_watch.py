@@ -272,6 +272,6 @@ def test_a_labelled_container_on_a_docker_network_is_ignored_saying_so_once(
     w.converge(CID)
     assert rig.fake.calls == [] and rig.mode.records(CID) == []
     said = [r.getMessage() for r in caplog.records if "is on Docker's network" in r.getMessage()]
-    assert said == ["pycni watch: container app has the label pycni.networks but is on Docker's "
+    assert said == [("pycni watch: container app has the label pycni.networks but is on Docker's "
                     "network 'bridge', not --network none: ignored (pycni wires only containers "
-                    "started with --network none)"]
+                    "started with --network none)")]
