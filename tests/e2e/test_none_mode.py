@@ -46,11 +46,16 @@ def answer(host: str, port: int) -> str:
 
 def chain(name: str, bridge: str, subnet: str, *extra: dict[str, object],
           tuning: dict[str, str] | None = None) -> dict[str, object]:
-    """bridge + host-local (+ tuning) + portmap + firewall, the chain the tests share."""
+    """The chain users write, which the tests share: bridge (isGateway + ipMasq) + host-local
+    on IPv4 and IPv6 (fd00:201:XYZ::/64 for 10.201.XYZ.0/24) with default routes (+ tuning) +
+    portmap + firewall. Masquerade is what leaked before the namespace was pinned: a chain
+    without it could not show that."""
     prefix = subnet.rsplit(".", 1)[0]
+    v6 = f"fd00:201:{prefix.split('.')[2]}::/64"
     plugins: list[dict[str, object]] = [
-        {"type": "bridge", "bridge": bridge, "isGateway": True,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]},
+        {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}], [{"subnet": v6}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]},
          "dns": {"nameservers": [f"{prefix}.1"], "search": [f"{name}.test"]}},
     ]
     if tuning:

@@ -119,7 +119,16 @@ def test_watch_attaches_reattaches_after_restart_and_detaches_on_destroy(
         docker("restart", "-t", "1", a)
         wait_for("a attached again", lambda: ip_of(a, prefix) == "10.201.220.50")
         assert records(pycni, cid(a))[0].read_text() != old  # a new pid, a new record
+        # b still held a's old MAC: the announcement after ADD corrects it, so b reaches a at
+        # once (not after its neighbour entry times out, 20-50 s)
+        exec_out(b, "ping", "-c", "1", "-W", "1", "10.201.220.50")
         exec_out(a, "ping", "-c", "1", "-W", "3", ip_of(b, prefix))
+
+        # its main process killed: detached, in the pinned namespace (ipMasq's chain goes too)
+        docker("kill", a)
+        wait_for("a detached", lambda: not records(pycni, cid(a)))
+        docker("start", a)
+        wait_for("a attached again", lambda: ip_of(a, prefix) == "10.201.220.50")
 
         # stop and start: the same
         docker("stop", "-t", "1", b)
