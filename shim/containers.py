@@ -81,14 +81,23 @@ class Docker(Protocol):
     def target(self, ref: str) -> dockerview.Target: ...
 
     def container_ids(self) -> dict[str, str] | None: ...
+    def endpoint_names(self) -> dict[str, str]: ...
 
 
 class RealDocker:
+    def __init__(self, driver_name: str = "pycni") -> None:
+        self.driver_name = driver_name
+
     def target(self, ref: str) -> dockerview.Target:
         return dockerview.target(ref)
 
     def container_ids(self) -> dict[str, str] | None:
         return dockerview.container_ids()
+
+    def endpoint_names(self) -> dict[str, str]:
+        """The driver's endpoint ids → the names of their containers ({} if Docker can't say)."""
+        found = dockerview.names(self.driver_name).endpoints
+        return {eid: c.name.lstrip("/") for eid, c in found.items()}
 
 
 # --- what the user asks for ----------------------------------------------------------------------
@@ -255,7 +264,8 @@ class Containers:
     def from_settings(cls, settings: Settings) -> Containers:
         cni = CNI(list(settings.cni_path), cache_dir=settings.cache_dir,
                   timeout=settings.plugin_timeout)
-        return cls(Store(settings.state_dir), cni, settings.conf_dir)
+        return cls(Store(settings.state_dir), cni, settings.conf_dir,
+                   RealDocker(settings.driver_name))
 
     # locks and records
 
@@ -360,7 +370,14 @@ class Containers:
                     raise InvalidRequest(f"-p: no plugin of network {req.network!r} declares "
                                          "the portMappings capability (add portmap)")
                 with _dir_lock(self.store.containers_dir()):
-                    chosen = ports.allocate(req.ports, self._ports_in_use())
+                    in_use = self._ports_in_use()
+                    try:
+                        chosen = ports.allocate(req.ports, in_use)
+                    except ports.PortInUse as exc:
+                        holder = in_use.get(exc.key, "") if exc.key else ""
+                        if not holder:
+                            raise
+                        raise ports.PortInUse(f"{exc}: {holder}", exc.key) from None
                     rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
                     self.store.save_container(rec)  # holds the ports from here on
             else:
@@ -378,14 +395,23 @@ class Containers:
             log.warning("%s: announcing %s failed: %s", found.name, req.ifname, exc)
         return rec
 
-    def _ports_in_use(self) -> set[tuple[str, str, int]]:
-        used = set()
+    def _ports_in_use(self) -> dict[tuple[str, str, int], str]:
+        """Every host port pycni holds, in this mode and the driver's, each → who holds it."""
+        used = {}
+        endpoints = self.store.endpoints()
+        if any(ep.capability_args.get("portMappings") for ep in endpoints):
+            names = self.docker.endpoint_names()
+            for ep in endpoints:
+                container = names.get(ep.id)
+                who = (f"container {container} publishes it" if container else
+                       f"pycni endpoint {ep.id[:12]} publishes it")
+                for m in ep.capability_args.get("portMappings") or []:
+                    used[ports.Mapping.from_cni(m).key()] = who
         for rec in self.store.containers():
             for m in rec.attachment.capability_args.get("portMappings") or []:
-                used.add(ports.Mapping.from_cni(m).key())
-        for ep in self.store.endpoints():
-            for m in ep.capability_args.get("portMappings") or []:
-                used.add(ports.Mapping.from_cni(m).key())
+                used[ports.Mapping.from_cni(m).key()] = (
+                    f"container {rec.name or rec.container_id[:12]} publishes it "
+                    f"(pycni attach, on {rec.network})")
         return used
 
     def detach(self, ref: str, network: str, ifname: str | None = None) -> list[ContainerRecord]:

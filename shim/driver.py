@@ -55,6 +55,8 @@ from .state import AddressVia, EndpointRecord, Ipam, Mode, NetworkRecord, Phase,
 log = logging.getLogger(__name__)
 
 PORTS = "portMappings"
+#: how the Publisher names a port's holder in the --network none mode
+NONE_MODE = "none:"
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class Driver:
         self.links = links
         self.staging = staging.Staging(links, announce)
         self.rules = rules
-        self.ports = ports.Publisher()
+        # one space of host ports with the --network none mode (pycni attach -p), which runs
+        # in other processes and keeps its ports in its records
+        self.ports = ports.Publisher(elsewhere=self._none_mode_ports)
         # docker-proxy's part: published ports where DNAT can't reach ([::1], IPv6 to IPv4)
         self.proxies = proxies or proxy.Proxies()
         # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
@@ -502,8 +506,22 @@ class Driver:
             stack.push(reservation)
             yield mappings
 
+    def _none_mode_ports(self) -> dict[tuple[str, str, int], str]:
+        """The host ports ``--network none`` attachments hold, each → its holder."""
+        try:
+            records = self.store.containers()
+        except PycniError as exc:
+            log.warning("cannot read the --network none mode's records: %s", exc)
+            return {}
+        return {ports.Mapping.from_cni(m).key(): f"{NONE_MODE}{r.name or r.container_id[:12]}"
+                f"/{r.network}" for r in records
+                for m in r.attachment.capability_args.get(PORTS) or []}
+
     def _holder(self, endpoint_id: str) -> str:
         """Who holds a port pycni published for ``endpoint_id``, as Docker names them."""
+        if endpoint_id.startswith(NONE_MODE):
+            name, _, network = endpoint_id.removeprefix(NONE_MODE).partition("/")
+            return f"container {name} publishes it (pycni attach, on {network})"
         held = self.registry.network_of(endpoint_id)
         container = self.docker_names().endpoints.get(endpoint_id)
         if container is not None:

@@ -22,7 +22,7 @@ import contextlib
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,11 +263,15 @@ class Publisher:
     choosing a port never iterates another network's endpoints.
     """
 
-    def __init__(self, ephemeral: tuple[int, int] | None = None) -> None:
+    def __init__(self, ephemeral: tuple[int, int] | None = None,
+                 elsewhere: Callable[[], dict[tuple[str, str, int], str]] = dict) -> None:
         self._lock = threading.Lock()
         self._held: dict[str, list[Mapping]] = {}
         self._cursors: Cursors = {}
         self.ephemeral = ephemeral or ephemeral_range()
+        #: the ports the other mode holds (another process: pycni attach -p), each → its
+        #: holder; asked at every reservation, as the other process may have changed them
+        self.elsewhere = elsewhere
 
     def load(self, held: Iterable[tuple[str, Iterable[dict[str, Any]]]]) -> None:
         """(endpoint id, its CNI portMappings) for every endpoint that publishes ports."""
@@ -279,8 +283,9 @@ class Publisher:
         """Choose host ports for ``owner``'s bindings; they are released again if the body
         raises (the plugins refused them)."""
         with self._lock:
-            in_use = {m.key(): eid for eid, maps in self._held.items() if eid != owner
-                      for m in maps}
+            in_use = {**self.elsewhere(),
+                      **{m.key(): eid for eid, maps in self._held.items() if eid != owner
+                         for m in maps}}
             try:
                 chosen = allocate(bindings, in_use, self._cursors, self.ephemeral)
             except PortInUse as exc:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker, run
-from tests.e2e.conftest import PLUGIN_MODE, PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PLUGIN_MODE, PycniServer, Tracker
 from tests.e2e.test_health import pycni_cli, report
 
 pytestmark = [
@@ -247,3 +247,29 @@ def test_run_with_a_holder_the_app_starts_with_its_address_and_keeps_it(
         assert proc.returncode == 0, report(proc)
         assert f"attachment {app}/e2e-nmh/eth0: its container is gone; DEL run" in proc.stdout
         assert docker("inspect", holder, check=False).returncode != 0  # the holder went too
+
+
+def test_host_ports_are_one_space_across_both_modes(e2e: Tracker, pycni: PycniServer) -> None:
+    """A port a driver-mode container publishes is refused to pycni attach -p, and the other
+    way round, each naming the container that holds it."""
+    pycni.write_conflist("e2e-nmx", chain("e2e-nmx", "pycni-nmx0", "10.201.209.0/24"))
+    net = e2e.network("pycni-e2e-nmx", "-d", DRIVER,
+                      "--subnet", "10.201.210.0/24")
+    with bridge_removed("pycni-nmx0"):
+        web = e2e.run("pycni-e2e-nmx-web", "--network", net, "-p", "48260:80", TEST_IMAGE,
+                      "sleep", "600")
+        held = e2e.run("pycni-e2e-nmx-held", "--network", "none", TEST_IMAGE, "sleep", "600")
+        proc = cli(pycni, "attach", held, "e2e-nmx", "-p", "48260:80")
+        assert proc.returncode == 2, report(proc)
+        assert f"port 48260 on all addresses is already in use: container {web} publishes it" \
+            in proc.stderr, report(proc)
+        proc = cli(pycni, "attach", held, "e2e-nmx", "-p", "48261:80")
+        assert proc.returncode == 0, report(proc)
+        taken = docker("run", "-d", "--name", "pycni-e2e-nmx-2", "--network", net, "-p",
+                       "48261:80", TEST_IMAGE, "sleep", "600", check=False)
+        e2e.containers.append("pycni-e2e-nmx-2")
+        assert taken.returncode != 0
+        assert f"container {held} publishes it (pycni attach, on e2e-nmx)" in taken.stderr, \
+            taken.stderr
+        proc = cli(pycni, "detach", held, "e2e-nmx")
+        assert proc.returncode == 0, report(proc)

@@ -39,6 +39,8 @@ class FakeDocker:
         self.tmp = tmp
         self.targets: dict[str, Target] = {}
         self.known: dict[str, str] | None = {}
+        #: the driver's endpoints → their containers' names
+        self.endpoints: dict[str, str] = {}
 
     def add(self, cid: str, name: str, pid: int) -> Target:
         resolv = self.tmp / f"resolv-{name}"
@@ -62,6 +64,9 @@ class FakeDocker:
 
     def container_ids(self) -> dict[str, str] | None:
         return self.known
+
+    def endpoint_names(self) -> dict[str, str]:
+        return dict(self.endpoints)
 
 
 class FakeHost:
@@ -211,7 +216,8 @@ def test_ports_are_published_through_portmap_and_a_taken_one_refused(rig: Rig) -
     assert pm.stdin["runtimeConfig"]["portMappings"] == [
         {"hostPort": port, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]
     rig.fake.reset()
-    with pytest.raises(ports.PortInUse, match="already in use"):
+    with pytest.raises(ports.PortInUse, match=r"already in use: container app publishes it "
+                                              r"\(pycni attach, on pcn\)"):
         rig.mode.attach("other", Request("pcn", ports=(containers.parse_port(f"{port}:81"),)))
     assert rig.fake.calls == []
     assert rig.files() == [f"{CID}.lock", f"{CID}.pcn.eth0.json"]
@@ -507,3 +513,20 @@ def test_an_attach_whose_undo_failed_is_left_for_gc_which_finishes_it(rig: Rig) 
     assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"].startswith(
         "/run/netns/pycni-pin-")
     assert rig.cached() == [] and rig.host.pins == {} and rig.mode.gc() == []
+
+
+def test_a_port_the_driver_publishes_is_refused_naming_its_container(rig: Rig) -> None:
+    rig.live()
+    from shim.attach import Attachment
+    from shim.cni.config import conflist_from_dict
+    from shim.state import EndpointRecord
+    rig.store.save_endpoint(EndpointRecord(
+        id="e" * 64, network_id="n" * 64, netns="pycni-eeeeeeeeeeee",
+        host_ifname="pcneeeeeeeeeeee", request={},
+        attachment=Attachment("e" * 64, "/run/netns/pycni-eeeeeeeeeeee", "eth0",
+                              conflist_from_dict(conflist()), capability_args={"portMappings": [
+                                  {"hostPort": 48299, "containerPort": 80, "protocol": "tcp"}]})))
+    rig.docker.endpoints["e" * 64] = "web-1"
+    with pytest.raises(ports.PortInUse, match="port 48299 .* in use: container web-1 publishes it"):
+        rig.mode.attach("app", Request("pcn", ports=(containers.parse_port("48299:80"),)))
+    assert rig.fake.calls == []

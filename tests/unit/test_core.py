@@ -375,3 +375,27 @@ def test_networks_are_created_one_at_a_time(world: World) -> None:
     for t in threads:
         t.join(10)
     assert order == ["first done", "second in"]
+
+
+def test_a_port_the_none_mode_holds_is_refused_by_the_driver_naming_its_holder(
+        world: World) -> None:
+    """pycni attach -p holds its port with DNAT alone (no socket): the driver's Publisher reads
+    the other mode's records, as that mode reads the driver's."""
+    from shim.attach import Attachment
+    from shim.state import ContainerRecord
+    world.create_network()
+    world.create_endpoint()
+    chain_ = conflist_from_dict({"cniVersion": "1.0.0", "name": "nm", "plugins": [
+        {"type": "portmap", "capabilities": {"portMappings": True}}]})
+    world.driver.store.save_container(ContainerRecord(
+        network="nm", attachment=Attachment("c" * 64, "/run/netns/x", "eth0", chain_,
+                                            capability_args={"portMappings": [
+                                                {"hostPort": 48083, "containerPort": 80,
+                                                 "protocol": "tcp"}]}),
+        name="db", pid=1))
+    req = EndpointRequest(NET, EP, {"com.docker.network.portmap": [
+        {"Proto": 6, "Port": 80, "HostPort": 48083, "HostPortEnd": 48083}]})
+    with pytest.raises(ports.PortInUse, match=r"port 48083 .* in use: container db publishes it "
+                                              r"\(pycni attach, on nm\)"):
+        world.driver.program_external(req)
+    assert world.driver.ports.held() == {}
