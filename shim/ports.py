@@ -282,10 +282,10 @@ class Publisher:
     def reserve(self, owner: str, bindings: Iterable[Binding]) -> Iterator[list[Mapping]]:
         """Choose host ports for ``owner``'s bindings; they are released again if the body
         raises (the plugins refused them)."""
+        others = self.elsewhere()  # files of another process: read before the lock
         with self._lock:
-            in_use = {**self.elsewhere(),
-                      **{m.key(): eid for eid, maps in self._held.items() if eid != owner
-                         for m in maps}}
+            in_use = {**others, **{m.key(): eid for eid, maps in self._held.items()
+                                   if eid != owner for m in maps}}
             try:
                 chosen = allocate(bindings, in_use, self._cursors, self.ephemeral)
             except PortInUse as exc:

@@ -25,6 +25,38 @@ written once, here:
    which refuses names claimed meanwhile and makes a verb that wants one wait until the sweep is
    done with it.
 5. **Sweeps take the same locks as the verbs** and skip anything newer than the sweep's start.
+
+**The lock table** - every lock in pycni, what it guards, and where it sits in the order (a
+lock is only ever taken while holding locks above it in this table, never below):
+
+=====  ==========================================  ==========================================
+order  lock                                        guards
+=====  ==========================================  ==========================================
+1      ``Registry._creating`` (exclusive)          network creation, one at a time
+2      a network's ``SharedLock``                  the network (exclusive) or its endpoints
+                                                   (shared); held across plugin runs, which
+                                                   are what it guards
+3      an endpoint's lock                          one endpoint's verbs; across plugin runs
+       (``Network._endpoint_lock``)
+4      ``Overlays._network_lock(id)``              one overlay network's loop round and its
+                                                   leave; across etcd and netlink calls
+5      ``containers`` flock, per container         one container's --network none
+       (``<state>/containers/<id>.lock``)          attachments, across processes (the CLI,
+                                                   the controller); across plugin runs
+6      ``containers`` ports flock (on the          choosing and recording a none-mode host
+       ``<state>/containers`` directory)           port, across processes
+leaf   ``Publisher._lock``                         choosing a driver host port (with the
+                                                   kernel's view: a bind() probe each, µs);
+                                                   the other mode's ports are read before it
+leaf   ``Overlays._lock``                          the joined dict and overlay records; never
+                                                   across a store or netlink call
+leaf   ``firewall._lock``                          pycni's iptables chains (one process's
+                                                   check-then-add); across iptables runs, the
+                                                   I/O it guards
+leaf   ``Network.mutex``, ``Registry._guard``      the dicts they sit beside; no I/O
+leaf   ``Proxies._lock``, ``Serial._lock``         their own bookkeeping; no I/O
+leaf   ``netlink._netns_dir_ready``                making /run/netns a shared mount, once
+=====  ==========================================  ==========================================
 """
 
 from __future__ import annotations
@@ -35,7 +67,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NotFound
+from .errors import NotFound, PycniError
 from .state import EndpointRecord, NetworkRecord, Store
 
 
@@ -208,7 +240,9 @@ class Registry:
         """Claim an endpoint's id and save its record, before anything of it exists (rule 4)."""
         prefix = rec.id[:12]
         with self._guard:
-            self._guard.wait_for(lambda: prefix not in self._sweeping, timeout=60)
+            if not self._guard.wait_for(lambda: prefix not in self._sweeping, timeout=60):
+                raise PycniError(f"endpoint {prefix}: a reconciliation sweep has held its names "
+                                 "for 60 s; try again")
             self._owner[rec.id] = net.id
         with net.mutex:
             net.endpoints[rec.id] = rec

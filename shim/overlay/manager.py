@@ -1,9 +1,8 @@
 """This host's overlays: joining and leaving, and one thread that keeps them up.
 
 :class:`Overlays` owns every overlay this host is on, one :class:`Joined` per pycni network,
-and its lock guards them (the one rule: take ``self._lock`` to read or change ``_joined`` and to write a record;
-never call the store while holding it — a slow etcd must not stall ``docker network create``
-of another network or the loop).
+and two locks guard them (the class's docstring; :mod:`shim.registry` has pycni's whole lock
+table).
 
 * **join** (CreateNetwork): the overlay's definition (created if absent, a contradiction
   refused), an etcd lease, a per-host subnet claimed under it, the VTEP; then a record in
@@ -131,7 +130,19 @@ def read_records(state_dir: str) -> dict[str, Joined]:
 
 
 class Overlays:
-    """Every overlay this host is on (see the module's docstring for the lock rule)."""
+    """Every overlay this host is on.
+
+    Two locks, taken in this order (see also :mod:`shim.registry`'s table):
+
+    1. a network's own lock (:meth:`_network_lock`), for the whole of a round of the loop on
+       that network and for the whole of its leave: a leave never lands in the middle of a
+       round, so a round can't make the VTEP again, claim the subnet again or write the
+       definition back for a network that has just gone. Held across etcd and netlink calls:
+       they are what it guards, and only this network waits on it.
+    2. ``_lock``, briefly, to read or change ``_joined`` and to write a record; never held
+       across a store or netlink call (a slow etcd must not stall ``docker network create`` of
+       another network, or the loop).
+    """
 
     def __init__(self, kv: KV, state_dir: str, underlay: str, *, vteps: Vteps | None = None,
                  ttl: int = DEFAULT_TTL, poll: float = DEFAULT_POLL,
@@ -145,6 +156,7 @@ class Overlays:
         self.default_mtu = default_mtu
         self._lock = threading.Lock()
         self._joined: dict[str, Joined] = {}
+        self._network_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -242,8 +254,19 @@ class Overlays:
         self.vteps.ensure(joined.vtep, joined.definition.vni, joined.underlay,
                           str(joined.subnet.network_address), joined.mac, joined.definition.mtu)
 
+    def _network_lock(self, network_id: str) -> threading.Lock:
+        with self._lock:
+            return self._network_locks.setdefault(network_id, threading.Lock())
+
     def leave(self, network_id: str) -> None:
-        """Leave the overlay of ``network_id`` (nothing if it has none); repeat-safe."""
+        """Leave the overlay of ``network_id`` (nothing if it has none); repeat-safe. Waits for
+        a round of the loop on this network to finish first."""
+        with self._network_lock(network_id):
+            self._leave(network_id)
+        with self._lock:
+            self._network_locks.pop(network_id, None)
+
+    def _leave(self, network_id: str) -> None:
         with self._lock:
             joined = self._joined.pop(network_id, None)
         if joined is None:
@@ -283,15 +306,20 @@ class Overlays:
 
     def tick(self) -> None:
         """One round: leases kept alive, peers programmed. Never raises."""
-        for joined in self.snapshot():
+        for snapped in self.snapshot():
             try:
-                self._ensure_vtep(joined)  # an admin's `ip link del`, or a reboot
-                self._keep(joined)
-                self._sync(joined)
+                with self._network_lock(snapped.network_id):
+                    joined = self.get(snapped.network_id)
+                    if joined is None:
+                        continue  # left since the snapshot
+                    self._ensure_vtep(joined)  # an admin's `ip link del`, or a reboot
+                    self._keep(joined)
+                    self._sync(joined)
             except PycniError as exc:
-                log.warning("overlay %s: %s (routes to peers stay as they are)", joined.name, exc)
+                log.warning("overlay %s: %s (routes to peers stay as they are)", snapped.name,
+                            exc)
             except Exception:  # the loop must outlive anything one round hits
-                log.exception("overlay %s: unexpected error", joined.name)
+                log.exception("overlay %s: unexpected error", snapped.name)
 
     def _keep(self, joined: Joined) -> None:
         """Keep the lease alive every TTL/3; one that expired is taken again, same subnet."""

@@ -422,3 +422,41 @@ def test_a_bad_etcd_url_is_named(url: str) -> None:
 
     with pytest.raises(InvalidRequest, match="expected http"):
         Endpoint(url).parts()
+
+
+def test_a_leave_during_a_tick_is_not_undone_by_it(tmp_path: Path) -> None:
+    """The loop works on a snapshot; a leave that lands in the middle of a round must not be
+    undone by the rest of it: no VTEP made again, no subnet claimed again under a new lease,
+    no definition key written back without one."""
+    kv = FakeEtcd()
+    in_tick, go_on = threading.Event(), threading.Event()
+
+    class Pausing(FakeVteps):
+        pause = False
+
+        def ensure(self, *args: Any) -> None:
+            if self.pause:
+                in_tick.set()
+                go_on.wait(5)
+            super().ensure(*args)
+
+    vteps = Pausing()
+    a = host(kv, tmp_path, "10.203.254.1", vteps)
+    a.join("neta", asked())
+    a.ttl = 0  # every round renews, and the leave's revoke makes the lease look expired
+    vteps.pause = True
+    ticking = threading.Thread(target=a.tick)
+    ticking.start()
+    assert in_tick.wait(5)
+    leaving = threading.Thread(target=a.leave, args=("neta",))
+    leaving.start()
+    leaving.join(0.5)  # it waits for the round (fixed) or runs right through (the race)
+    vteps.pause = False
+    go_on.set()
+    ticking.join(5)
+    leaving.join(5)
+    assert not ticking.is_alive() and not leaving.is_alive()
+    assert vteps.links == {}, "the round made the VTEP again"
+    assert kv.data == {}, "the round claimed the subnet (or the definition) again"
+    assert kv.leases == {}
+    assert a.get("neta") is None and read_records(a.state_dir) == {}
