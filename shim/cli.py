@@ -268,7 +268,9 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
         from . import reconcile
         from .driver import Driver
 
-        actions = reconcile.gc(Driver(settings), dry_run=dry_run)
+        driver = Driver(settings)
+        driver.load_records()  # no rules or proxies of a server put back from here
+        actions = reconcile.gc(driver, dry_run=dry_run)
     # attachments of the --network none mode: no server involved, each container's lock here
     actions += _containers(settings).gc(dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"

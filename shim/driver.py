@@ -112,11 +112,20 @@ class Driver:
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
         self._clashes_told: set[tuple[str, str]] = set()
-        self.load()
+        # Nothing is read or touched here: restoring is the runtime's explicit step
+        # (load_records, then restore), so an app factory or a test builds a driver freely.
 
-    def load(self) -> None:
-        """Read every record back: Docker never re-sends CreateNetwork after a restart."""
+    def load_records(self) -> tuple[int, int]:
+        """Read every record back (disk only): Docker never re-sends CreateNetwork after a
+        restart. (networks, endpoints)."""
         networks, endpoints = self.registry.load()
+        self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
+        return networks, endpoints
+
+    def restore(self) -> None:
+        """Read the records back and put on the host what a restart or a reboot took away:
+        iptables rules, published ports' rules, the proxies."""
+        networks, endpoints = self.load_records()
         for net in self.registry.networks():
             # iptables rules don't survive a reboot (or an admin's flush); adding is
             # idempotent, so a restart puts back whatever is missing - and gives a network
@@ -125,7 +134,6 @@ class Driver:
                 self._add_rules(net)
             except PycniError as exc:
                 log.error("network %s: cannot restore its iptables rules: %s", net.id[:12], exc)
-        self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
         records = {n.id: n for n in self.registry.networks()}
         for rec in self.registry.endpoints():
             published = rec.capability_args.get(PORTS)
@@ -145,6 +153,11 @@ class Driver:
                     log.warning("endpoint %s: published ports not proxied again: %s",
                                 rec.id[:12], exc)
         log.info("loaded %d networks, %d endpoints", networks, endpoints)
+
+    def close(self) -> None:
+        """Stop what serves beside the verbs: the proxies and every connection through them.
+        Rules and records stay: they outlive a restart."""
+        self.proxies.close()
 
     @property
     def store(self) -> Store:

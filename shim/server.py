@@ -8,6 +8,7 @@ rather than "connection refused".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,7 +16,9 @@ import socket
 import stat
 import sys
 import threading
+from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from waitress.server import create_server
 
@@ -65,29 +68,111 @@ def notify_ready() -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
+@dataclass
+class Runtime:
+    """The owner of pycni serve's parts: built from the settings, started in order, stopped in
+    reverse (containerd's plugin graph is the model).
+
+    Start order, each step registering its stop on the caller's ``ExitStack``:
+
+    1. the overlays' records and VTEPs (:meth:`Overlays.load`), then the driver's records and
+       what the host lost (:meth:`Driver.restore`: rules, published ports, proxies);
+    2. the plugin socket (bound and listening: Docker's calls queue from here);
+    3. the reconciler, the reviver (Docker calls the driver while it starts the containers it
+       could not start without pycni), the overlay loop, the ``--network none`` controller;
+    4. serving: the first thing stopped, so Docker sees "plugin not found" at once, and
+       requests already running finish (a CreateEndpoint cut in half is work for gc).
+
+    Stopping is the stack closing: the socket goes, running requests finish, then the
+    controller, the overlay loop (leases stay: they outlive a restart by their TTL), the
+    reviver and the reconciler stop, and the proxies close with every connection through them.
+    """
+
+    settings: Settings
+    driver: Driver
+    overlays: overlay_manager.Overlays | None
+    reconciler: Reconciler
+    reviver: Reviver
+    controller: Watch | None
+    threads: int = 64
+    server: Any = None
+
+    @classmethod
+    def build(cls, settings: Settings, *, threads: int = 64, watch: bool = False) -> Runtime:
+        """Every part, from the settings; nothing is read or touched on the host yet."""
+        overlays = overlay_manager.from_settings(settings)
+        driver = Driver(settings, overlays=overlays)
+        return cls(
+            settings=settings,
+            driver=driver,
+            overlays=overlays,
+            reconciler=Reconciler(driver),
+            reviver=Reviver(settings.driver_name),
+            controller=Watch(Containers.from_settings(settings)) if watch else None,
+            threads=threads,
+        )
+
+    def start(self, stack: contextlib.ExitStack) -> None:
+        if self.overlays is not None:
+            self.overlays.load()
+        self.driver.restore()
+        stack.callback(self.driver.close)
+        with contextlib.ExitStack() as opening:
+            self.server = self._listen()
+            opening.callback(self._stop_serving)
+            self.reconciler.start()
+            stack.callback(self.reconciler.stop)
+            self.reviver.start()
+            stack.callback(self.reviver.stop)
+            if self.overlays is not None:
+                # leases kept alive and peers' routes programmed, beside serving
+                self.overlays.start()
+                stack.callback(self.overlays.stop)
+            if self.controller is not None:
+                self._start_controller(self.controller)
+                stack.callback(self._stop_controller, self.controller)
+            opening.pop_all()
+        stack.callback(self._stop_serving)
+
+    def serve(self) -> None:
+        self.server.run()
+
+    def _listen(self) -> Any:
+        path = self.settings.socket_path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _remove_stale_socket(path)
+        app = create_app(self.settings, self.driver)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others connect
+        try:
+            return create_server(app, unix_socket=path, unix_socket_perms="600",
+                                 threads=self.threads, channel_timeout=300,
+                                 clear_untrusted_proxy_headers=True)
+        finally:
+            os.umask(old_umask)
+
+    def _stop_serving(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.settings.socket_path)
+        self.server.close()
+        self.server.task_dispatcher.shutdown(cancel_pending=True,
+                                             timeout=self.settings.plugin_timeout)
+
+    @staticmethod
+    def _start_controller(controller: Watch) -> None:
+        threading.Thread(target=controller.follow, name="pycni-watch-events",
+                         daemon=True).start()
+        log.info("pycni watching Docker's events for containers labelled %s", NETWORKS)
+
+    @staticmethod
+    def _stop_controller(controller: Watch) -> None:
+        controller.stopping.set()  # no new container work; what runs finishes
+        controller.serial.close()
+
+
 def run(settings: Settings, threads: int = 64, watch: bool = False) -> None:
     """Serve until SIGTERM or SIGINT. ``watch``: also run the controller of the ``--network
     none`` mode (:mod:`shim.watch`) beside the driver, as ``pycni watch`` would."""
-    path = settings.socket_path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _remove_stale_socket(path)
-    overlays = overlay_manager.from_settings(settings)
-    if overlays is not None:
-        overlays.load()
-    driver = Driver(settings, overlays=overlays)
-    app = create_app(settings, driver)
-    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
-    try:
-        server = create_server(
-            app,
-            unix_socket=path,
-            unix_socket_perms="600",
-            threads=threads,
-            channel_timeout=300,
-            clear_untrusted_proxy_headers=True,
-        )
-    finally:
-        os.umask(old_umask)
+    runtime = Runtime.build(settings, threads=threads, watch=watch)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -95,49 +180,14 @@ def run(settings: Settings, threads: int = 64, watch: bool = False) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    controller: Watch | None = None
-    try:
-        log.info("pycni serving %s (state %s, CNI_PATH %s)", path, settings.state_dir,
-                 ":".join(settings.cni_path))
-        notify_ready()
-        # Whatever a crash or a missed Docker call left behind is torn down right away, beside
-        # serving: reconciliation takes the same per-network locks as Docker's calls, so a
-        # CreateEndpoint Docker retries meanwhile is served, not raced.
-        # It keeps looking while a leftover waits for Docker to drop its sandbox.
-        reconciler = Reconciler(driver)
-        reconciler.start()
-        # Containers whose restart policy Docker honours as it starts, and which it could not
-        # start because it started before pycni: started now, beside serving (Docker calls the
-        # driver while it starts them), as Docker would have.
-        Reviver(settings.driver_name).start()
-        if overlays is not None:
-            # leases kept alive and peers' routes programmed, beside serving
-            overlays.start()
-        if watch:
-            controller = _start_watch(settings)
-        server.run()
-    except SystemExit:
-        pass
-    finally:
-        if controller is not None:  # no new container work; what runs finishes
-            controller.stopping.set()
-            controller.serial.close()
-        # Stop taking requests first (Docker then sees "plugin not found", not a hang), then let
-        # requests already running finish: a CreateEndpoint cut in half is work for gc.
+    with contextlib.ExitStack() as stack:
         try:
-            os.unlink(path)
-        except FileNotFoundError:
+            runtime.start(stack)
+            log.info("pycni serving %s (state %s, CNI_PATH %s)", settings.socket_path,
+                     settings.state_dir, ":".join(settings.cni_path))
+            notify_ready()
+            runtime.serve()
+        except SystemExit:
             pass
-        server.close()
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=settings.plugin_timeout)
-        if overlays is not None:
-            overlays.stop()  # leases stay: they outlive a restart by their TTL
-        log.info("pycni stopped")
+    log.info("pycni stopped")
     sys.exit(0)
-
-
-def _start_watch(settings: Settings) -> Watch:
-    controller = Watch(Containers.from_settings(settings))
-    threading.Thread(target=controller.follow, name="pycni-watch-events", daemon=True).start()
-    log.info("pycni watching Docker's events for containers labelled %s", NETWORKS)
-    return controller

@@ -83,7 +83,7 @@ class World:
     def new_driver(self) -> Driver:
         """A driver on the same state dir, cache, links and plugins (as after a restart)."""
         cni = CNI(list(self.settings.cni_path), exec=self.exec, cache_dir=self.settings.cache_dir)
-        return Driver(
+        driver = Driver(
             self.settings,
             cni=cni,
             store=Store(self.settings.state_dir),
@@ -93,6 +93,8 @@ class World:
             proxies=self.proxies,
             announce=lambda ns, ifname, addrs: self.announced.append((ns, ifname, list(addrs))),
         )
+        driver.restore()  # what pycni serve does at start
+        return driver
 
     def restart(self) -> Driver:
         self.driver = self.new_driver()

@@ -684,7 +684,7 @@ def test_a_guard_that_cannot_be_put_in_leaves_no_network(world: World) -> None:
 def test_a_network_made_before_the_guard_gets_it_when_pycni_starts(world: World) -> None:
     masquerading_chain(world)
     world.rules.guards.clear()  # as a record from an older pycni would have it
-    world.driver.load()
+    world.driver.restore()
     assert world.rules.guards == {NET[:12]}
 
 
