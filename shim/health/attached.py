@@ -23,7 +23,7 @@ from ..errors import NetlinkFailure
 from ..netlink import LiveLink
 from ..settings import Settings
 from ..state import ContainerRecord
-from .container import missing_addresses, run_check
+from .cnicheck import missing_addresses, run_check
 from .findings import FAIL, OK, Finding
 
 

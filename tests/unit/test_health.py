@@ -23,7 +23,7 @@ from shim.cni.cache import CachedAttachment, ResultCache
 from shim.cni.types import Result
 from shim.dockerview import ContainerView, DockerNetwork, Endpoint
 from shim.errors import CNIError, PycniError
-from shim.health import FAIL, OK, SKIP, WARN, Finding, container, host
+from shim.health import FAIL, OK, SKIP, WARN, Finding, cnicheck, container, host
 from shim.health.probes import Post, Probes, parse_forward_policy
 from shim.netlink import LiveLink
 from shim.settings import Settings
@@ -197,9 +197,9 @@ def test_live_result_falls_back_to_the_one_sandboxed_interface() -> None:
 
 
 def test_address_and_mac_helpers_compare_values_not_strings() -> None:
-    assert container.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/24"]) == []
-    assert container.missing_addresses(["fd00::5/64"], ["fd00:0::5/64"]) == []
-    assert container.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/16"]) == ["10.203.1.5/24"]
+    assert cnicheck.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/24"]) == []
+    assert cnicheck.missing_addresses(["fd00::5/64"], ["fd00:0::5/64"]) == []
+    assert cnicheck.missing_addresses(["10.203.1.5/24"], ["10.203.1.5/16"]) == ["10.203.1.5/24"]
     found = container.find_by_mac([LiveLink("eth0", MAC.upper())], MAC)
     assert found is not None and found.name == "eth0"
     assert container.find_by_mac([LiveLink("eth0", "")], "") is None
