@@ -121,7 +121,7 @@ class Attacher:
                 # Every plugin's DEL ran; what one could not undo is kept in libcni's cache,
                 # where gc finds it and runs DEL again.
                 log.error("cleanup after failed ADD of %s: %s", rt.container_id[:12], cleanup)
-                self.cni.remember(chain, rt, exc.partial)
+                self.cni.remember(chain, rt, exc.partial, undo_failed=str(cleanup))
                 exc.undo_failed = str(cleanup)
             raise
         undo.callback(quietly, self.delete, att)

@@ -535,8 +535,9 @@ class Containers:
             if (entry.container_id, entry.network, entry.ifname) in recorded:
                 continue
             what = f"CNI attachment {entry.network}/{entry.container_id[:12]}/{entry.ifname}"
+            why = f"its undo failed ({entry.undo_failed})" if entry.undo_failed else "no record"
             if dry_run:
-                done.append(f"{what}: no record; removed")
+                done.append(f"{what}: {why}; removed")
                 continue
             with self.locked(entry.container_id):
                 try:
@@ -548,9 +549,9 @@ class Containers:
                                      capability_args=dict(entry.capability_args))
                     self.attacher.delete(att)
                 except PycniError as exc:
-                    done.append(f"{what}: no record; failed: {exc}")
+                    done.append(f"{what}: {why}; failed: {exc}")
                 else:
-                    done.append(f"{what}: no record; DEL run")
+                    done.append(f"{what}: {why}; DEL run")
                     self._unpin_unless_used(entry.netns, "", entry.container_id)
         return done
 

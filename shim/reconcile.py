@@ -152,7 +152,8 @@ def cached_attachments(sweep: Sweep) -> Iterator[Action]:
                   and staging.NETNS_NAME.fullmatch(os.path.basename(entry.netns)) is not None)
         if not (driver.links.netns_exists(staging.netns_name(cid)) or staged):
             continue  # not one of the driver's attachments (the --network none mode's pins)
-        yield Action(f"CNI attachment {entry.network}/{cid[:12]}", "no endpoint",
+        why = f"its undo failed ({entry.undo_failed})" if entry.undo_failed else "no endpoint"
+        yield Action(f"CNI attachment {entry.network}/{cid[:12]}", why,
                      partial(_reap_orphan, driver, _record_from_cache(driver, entry)),
                      outcome="DEL run")
 

@@ -182,7 +182,8 @@ class CNI:
             raise DelFailed(failed)
         self.cache.delete(net.name, rt.container_id, rt.ifname)
 
-    def remember(self, net: NetworkConfigList, rt: RuntimeConf, result: Result | None) -> None:
+    def remember(self, net: NetworkConfigList, rt: RuntimeConf, result: Result | None,
+                 undo_failed: str = "") -> None:
         """Cache an attachment that could not be undone in full (its ADD failed, and so did a
         DEL of the undo), as ADD would have: a later DEL, or gc, finds its config, arguments
         and what was made."""
@@ -192,6 +193,7 @@ class CNI:
                 config=net.bytes, netns=rt.netns, cni_args=list(rt.args),
                 capability_args=dict(rt.capability_args),
                 result=result.convert(net.cni_version).to_json() if result is not None else None,
+                undo_failed=undo_failed,
             )
         )
 

@@ -34,6 +34,9 @@ class CachedAttachment:
     cni_args: list[tuple[str, str]] = field(default_factory=list)
     capability_args: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
+    #: pycni's note of an ADD whose undo failed part-way (which plugin, why): kept as an extra
+    #: key, which libcni and other CNI tools ignore
+    undo_failed: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -52,6 +55,8 @@ class CachedAttachment:
             out["capabilityArgs"] = self.capability_args
         if self.result:
             out["result"] = self.result
+        if self.undo_failed:
+            out[UNDO_FAILED] = self.undo_failed
         return out
 
     @classmethod
@@ -73,7 +78,12 @@ class CachedAttachment:
             cni_args=[(str(k), str(v)) for k, v in args if isinstance(k, str)],
             capability_args=dict(data.get("capabilityArgs") or {}),
             result=data.get("result") if isinstance(data.get("result"), dict) else None,
+            undo_failed=str(data.get(UNDO_FAILED) or ""),
         )
+
+
+#: the extra key of :attr:`CachedAttachment.undo_failed`
+UNDO_FAILED = "pycniUndoFailed"
 
 
 class ResultCache:

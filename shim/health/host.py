@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .. import chains
 from ..client import PluginClient
@@ -67,7 +68,26 @@ def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
         findings += check_leftovers(post)
     else:
         findings.append(Finding(SKIP, "leftovers", "not checked: pycni serve is not answering"))
+    findings += check_none_mode_leftovers(probes.none_mode_gc or (
+        lambda: _none_mode(settings).gc(dry_run=True)))
     return findings
+
+
+def _none_mode(settings: Settings) -> Any:
+    from ..containers import Containers
+
+    return Containers.from_settings(settings)
+
+
+def check_none_mode_leftovers(dry_run: Callable[[], list[str]]) -> list[Finding]:
+    """What ``pycni gc`` would remove of the ``--network none`` mode (no server involved):
+    attachments whose container is gone, an attach whose undo failed (naming the plugin)."""
+    try:
+        actions = dry_run()
+    except PycniError as exc:
+        return [Finding(WARN, "--network none leftovers", f"gc dry run failed: {exc}")]
+    return [Finding(WARN, "--network none leftovers", f"gc would act: {a}", "run `pycni gc`")
+            for a in actions]
 
 
 NEEDS_ROOT = "not checked: only root can look"

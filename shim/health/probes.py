@@ -79,3 +79,5 @@ class Probes:
     bridge_netfilter: Callable[[], bool] = bridge_netfilter_loaded
     ip_forward: Callable[[], str | None] = ip_forward_setting
     find: Callable[[str, Sequence[str]], str] = find_in_path
+    #: the --network none mode's gc dry run (None: that of the settings doctor runs with)
+    none_mode_gc: Callable[[], list[str]] | None = None

@@ -266,6 +266,7 @@ def test_a_plugin_failing_add_and_del_leaves_nothing_but_what_gc_removes(
                             check=False)
         assert gc.returncode == 0, gc.stderr
         assert "CNI attachment e2e-fail/" in gc.stdout, gc.stdout
+        assert 'its undo failed (CNI plugin "pycni-test-fail" failed (DEL)' in gc.stdout
         assert set(cache.glob("e2e-fail-*")) - before == set()
     finally:
         (FLAGS / "del-ok").unlink(missing_ok=True)

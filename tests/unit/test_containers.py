@@ -506,8 +506,10 @@ def test_an_attach_whose_undo_failed_is_left_for_gc_which_finishes_it(rig: Rig) 
     assert rig.files() == [] and len(rig.cached()) == 1  # no record; libcni's cache keeps it
     rig.fake.reset()
     rig.fake.on("tuning", "DEL", b"")
-    assert rig.mode.gc(dry_run=True) == [f"CNI attachment pcn/{CID[:12]}/eth0: no record; removed"]
-    assert rig.mode.gc() == [f"CNI attachment pcn/{CID[:12]}/eth0: no record; DEL run"]
+    what = (f'CNI attachment pcn/{CID[:12]}/eth0: its undo failed (CNI plugin "tuning" '
+            'failed (DEL): still no sysctl)')
+    assert rig.mode.gc(dry_run=True) == [f"{what}; removed"]  # names the plugin
+    assert rig.mode.gc() == [f"{what}; DEL run"]
     assert rig.fake.commands() == [("tuning", "DEL"), ("bridge", "DEL")]
     # the pin was kept for it: DEL runs in the namespace ADD ran in, then the pin goes
     assert rig.fake.calls_for("DEL", "bridge")[0].env["CNI_NETNS"].startswith(

@@ -862,3 +862,13 @@ def test_stopped_reads_what_dockers_restart_logic_reads() -> None:
         {"Id": "d" * 64, "State": {"Status": "created", "StartedAt": dockerview.ZERO_TIME}}, ()
     )
     assert not never.started_before and never.policy == "" and never.error == ""
+
+
+def test_doctor_shows_the_none_modes_leftovers_naming_the_plugin(settings: Settings) -> None:
+    plugin_dir(settings, "bridge", "static", "portmap", "firewall")
+    left = [('CNI attachment pcn/aaaaaaaaaaaa/eth0: its undo failed (CNI plugin "tuning" failed '
+            "(DEL): no such sysctl); removed")]
+    findings = health.doctor(settings, probes(none_mode_gc=lambda: left))
+    [warned] = [f for f in findings if f.subject == "--network none leftovers"]
+    assert warned.status == WARN and '"tuning" failed (DEL)' in warned.message
+    assert warned.hint == "run `pycni gc`"
