@@ -217,7 +217,7 @@ case "$CNI_COMMAND" in
 VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}'; exit 0 ;;
 DEL) [ -e %(flags)s/del-ok ] && exit 0 ;;
 esac
-echo '{"cniVersion":"1.0.0","code":11,"msg":"pycni-test-fail refuses '"$CNI_COMMAND"'"}'
+echo '{"cniVersion":"1.0.0","code":11,"msg":"pycni-test-faildel refuses '"$CNI_COMMAND"'"}'
 exit 1
 """.replace("%(flags)s", str(FLAGS))
 
@@ -230,7 +230,7 @@ def test_a_plugin_failing_add_and_del_leaves_nothing_but_what_gc_removes(
     last plugin whose ADD and DEL both fail: every other plugin is still undone (address,
     masquerade, firewall rules), the error names both failures, and what is left is libcni's
     cache entry alone, which ``pycni gc`` DELs once the plugin works again."""
-    plugin = pycni.plugin_dir / "pycni-test-fail"
+    plugin = pycni.plugin_dir / "pycni-test-faildel"  # not the session's pycni-test-fail
     plugin.write_text(FAIL_PLUGIN)
     plugin.chmod(0o755)
     FLAGS.mkdir(exist_ok=True)
@@ -241,7 +241,7 @@ def test_a_plugin_failing_add_and_del_leaves_nothing_but_what_gc_removes(
                   "routes": [{"dst": "0.0.0.0/0"}]}},
         {"type": "portmap", "capabilities": {"portMappings": True}},
         {"type": "firewall"},
-        {"type": "pycni-test-fail"}]})
+        {"type": "pycni-test-faildel"}]})
     net = e2e.network("pycni-e2e-fail", "-d", DRIVER, "--ipam-driver", "null",
                       "-o", "cni.network=e2e-fail")
     cache = Path("/var/lib/cni/results")
@@ -251,23 +251,29 @@ def test_a_plugin_failing_add_and_del_leaves_nothing_but_what_gc_removes(
         proc = docker("run", "-d", "--name", f"pycni-e2e-fail-{n}", "--network", net,
                       TEST_IMAGE, "sleep", "60", check=False)
         assert proc.returncode != 0
-        assert 'CNI plugin "pycni-test-fail" failed (ADD)' in proc.stderr, proc.stderr
+        assert 'CNI plugin "pycni-test-faildel" failed (ADD)' in proc.stderr, proc.stderr
         assert "undoing it failed too" in proc.stderr and "pycni gc" in proc.stderr
         docker("rm", "-f", f"pycni-e2e-fail-{n}", check=False)
     left = set(cache.glob("e2e-fail-*")) - before
     assert len(left) == 2, left  # what could not be undone, kept for gc
     reserved = list(Path("/var/lib/cni/networks/e2e-fail").glob("10.*"))
     assert reserved == []  # host-local was undone past the failing DEL
-    (FLAGS / "del-ok").touch()
+    pcli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pycni")
+    env = {**os.environ, "PYCNI_STATE_DIR": str(pycni.state_dir)}
     try:
-        pcli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pycni")
-        env = {**os.environ, "PYCNI_STATE_DIR": str(pycni.state_dir)}
+        # what is left is shown, naming the plugin whose DEL failed
+        dry = subprocess.run([pcli, "gc", "--dry-run"], capture_output=True, text=True, env=env,
+                             timeout=120, check=False)
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.count("CNI attachment e2e-fail/") == 2, dry.stdout
+        assert 'its undo failed (CNI plugin "pycni-test-faildel" failed (DEL)' in dry.stdout
+        (FLAGS / "del-ok").touch()
+        # gc DELs it now (or the server's own reconciler did, if it was looking again anyway)
         gc = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=120,
                             check=False)
         assert gc.returncode == 0, gc.stderr
-        assert "CNI attachment e2e-fail/" in gc.stdout, gc.stdout
-        assert 'its undo failed (CNI plugin "pycni-test-fail" failed (DEL)' in gc.stdout
-        assert set(cache.glob("e2e-fail-*")) - before == set()
+        assert eventually(lambda: set(cache.glob("e2e-fail-*")) - before == set(), 10)
     finally:
         (FLAGS / "del-ok").unlink(missing_ok=True)
+        plugin.unlink(missing_ok=True)
         subprocess.run(["ip", "link", "del", "pycni-e2efl"], capture_output=True, check=False)
