@@ -21,28 +21,21 @@ say it at all — except ``host_binding_ipv4``, which only concerns publishing p
 ignored.
 
 CreateNetwork also refuses a network that would hurt the host or another network
-(:func:`refuse_collisions`): a bridge name that is an existing link but no bridge (``eth0``,
-``lo``), or another network's bridge (pycni's or Docker's); addresses that overlap another
-network's subnet.
+(:mod:`shim.collisions`), and each endpoint runs the network's chain with Docker's address in
+it (:mod:`shim.endpoint_chain`).
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import plugins
 from .cni.config import NetworkConfigList, conflist_from_dict
-from .dockerview import DockerNetwork
 from .errors import ConfigError, InvalidRequest, Unsupported
-from .protocol import CreateNetworkRequest, EndpointInterface
-
-if TYPE_CHECKING:
-    from .seams import Links
+from .protocol import CreateNetworkRequest
 
 #: ``-o`` options pycni understands; any other ``cni.*`` option is a typo worth reporting.
 OPT_NETWORK = "cni.network"
@@ -281,7 +274,7 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
     )
 
 
-def _ipam_plugin(net: NetworkConfigList) -> tuple[int, dict[str, Any]] | None:
+def ipam_plugin(net: NetworkConfigList) -> tuple[int, dict[str, Any]] | None:
     for n, plugin in enumerate(net.plugins):
         ipam = plugin.raw.get("ipam")
         if isinstance(ipam, dict) and ipam.get("type"):
@@ -289,7 +282,7 @@ def _ipam_plugin(net: NetworkConfigList) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
-def _host_local_subnets(ipam: dict[str, Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def host_local_subnets(ipam: dict[str, Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     subnets = []
     ranges = ipam.get("ranges")
     if isinstance(ranges, list):
@@ -307,7 +300,7 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     _conflist_decides(req.driver_options, net)
     if not docker_ipam(req):
         return Resolved(config=net, mode="conflist", ipam="cni", address_via="")
-    found = _ipam_plugin(net)
+    found = ipam_plugin(net)
     if found is None:
         raise ConfigError(
             "no plugin in the chain has an IPAM section to take Docker's address; "
@@ -328,7 +321,7 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
             field=f"plugins[{index}].ipam",
         )
     if ipam.get("type") == "host-local":
-        subnets = _host_local_subnets(ipam)
+        subnets = host_local_subnets(ipam)
         for pool in req.ipv4_data + req.ipv6_data:
             if pool.is_null:
                 continue
@@ -375,243 +368,3 @@ def _conflist_decides(options: Mapping[str, str], net: NetworkConfigList) -> Non
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: the names Docker gives its bridges: the default one, and br-<network id[:12]>
-_DOCKER_BRIDGE = re.compile(r"docker0|br-[0-9a-f]{12}")
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """Another network on this host, as far as a new one could collide with it."""
-
-    #: how an error names it ("pycni network 'web'", "Docker network 'bridge'")
-    name: str
-    bridges: tuple[str, ...] = ()
-    subnets: tuple[IPNetwork, ...] = ()
-
-
-def address_ranges(req: CreateNetworkRequest, config: NetworkConfigList, ipam: str
-                   ) -> list[IPNetwork]:
-    """The subnets a network hands addresses from: Docker's pools where Docker's IPAM chooses,
-    else the chain's IPAM ranges (host-local's ranges, static's addresses)."""
-    if ipam == "docker":
-        return [p.pool for p in req.ipv4_data + req.ipv6_data if not p.is_null]
-    found = _ipam_plugin(config)
-    if found is None:
-        return []
-    ipam_conf = found[1]
-    subnets = _host_local_subnets(ipam_conf)
-    for entry in ipam_conf.get("addresses") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("address"), str):
-            try:
-                subnets.append(ipaddress.ip_interface(entry["address"]).network)
-            except ValueError:
-                continue
-    return subnets
-
-
-def neighbours(pycni: Iterable[tuple[str, CreateNetworkRequest, NetworkConfigList, str]],
-               docker: Iterable[DockerNetwork] | None) -> list[Neighbour]:
-    """Every other network: pycni's (id, Docker's request, config, ipam), and Docker's own
-    (None when Docker can't be asked), each named as Docker names it."""
-    pycni, docker = list(pycni), list(docker or [])
-    names = {d.id: d.name for d in docker}
-    found = [
-        Neighbour(f"pycni network {names.get(nid, nid[:12])!r}", tuple(plugins.bridges(config)),
-                  tuple(address_ranges(req, config, ipam)))
-        for nid, req, config, ipam in pycni
-    ]
-    ours = {nid for nid, *_ in pycni}
-    for d in docker:
-        if d.id in ours:
-            continue  # named above, as pycni's
-        subnets = []
-        for subnet in d.subnets:
-            try:
-                subnets.append(ipaddress.ip_network(subnet, strict=False))
-            except ValueError:
-                continue
-        found.append(Neighbour(f"Docker network {d.name!r}", (d.bridge,) if d.bridge else (),
-                               tuple(subnets)))
-    return found
-
-
-def clashes_with_docker(pycni: Iterable[tuple[str, CreateNetworkRequest, NetworkConfigList, str]],
-                        docker: Iterable[DockerNetwork]) -> list[tuple[str, str]]:
-    """Where a pycni network's addresses overlap a subnet of one of Docker's own networks, as
-    (the pycni network's name, what overlaps what): Docker's IPAM doesn't know a range a chain's
-    IPAM hands out, so it may give it to a network created later."""
-    pycni = list(pycni)
-    found = neighbours(pycni, docker)
-    mine, theirs = found[:len(pycni)], found[len(pycni):]
-    return [
-        (m.name, f"its range {r} overlaps {s}, the subnet of {t.name}")
-        for m in mine for r in m.subnets for t in theirs for s in t.subnets
-        if r.version == s.version and r.overlaps(s)
-    ]
-
-
-def refuse_collisions(req: CreateNetworkRequest, resolved: Resolved, config: NetworkConfigList,
-                      *, links: Links, others: Iterable[Neighbour]) -> None:
-    """Refuse a network that would hurt the host or another network.
-
-    * Its bridge must be a bridge: a name that is an existing link of another kind (``eth0``,
-      ``lo``) would have pycni's forwarding rules accept whatever comes in on that link.
-    * It must not be another network's bridge, pycni's or Docker's (``docker0``, ``br-…``):
-      the two would share their containers, and removing one would break the other.
-    * Its addresses must not overlap another network's subnet: two bridges with one subnet
-      route it twice, and the two IPAMs hand out the same addresses.
-    """
-    others = list(others)
-    key = next((k for k in (OPT_BRIDGE, DOCKER_BRIDGE) if k in req.driver_options), "")
-    where = f"option {key}" if resolved.mode == "zero-config" and key else config.source
-    for bridge in plugins.bridges(config):
-        for other in others:
-            if bridge in other.bridges:
-                raise InvalidRequest(f"{where}: bridge {bridge!r} is the bridge of {other.name}; "
-                                     "each network needs a bridge of its own")
-        link = links.link_info(bridge)
-        if link is not None and link.kind != "bridge":
-            raise InvalidRequest(
-                f"{where}: {bridge!r} is an existing {link.kind or 'network device'} link, not "
-                "a bridge; name a bridge of the network's own (or one that doesn't exist yet)")
-        if link is not None and _DOCKER_BRIDGE.fullmatch(bridge):
-            raise InvalidRequest(f"{where}: bridge {bridge!r} is one of Docker's; each network "
-                                 "needs a bridge of its own")
-    mine = address_ranges(req, config, resolved.ipam)
-    what = "subnet" if resolved.ipam == "docker" else f"{config.source}: the chain's range"
-    for subnet in mine:
-        for other in others:
-            clash = next((s for s in other.subnets
-                          if s.version == subnet.version and s.overlaps(subnet)), None)
-            if clash is not None:
-                raise InvalidRequest(
-                    f"{what} {subnet} overlaps {clash}, the subnet of {other.name}: their "
-                    "addresses would be handed out twice; choose a range no other network uses")
-
-
-#: portmap ``conditionsV6`` that keep ``::1`` out of its DNAT (see :func:`for_endpoint`)
-NO_LOOPBACK6_DNAT = ["!", "-d", "::1/128"]
-
-
-def docker_mac(addresses: list[Any]) -> str:
-    """The MAC Docker's bridge gives an endpoint: ``02:42`` and the four bytes of its IPv4
-    address (libnetwork ``netutils.GenerateMACFromIP``); "" without an IPv4 address."""
-    v4 = next((a.ip for a in addresses if a.version == 4), None)
-    if v4 is None:
-        return ""
-    return ":".join(f"{b:02x}" for b in b"\x02\x42" + v4.packed)
-
-
-def _has_run(items: list[Any], run: list[str]) -> bool:
-    return any(items[n:n + len(run)] == run for n in range(len(items) - len(run) + 1))
-
-
-@dataclass(frozen=True)
-class EndpointChain:
-    """What one endpoint's ADD runs with."""
-
-    config: NetworkConfigList
-    cni_args: tuple[tuple[str, str], ...]
-    capability_args: dict[str, Any]
-
-
-def _gateways(req_data: dict[str, Any]) -> dict[int, str]:
-    """Docker's gateway per IP family, from the stored CreateNetwork request."""
-    gws: dict[int, str] = {}
-    for key in ("IPv4Data", "IPv6Data"):
-        for pool in req_data.get(key) or []:
-            gw = pool.get("Gateway") if isinstance(pool, dict) else None
-            if gw:
-                iface = ipaddress.ip_interface(gw)
-                gws.setdefault(iface.version, str(iface.ip))
-    return gws
-
-
-def for_endpoint(
-    template: dict[str, Any],
-    network_request: dict[str, Any],
-    address_via: str,
-    iface: EndpointInterface,
-    *,
-    internal: bool = False,
-) -> EndpointChain:
-    """The chain one endpoint runs: the network's template plus Docker's address, if any.
-
-    Two more things make it behave like Docker's bridge:
-
-    * On a zero-config network the MAC is derived from the IPv4 address (``02:42`` + its four
-      bytes, :func:`docker_mac`) unless ``--mac-address`` gave one, as Docker's bridge does: a
-      container restarted with its address keeps its MAC, so neighbours' entries stay right.
-    * Every ``portmap`` leaves ``::1`` alone (:data:`NO_LOOPBACK6_DNAT` in ``conditionsV6``), as
-      Docker's own ``OUTPUT`` rule does: the kernel drops a packet from ``::1`` DNAT'd to a
-      container, so pycni's userland proxy answers there instead (:mod:`shim.proxy`).
-    """
-    raw = copy.deepcopy(template)
-    _spare_loopback6(raw)
-    addresses = [a for a in (iface.address, iface.address_ipv6) if a is not None]
-    gateways = _gateways(network_request)
-    args: list[tuple[str, str]] = [("IgnoreUnknown", "1")]
-    caps: dict[str, Any] = {}
-    if address_via and not addresses:
-        raise InvalidRequest("Docker's IPAM gave this endpoint no address to hand to the chain")
-    if address_via == "config":
-        _into_static_ipam(raw, addresses, gateways, internal=internal)
-    elif address_via == "ips":
-        caps["ips"] = [str(a) for a in addresses]
-    elif address_via == "args":
-        args += _ip_args(raw, addresses, gateways)
-    mac = iface.mac_address
-    if not mac and address_via == "config":
-        mac = docker_mac(addresses)
-    if mac:
-        # Docker sets a MAC it was given itself when it moves the link in; telling the chain
-        # too keeps what plugins record (and see at DEL) consistent. bridge reads CNI_ARGS MAC=.
-        caps["mac"] = mac
-        args.append(("MAC", mac))
-    return EndpointChain(
-        config=conflist_from_dict(raw, source="endpoint config"),
-        cni_args=tuple(args),
-        capability_args=caps,
-    )
-
-
-Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-def _spare_loopback6(raw: dict[str, Any]) -> None:
-    """Every ``portmap`` leaves ``::1`` to pycni's userland proxy (see :func:`for_endpoint`)."""
-    for plugin in raw.get("plugins") or []:
-        if isinstance(plugin, dict) and plugin.get("type") == "portmap":
-            conditions = list(plugin.get("conditionsV6") or [])
-            if not _has_run(conditions, NO_LOOPBACK6_DNAT):
-                plugin["conditionsV6"] = conditions + NO_LOOPBACK6_DNAT
-
-
-def _into_static_ipam(raw: dict[str, Any], addresses: list[Address], gateways: dict[int, str],
-                      *, internal: bool) -> None:
-    """Zero config: Docker's addresses (and default routes, unless internal) become the static
-    IPAM's configuration."""
-    ipam = raw["plugins"][0]["ipam"]
-    ipam["addresses"] = []
-    routes = []
-    for addr in addresses:
-        entry = {"address": str(addr)}
-        gw = gateways.get(addr.version)
-        if gw:
-            entry["gateway"] = gw
-            if not internal:
-                routes.append({"dst": "0.0.0.0/0" if addr.version == 4 else "::/0", "gw": gw})
-        ipam["addresses"].append(entry)
-    if routes:
-        ipam["routes"] = routes
-
-
-def _ip_args(raw: dict[str, Any], addresses: list[Address], gateways: dict[int, str]
-             ) -> list[tuple[str, str]]:
-    """CNI_ARGS ``IP=`` (and ``GATEWAY=``) the way the chain's IPAM reads them."""
-    found = _ipam_plugin(conflist_from_dict(raw))
-    ipam_type = str(found[1].get("type")) if found else ""
-    if plugins.ip_arg(ipam_type) == "cidr":  # static: CIDRs, and gateways
-        args = [("IP", ",".join(str(a) for a in addresses))]
-        gws = [gateways[a.version] for a in addresses if a.version in gateways]
-        return args + ([("GATEWAY", ",".join(gws))] if gws else [])
-    return [("IP", ",".join(str(a.ip) for a in addresses))]  # host-local: bare addresses

@@ -29,7 +29,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import chains, dockerview, firewall, netlink, plugins, ports, proxy, staging
+from . import (
+    chains,
+    collisions,
+    dockerview,
+    endpoint_chain,
+    firewall,
+    netlink,
+    plugins,
+    ports,
+    proxy,
+    staging,
+)
 from .attach import Attacher, Attachment, has_capability, quietly
 from .cni import CNI, find
 from .cni.types import Result, Route
@@ -201,12 +212,12 @@ class Driver:
             # Every binary is in CNI_PATH and speaks the config's version (or a negotiated one).
             config = self.cni.negotiate(resolved.config)
             # Nothing that would hurt the host or another network: pycni's, or Docker's.
-            others = chains.neighbours(
+            others = collisions.neighbours(
                 [(n.id, n.docker, n.config, str(n.ipam)) for n in self.registry.networks()
                  if n.id != req.network_id],
                 [d for d in self.docker_networks() or [] if d.id != req.network_id],
             )
-            chains.refuse_collisions(req, resolved, config, links=self.links, others=others)
+            collisions.refuse_collisions(req, resolved, config, links=self.links, others=others)
             # A bridge the chain will create is this network's to remove; one that exists
             # already (another network's, or the admin's) is not.
             owned = [b for b in plugins.bridges(config) if self.links.link_info(b) is None]
@@ -241,7 +252,7 @@ class Driver:
         docker = self.docker_networks()
         if docker is None:
             return
-        found = set(chains.clashes_with_docker(
+        found = set(collisions.clashes_with_docker(
             [(n.id, n.docker, n.config, str(n.ipam)) for n in self.registry.networks()], docker))
         for name, what in sorted(found - self._clashes_told):
             log.warning("%s: %s; their addresses are handed out twice (pycni doctor)", name, what)
@@ -337,7 +348,7 @@ class Driver:
         self, net: NetworkRecord, req: CreateEndpointRequest, raw: dict[str, Any]
     ) -> EndpointRecord:
         eid = req.endpoint_id
-        chain = chains.for_endpoint(
+        chain = endpoint_chain.for_endpoint(
             net.config.raw, net.request, net.address_via, req.interface,
             internal=net.docker.internal,
         )

@@ -6,7 +6,7 @@ where its own DNAT rules don't reach; pycni does the same, in process:
 
 * **[::1]** — the kernel has no ``route_localnet`` for IPv6: a packet from ``::1`` DNAT'd to a
   container is dropped (a timeout on a dual-stack network). The endpoint's chain excludes
-  ``::1`` from portmap's DNAT (``conditionsV6``, see :func:`shim.chains.for_endpoint`), as
+  ``::1`` from portmap's DNAT (``conditionsV6``, see :func:`shim.endpoint_chain.for_endpoint`), as
   Docker's own ``OUTPUT`` rule does, so the connection reaches the proxy instead.
 * **IPv6 to a container with only an IPv4 address** — portmap writes no IPv6 rules for it (the
   port is refused); the proxy listens on ``[::]`` and forwards to the container's IPv4 address.

@@ -67,9 +67,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from shim.chains import for_endpoint, zero_config
+from shim.chains import zero_config
 from shim.client import PluginClient
 from shim.cni.invoke import format_cni_args
+from shim.endpoint_chain import for_endpoint
 from shim.errors import PycniError
 from shim.protocol import CreateNetworkRequest, EndpointInterface
 from tests import leaks

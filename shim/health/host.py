@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import chains
+from .. import collisions
 from ..client import PluginClient
 from ..cni.config import NetworkConfigList, load_all, validate_plugin_type
 from ..cni.invoke import find_in_path
@@ -184,7 +184,7 @@ def check_ranges(store: Store, docker: list[DockerNetwork] | None) -> list[Findi
         records = store.networks()
     except PycniError:
         return []  # network_chains has said so
-    found = chains.clashes_with_docker(
+    found = collisions.clashes_with_docker(
         [(n.id, CreateNetworkRequest.from_json(n.request), n.config, str(n.ipam))
          for n in records], docker)
     if not found:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shim import chains
+from shim import chains, collisions, endpoint_chain
 from shim.cni.config import NetworkConfigList, conflist_from_dict
 from shim.dockerview import DockerNetwork
 from shim.errors import ConfigError, InvalidRequest, Unsupported
@@ -349,7 +349,7 @@ def zero_template(**request_options: Any) -> tuple[dict[str, Any], dict[str, Any
 def test_config_gives_the_static_ipam_dockers_address_gateway_and_default_route() -> None:
     template, body = zero_template()
     before = copy.deepcopy(template)
-    chain = chains.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4))
+    chain = endpoint_chain.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4))
     assert chain.config.plugins[0].raw["ipam"] == {
         "type": "static",
         "addresses": [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"}],
@@ -365,7 +365,7 @@ def test_config_gives_the_static_ipam_dockers_address_gateway_and_default_route(
 
 def test_config_dual_stack() -> None:
     template, body = zero_template(ipv6=[V6])
-    chain = chains.for_endpoint(template, body, "config",
+    chain = endpoint_chain.for_endpoint(template, body, "config",
                                 EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
     ipam = chain.config.plugins[0].raw["ipam"]
     assert ipam["addresses"] == [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"},
@@ -376,7 +376,7 @@ def test_config_dual_stack() -> None:
 
 def test_config_on_an_internal_network_has_a_gateway_but_no_way_out() -> None:
     template, body = zero_template(internal=True)
-    chain = chains.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4),
+    chain = endpoint_chain.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4),
                                 internal=True)
     ipam = chain.config.plugins[0].raw["ipam"]
     assert ipam["addresses"] == [{"address": "10.200.9.7/24", "gateway": "10.200.9.1"}]
@@ -386,7 +386,7 @@ def test_config_on_an_internal_network_has_a_gateway_but_no_way_out() -> None:
 def test_config_without_a_gateway_from_docker() -> None:
     template, body = zero_template(ipv4=[{"AddressSpace": "LocalDefault",
                                           "Pool": "10.200.9.0/24"}])
-    chain = chains.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4))
+    chain = endpoint_chain.for_endpoint(template, body, "config", EndpointInterface(address=ADDR4))
     assert chain.config.plugins[0].raw["ipam"] == {"type": "static",
                                                    "addresses": [{"address": "10.200.9.7/24"}]}
 
@@ -394,7 +394,7 @@ def test_config_without_a_gateway_from_docker() -> None:
 def test_ips_hands_the_addresses_over_as_a_capability() -> None:
     net = conflist({"type": "bridge", "capabilities": {"ips": True},
                     "ipam": host_local("10.200.9.0/24")})
-    chain = chains.for_endpoint(net.raw, request(ipv6=[V6]), "ips",
+    chain = endpoint_chain.for_endpoint(net.raw, request(ipv6=[V6]), "ips",
                                 EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
     assert chain.capability_args == {"ips": ["10.200.9.7/24", "fd00:200:9::7/64"]}
     assert chain.cni_args == (("IgnoreUnknown", "1"),)
@@ -403,7 +403,7 @@ def test_ips_hands_the_addresses_over_as_a_capability() -> None:
 
 def test_args_give_host_local_bare_addresses() -> None:
     net = conflist({"type": "bridge", "ipam": host_local("10.200.9.0/24", "fd00:200:9::/64")})
-    chain = chains.for_endpoint(net.raw, request(ipv6=[V6]), "args",
+    chain = endpoint_chain.for_endpoint(net.raw, request(ipv6=[V6]), "args",
                                 EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
     assert chain.cni_args == (("IgnoreUnknown", "1"), ("IP", "10.200.9.7,fd00:200:9::7"))
     assert chain.capability_args == {}
@@ -411,7 +411,7 @@ def test_args_give_host_local_bare_addresses() -> None:
 
 def test_args_give_static_addresses_in_cidr_form_and_gateways() -> None:
     net = conflist({"type": "tuning"}, {"type": "bridge", "ipam": {"type": "static"}})
-    chain = chains.for_endpoint(net.raw, request(ipv6=[V6]), "args",
+    chain = endpoint_chain.for_endpoint(net.raw, request(ipv6=[V6]), "args",
                                 EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
     assert chain.cni_args == (("IgnoreUnknown", "1"),
                               ("IP", "10.200.9.7/24,fd00:200:9::7/64"),
@@ -420,14 +420,14 @@ def test_args_give_static_addresses_in_cidr_form_and_gateways() -> None:
 
 def test_args_to_static_without_gateways() -> None:
     net = conflist({"type": "bridge", "ipam": {"type": "static"}})
-    chain = chains.for_endpoint(net.raw, request(ipv4=[{"Pool": "10.200.9.0/24"}]), "args",
+    chain = endpoint_chain.for_endpoint(net.raw, request(ipv4=[{"Pool": "10.200.9.0/24"}]), "args",
                                 EndpointInterface(address=ADDR4))
     assert chain.cni_args == (("IgnoreUnknown", "1"), ("IP", "10.200.9.7/24"))
 
 
 def test_a_mac_goes_to_the_chain_both_ways() -> None:
     net = conflist({"type": "bridge", "ipam": host_local("10.200.9.0/24")})
-    chain = chains.for_endpoint(net.raw, request(), "args",
+    chain = endpoint_chain.for_endpoint(net.raw, request(), "args",
                                 EndpointInterface(address=ADDR4, mac_address=MAC))
     assert chain.capability_args == {"mac": MAC}
     assert chain.cni_args == (("IgnoreUnknown", "1"), ("IP", "10.200.9.7"), ("MAC", MAC))
@@ -435,11 +435,11 @@ def test_a_mac_goes_to_the_chain_both_ways() -> None:
 
 def test_when_the_chain_chooses_only_the_mac_is_passed() -> None:
     net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
-    chain = chains.for_endpoint(net.raw, request(ipv4=[NULL]), "",
+    chain = endpoint_chain.for_endpoint(net.raw, request(ipv4=[NULL]), "",
                                 EndpointInterface(mac_address=MAC))
     assert chain.cni_args == (("IgnoreUnknown", "1"), ("MAC", MAC))
     assert chain.capability_args == {"mac": MAC}
-    assert chains.for_endpoint(net.raw, request(ipv4=[NULL]), "",
+    assert endpoint_chain.for_endpoint(net.raw, request(ipv4=[NULL]), "",
                                EndpointInterface()).cni_args == (("IgnoreUnknown", "1"),)
 
 
@@ -447,21 +447,21 @@ def test_when_the_chain_chooses_only_the_mac_is_passed() -> None:
 def test_dockers_ipam_must_have_given_an_address(via: str) -> None:
     template, body = zero_template()
     with pytest.raises(InvalidRequest, match="gave this endpoint no address"):
-        chains.for_endpoint(template, body, via, EndpointInterface(mac_address=MAC))
+        endpoint_chain.for_endpoint(template, body, via, EndpointInterface(mac_address=MAC))
 
 
 # --- what a new network must not collide with ----------------------------------------------------
 
 
-def neighbour(name: str, bridges: tuple[str, ...] = (), *subnets: str) -> chains.Neighbour:
-    return chains.Neighbour(name, bridges, tuple(ipaddress.ip_network(n) for n in subnets))
+def neighbour(name: str, bridges: tuple[str, ...] = (), *subnets: str) -> collisions.Neighbour:
+    return collisions.Neighbour(name, bridges, tuple(ipaddress.ip_network(n) for n in subnets))
 
 
-def collide(body: dict[str, Any], *others: chains.Neighbour, links: FakeLinks | None = None,
+def collide(body: dict[str, Any], *others: collisions.Neighbour, links: FakeLinks | None = None,
             net: NetworkConfigList | None = None) -> None:
     req = parsed(body)
     resolved = chains.zero_config(req) if net is None else chains.from_conflist(req, net)
-    chains.refuse_collisions(req, resolved, resolved.config, links=links or FakeLinks(),
+    collisions.refuse_collisions(req, resolved, resolved.config, links=links or FakeLinks(),
                              others=others)
 
 
@@ -541,12 +541,12 @@ def test_the_ranges_a_network_hands_addresses_from() -> None:
                                               "ranges": [[{"subnet": "10.200.8.0/24"}]]}})
     static = conflist({"type": "macvlan", "ipam": {"type": "static", "addresses": [
         {"address": "10.200.6.5/24"}, {"address": "nonsense"}, "nonsense"]}})
-    assert chains.address_ranges(body, hl, "docker") == [
+    assert collisions.address_ranges(body, hl, "docker") == [
         ipaddress.ip_network("10.200.9.0/24"), ipaddress.ip_network("fd00:200:9::/64")]
-    assert chains.address_ranges(body, hl, "cni") == [
+    assert collisions.address_ranges(body, hl, "cni") == [
         ipaddress.ip_network("10.200.8.0/24"), ipaddress.ip_network("10.200.7.0/24")]
-    assert chains.address_ranges(body, static, "cni") == [ipaddress.ip_network("10.200.6.0/24")]
-    assert chains.address_ranges(body, conflist({"type": "macvlan"}), "cni") == []
+    assert collisions.address_ranges(body, static, "cni") == [ipaddress.ip_network("10.200.6.0/24")]
+    assert collisions.address_ranges(body, conflist({"type": "macvlan"}), "cni") == []
 
 
 def test_neighbours_are_named_as_docker_names_them() -> None:
@@ -557,12 +557,12 @@ def test_neighbours_are_named_as_docker_names_them() -> None:
         DockerNetwork("ef" * 32, "bridge", "bridge", ("172.17.0.0/16", "bad"), "docker0"),
         DockerNetwork("12" * 32, "host", "host"),
     ]
-    found = chains.neighbours([(other, parsed(request(ipv4=[NULL])), config, "cni")], docker)
+    found = collisions.neighbours([(other, parsed(request(ipv4=[NULL])), config, "cni")], docker)
     assert found == [
         neighbour("pycni network 'web'", ("br9",), "10.200.8.0/24"),
         neighbour("Docker network 'bridge'", ("docker0",), "172.17.0.0/16"),
         neighbour("Docker network 'host'"),
     ]
     # Docker can't be asked: pycni's own networks, by id
-    assert chains.neighbours([(other, parsed(request(ipv4=[NULL])), config, "cni")], None) == [
+    assert collisions.neighbours([(other, parsed(request(ipv4=[NULL])), config, "cni")], None) == [
         neighbour(f"pycni network '{other[:12]}'", ("br9",), "10.200.8.0/24")]

@@ -1,4 +1,4 @@
-"""One endpoint's chain behaving like Docker's bridge (:func:`shim.chains.for_endpoint`): the MAC
+"""One endpoint's chain behaving like Docker's bridge (:func:`shim.endpoint_chain.for_endpoint`): the MAC
 derived from the address, and portmap leaving ``::1`` to pycni's userland proxy.
 
 Pure functions on config dicts: no plugins run, nothing on the host.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shim import chains
+from shim import chains, endpoint_chain
 from shim.protocol import CreateNetworkRequest, EndpointInterface
 
 pytestmark = pytest.mark.unit
@@ -45,22 +45,22 @@ def conflist(*plugins: dict[str, Any]) -> dict[str, Any]:
     ("255.255.255.254/31", "02:42:ff:ff:ff:fe"),
 ])
 def test_dockers_mac_is_02_42_and_the_ipv4_address(address: str, mac: str) -> None:
-    assert chains.docker_mac([ADDR6, ipaddress.ip_interface(address)]) == mac
+    assert endpoint_chain.docker_mac([ADDR6, ipaddress.ip_interface(address)]) == mac
 
 
 def test_no_ipv4_address_no_derived_mac() -> None:
-    assert chains.docker_mac([ADDR6]) == chains.docker_mac([]) == ""
+    assert endpoint_chain.docker_mac([ADDR6]) == endpoint_chain.docker_mac([]) == ""
 
 
 def test_a_zero_config_endpoint_is_given_dockers_mac() -> None:
-    chain = chains.for_endpoint(zero_config(True), request(True), "config",
+    chain = endpoint_chain.for_endpoint(zero_config(True), request(True), "config",
                                 EndpointInterface(address=ADDR4, address_ipv6=ADDR6))
     assert chain.cni_args == (("IgnoreUnknown", "1"), ("MAC", DERIVED))
     assert chain.capability_args == {"mac": DERIVED}
 
 
 def test_mac_address_wins_over_the_derived_one() -> None:
-    chain = chains.for_endpoint(zero_config(), request(), "config",
+    chain = endpoint_chain.for_endpoint(zero_config(), request(), "config",
                                 EndpointInterface(address=ADDR4, mac_address="02:00:00:00:00:09"))
     assert dict(chain.cni_args)["MAC"] == "02:00:00:00:00:09"
 
@@ -71,7 +71,7 @@ def test_a_conflist_endpoint_keeps_the_chains_mac(via: str) -> None:
     template = conflist({"type": "bridge", "capabilities": {"ips": True},
                          "ipam": {"type": "host-local", "subnet": "10.201.120.0/24"}})
     iface = EndpointInterface(address=ADDR4) if via else EndpointInterface()
-    chain = chains.for_endpoint(template, request(), via, iface)
+    chain = endpoint_chain.for_endpoint(template, request(), via, iface)
     assert "MAC" not in dict(chain.cni_args) and "mac" not in chain.capability_args
 
 
@@ -81,7 +81,7 @@ def test_portmap_leaves_ipv6_loopback_alone() -> None:
         {"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.201.120.0/24"}},
         {"type": "portmap", "capabilities": {"portMappings": True}})
     before = copy.deepcopy(template)
-    chain = chains.for_endpoint(template, request(), "", EndpointInterface())
+    chain = endpoint_chain.for_endpoint(template, request(), "", EndpointInterface())
     [portmap] = [p.raw for p in chain.config.plugins if p.type == "portmap"]
     assert portmap["conditionsV6"] == ["!", "-d", "::1/128"]
     assert "conditionsV4" not in portmap
@@ -95,7 +95,7 @@ def test_a_conflists_own_portmap_conditions_are_kept() -> None:
          "conditionsV6": ["-s", "fd00:201:120::/64"]},
         {"type": "portmap", "conditionsV6": ["!", "-d", "::1/128"]},
     )
-    chain = chains.for_endpoint(template, request(), "", EndpointInterface())
+    chain = endpoint_chain.for_endpoint(template, request(), "", EndpointInterface())
     first, second = (p.raw for p in chain.config.plugins if p.type == "portmap")
     assert first["conditionsV6"] == ["-s", "fd00:201:120::/64", "!", "-d", "::1/128"]
     assert second["conditionsV6"] == ["!", "-d", "::1/128"]  # there already: not twice

@@ -1,5 +1,5 @@
 """CreateNetwork against what is already there: Docker's bridge options, and the networks, bridges
-and links a new network must not collide with (:func:`shim.chains.refuse_collisions`), through
+and links a new network must not collide with (:func:`shim.collisions.refuse_collisions`), through
 the driver on fakes. Docker's own networks are whatever the test says
 (``world.driver.docker_networks``).
 """
