@@ -215,7 +215,7 @@ def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) 
 def inspect(network: str, state_dir: str | None) -> None:
     """Show a pycni network (Docker name, id or id prefix): Docker's request, its CNI chain, its
     endpoints with their addresses and published ports."""
-    from . import driver
+    from . import answers
 
     settings = _settings(state_dir)
     store = Store(settings.state_dir)
@@ -246,7 +246,7 @@ def inspect(network: str, state_dir: str | None) -> None:
         item["ports"] = [
             str(ports.Mapping.from_cni(m)) for m in ep.capability_args.get("portMappings") or []
         ]
-        item["way_out"] = driver.way_out(ep)  # "none": no default route, no docker_gwbridge
+        item["way_out"] = answers.way_out(ep)  # "none": no default route, no docker_gwbridge
         data["endpoints"].append(item)
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 

@@ -23,13 +23,13 @@ No Flask and no subprocess here: CNI goes through :class:`~shim.cni.CNI`, the ho
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from . import (
+    answers,
     chains,
     collisions,
     dockerview,
@@ -39,24 +39,20 @@ from . import (
     plugins,
     ports,
     proxy,
+    publishing,
     staging,
 )
-from .attach import Attacher, Attachment, has_capability, quietly
+from .attach import Attacher, Attachment, quietly
 from .cni import CNI, find
-from .cni.types import Result, Route
-from .errors import CNIError, InvalidRequest, NotFound, PycniError, Unsupported
+from .errors import InvalidRequest, NotFound, PycniError, Unsupported
 from .overlay import chain as overlay_chain
 from .overlay.manager import Overlays, leave_locally
 from .protocol import (
-    CONNECTED,
-    NEXTHOP,
     CreateEndpointRequest,
     CreateNetworkRequest,
-    EndpointInterface,
     EndpointRequest,
     JoinRequest,
     JoinResponse,
-    StaticRoute,
 )
 from .registry import Network, Registry
 from .seams import Links, Rules
@@ -65,20 +61,7 @@ from .state import AddressVia, EndpointRecord, Ipam, Mode, NetworkRecord, Phase,
 
 log = logging.getLogger(__name__)
 
-PORTS = "portMappings"
-#: how the Publisher names a port's holder in the --network none mode
-NONE_MODE = "none:"
-
-
-@dataclass(frozen=True)
-class EndpointAnswer:
-    """What CreateEndpoint tells Docker: only the fields Docker left empty."""
-
-    interface: EndpointInterface
-
-    def to_json(self) -> dict[str, Any]:
-        body = self.interface.to_json()
-        return {"Interface": body} if body else {}
+PORTS = publishing.PORTS
 
 
 class Driver:
@@ -106,9 +89,6 @@ class Driver:
         self.links = links
         self.staging = staging.Staging(links, announce)
         self.rules = rules
-        # one space of host ports with the --network none mode (pycni attach -p), which runs
-        # in other processes and keeps its ports in its records
-        self.ports = ports.Publisher(elsewhere=self._none_mode_ports)
         # docker-proxy's part: published ports where DNAT can't reach ([::1], IPv6 to IPv4)
         self.proxies = proxies or proxy.Proxies()
         # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
@@ -120,6 +100,11 @@ class Driver:
         # Docker's names for endpoints' containers (errors name them); {} where tests fake it
         self.docker_names: Callable[[], dockerview.Names] = (
             dockerview.Names if docker_view else lambda: dockerview.names(settings.driver_name))
+        self.publishing = publishing.EndpointPorts(
+            self.attacher, rules, self.proxies, self.registry.store,
+            lambda: self.docker_names(), self.registry.network_of)
+        #: one space of host ports, with the --network none mode's (shim.publishing)
+        self.ports = self.publishing.publisher
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
         self._clashes_told: set[tuple[str, str]] = set()
@@ -147,22 +132,8 @@ class Driver:
                 log.error("network %s: cannot restore its iptables rules: %s", net.id[:12], exc)
         records = {n.id: n for n in self.registry.networks()}
         for rec in self.registry.endpoints():
-            published = rec.capability_args.get(PORTS)
-            net_rec = records.get(rec.network_id)
-            if published and net_rec is not None and _own_ports(net_rec, rec):
-                try:  # iptables rules don't survive a reboot
-                    self.rules.restore_published(rec.id[:12], _port_rules(
-                        net_rec, rec, [ports.Mapping.from_cni(m) for m in published]))
-                except PycniError as exc:
-                    log.error("endpoint %s: cannot restore its published ports' rules: %s",
-                              rec.id[:12], exc)
-            if published and rec.phase in (Phase.READY, Phase.JOINED):
-                try:
-                    self.proxies.start(rec.id, [ports.Mapping.from_cni(m) for m in published],
-                                       rec.addresses)
-                except PycniError as exc:
-                    log.warning("endpoint %s: published ports not proxied again: %s",
-                                rec.id[:12], exc)
+            self.publishing.restore(records.get(rec.network_id), rec,
+                                    serving=rec.phase in (Phase.READY, Phase.JOINED))
         log.info("loaded %d networks, %d endpoints", networks, endpoints)
 
     def close(self) -> None:
@@ -303,7 +274,8 @@ class Driver:
 
     # --- endpoints -------------------------------------------------------------------------------
 
-    def create_endpoint(self, req: CreateEndpointRequest, raw: dict[str, Any]) -> EndpointAnswer:
+    def create_endpoint(self, req: CreateEndpointRequest, raw: dict[str, Any]
+                        ) -> answers.EndpointAnswer:
         elsewhere = self.registry.network_of(req.endpoint_id)
         if elsewhere is not None and elsewhere != req.network_id:
             # Endpoint ids are Docker's and unique: one that exists on another network is a
@@ -332,11 +304,12 @@ class Driver:
                 # A plugin that replaced the on-link route of its subnet (ptp routes it via its
                 # gateway) means a host address: Docker would re-add the on-link route with the
                 # prefix, so it gets the address as /32 (/128) and the routes as StaticRoutes.
-                rec.addresses = [_as_host_if_not_on_link(a, rec.routes) for a in rec.addresses]
+                rec.addresses = [answers.as_host_if_not_on_link(a, rec.routes)
+                                 for a in rec.addresses]
                 # Docker puts its own MAC (--mac-address) on the link at Join.
                 rec.link_mac = moved.mac
                 rec.mac = req.interface.mac_address or moved.mac
-                answer = _answer(req.interface, rec)
+                answer = answers.answer(req.interface, rec)
                 rec.phase = Phase.READY
                 self.registry.save_endpoint(net, rec)
                 undo.pop_all()
@@ -376,7 +349,7 @@ class Driver:
             rec.sandbox_key = req.sandbox_key
             rec.phase = Phase.JOINED
             self.registry.save_endpoint(net, rec)
-            return _join_response(rec)
+            return answers.join_response(rec)
 
     def leave(self, req: EndpointRequest) -> None:
         """Nothing to undo: Docker takes the link out of the container itself, and
@@ -417,14 +390,9 @@ class Driver:
         network owns). Safe to repeat; keeps the record if DEL fails."""
         rec.phase = Phase.DELETING
         self.store.save_endpoint(rec)
-        self.proxies.stop(rec.id)  # and every connection through it
-        if net is not None and _own_ports(net.record, rec):
-            self._unpublish_own(net.record, rec)
-            self.store.save_endpoint(rec)
-        elif net is None and PORTS in rec.capability_args and not has_capability(rec.config,
-                                                                                 PORTS):
-            # a leftover no network owns: its rules are found by the endpoint's tag
-            self.rules.unpublish(rec.id[:12], None)
+        # the proxy and every connection through it; pycni's own port rules
+        self.publishing.teardown(net.record if net is not None else None, rec)
+        self.store.save_endpoint(rec)
         att = rec.attachment
         if att.result is None:
             # Crashed between ADD and saving its result: libcni's cache has it.
@@ -443,7 +411,7 @@ class Driver:
             self.staging.put_back(rec)
         self.attacher.delete(att, result=given)
         self.staging.clear(rec)
-        self.ports.release(rec.id)
+        self.publishing.release(rec)
         if net is not None:
             self.registry.remove_endpoint(net, rec.id)
         else:
@@ -458,7 +426,7 @@ class Driver:
                 "cni.plugins": config.plugin_types(),
                 "cni.netns": rec.attachment.netns,
                 "phase": str(rec.phase),
-                "way_out": way_out(rec),
+                "way_out": answers.way_out(rec),
             }
             result = rec.result
             if result is not None:
@@ -473,7 +441,7 @@ class Driver:
     # --- published ports -------------------------------------------------------------------------
 
     def program_external(self, req: EndpointRequest) -> None:
-        """Publish the container's ports through the chain's ``portMappings`` plugins.
+        """Publish the container's ports (:mod:`shim.publishing`).
 
         Docker calls this for the container's gateway endpoint only, so ports land on one
         network, as with Docker's own bridge driver.
@@ -481,228 +449,19 @@ class Driver:
         with self._endpoint(req) as (net, rec):
             host_ip = chains.default_host_ip(net.record.docker)  # Docker's host_binding_ipv4
             bindings = [replace(b, host_ip=b.host_ip or host_ip) for b in ports.parse(req.options)]
-            if not bindings:
-                return
-            own = _own_ports(net.record, rec)
-            if not own and not has_capability(rec.config, PORTS):
-                raise InvalidRequest(
-                    f"network {rec.network_id[:12]}'s CNI chain "
-                    f"({'+'.join(rec.config.plugin_types())}) has no plugin with the "
-                    "portMappings capability (such as portmap): ports can't be published"
-                )
-            if rec.capability_args.get(PORTS):
-                return  # already programmed (Docker retried)
-            with self._reserving(rec.id, bindings) as mappings:
-                if own:
-                    # Docker's order: the proxy holds the host ports, then the DNAT rules
-                    self.proxies.start(rec.id, mappings, rec.addresses)
-                    try:
-                        self.rules.publish(rec.id[:12], _port_rules(net.record, rec, mappings))
-                    except BaseException:
-                        self.proxies.stop(rec.id)
-                        raise
-                    rec.attachment.capability_args = {
-                        **rec.capability_args, PORTS: [m.to_cni() for m in mappings]}
-                else:
-                    self.attacher.publish(rec.attachment, PORTS, [m.to_cni() for m in mappings])
-                    try:
-                        self.proxies.start(rec.id, mappings, rec.addresses)
-                    except BaseException:
-                        quietly(self.attacher.unpublish, rec.attachment, PORTS)
-                        raise
-                self.registry.save_endpoint(net, rec)
+            if not bindings or rec.capability_args.get(PORTS):
+                return  # nothing asked, or already programmed (Docker retried)
+            mappings = self.publishing.publish(net.record, rec, bindings,
+                                               save=lambda: self.registry.save_endpoint(net, rec))
         log.info("endpoint %s publishes %s", rec.id[:12], ", ".join(map(str, mappings)))
-
-    @contextlib.contextmanager
-    def _reserving(self, endpoint_id: str, bindings: list[ports.Binding]
-                   ) -> Iterator[list[ports.Mapping]]:
-        """The Publisher's reservation; a port another endpoint holds is refused naming the
-        container that holds it, as Docker's "port is already allocated" does."""
-        try:
-            reservation = self.ports.reserve(endpoint_id, bindings)
-            mappings = reservation.__enter__()
-        except ports.PortInUse as exc:
-            if not exc.holder:
-                raise
-            raise ports.PortInUse(f"{exc}: {self._holder(exc.holder)}", exc.key,
-                                  exc.holder) from None
-        with contextlib.ExitStack() as stack:
-            stack.push(reservation)
-            yield mappings
-
-    def _none_mode_ports(self) -> dict[tuple[str, str, int], str]:
-        """The host ports ``--network none`` attachments hold, each → its holder."""
-        try:
-            records = self.store.containers()
-        except PycniError as exc:
-            log.warning("cannot read the --network none mode's records: %s", exc)
-            return {}
-        return {ports.Mapping.from_cni(m).key(): f"{NONE_MODE}{r.name or r.container_id[:12]}"
-                f"/{r.network}" for r in records
-                for m in r.attachment.capability_args.get(PORTS) or []}
-
-    def _holder(self, endpoint_id: str) -> str:
-        """Who holds a port pycni published for ``endpoint_id``, as Docker names them."""
-        if endpoint_id.startswith(NONE_MODE):
-            name, _, network = endpoint_id.removeprefix(NONE_MODE).partition("/")
-            return f"container {name} publishes it (pycni attach, on {network})"
-        held = self.registry.network_of(endpoint_id)
-        container = self.docker_names().endpoints.get(endpoint_id)
-        if container is not None:
-            return f"container {container.name.lstrip('/')} publishes it"
-        on = f" on network {held[:12]}" if held else ""
-        return (f"pycni published it for endpoint {endpoint_id[:12]}{on}, whose container Docker "
-                "doesn't list; if it is gone, `pycni gc` removes what it left behind")
 
     def revoke_external(self, req: EndpointRequest) -> None:
         with self.registry.endpoint_locked(self._network_of(req), req.endpoint_id) as net:
             rec = net.endpoint(req.endpoint_id) if net else None
             if net is None or rec is None or PORTS not in rec.capability_args:
                 return
-            # DEL with the same portMappings as ADD (portmap removes nothing otherwise), then
-            # forget them, so the endpoint's final DEL doesn't try again.
-            self.proxies.stop(rec.id)
-            if _own_ports(net.record, rec):
-                self._unpublish_own(net.record, rec)
-            else:
-                self.attacher.unpublish(rec.attachment, PORTS)
-            self.ports.release(rec.id)
+            self.publishing.unpublish(net.record, rec)
             self.registry.save_endpoint(net, rec)
-
-    def _unpublish_own(self, network: NetworkRecord, rec: EndpointRecord) -> None:
-        published = [ports.Mapping.from_cni(m) for m in rec.capability_args.get(PORTS) or []]
-        self.rules.unpublish(rec.id[:12], _port_rules(network, rec, published))
-        rec.attachment.capability_args = {k: v for k, v in rec.capability_args.items()
-                                          if k != PORTS}
 
     def allocate_network(self) -> None:
         raise Unsupported("pycni is a local-scope driver; swarm-scoped networks are not supported")
-
-
-def _own_ports(network: NetworkRecord, rec: EndpointRecord) -> bool:
-    """Whether pycni writes the endpoint's DNAT rules itself (:func:`shim.firewall.publish`):
-    on a zero-config network, whose chain has no ``portMappings`` plugin (one made by an older
-    pycni has portmap, and keeps it)."""
-    return (bool(network.firewall) and not network.firewall.get("internal")
-            and not has_capability(rec.config, PORTS))
-
-
-def _port_rules(network: NetworkRecord, rec: EndpointRecord,
-                mappings: Iterable[ports.Mapping]) -> list[firewall.PortRule]:
-    """The DNAT rules of ``mappings``: one per mapping and container address of the host
-    address's family (both for "all addresses"). None for the host's loopback: Docker leaves
-    it to its proxy, and so does pycni (route_localnet stays 0)."""
-    bridge = str(network.firewall["bridge"])
-    found = []
-    for m in mappings:
-        host = ipaddress.ip_address(m.host_ip) if m.host_ip else None
-        if host is not None and host.is_loopback:
-            continue
-        for address in rec.addresses:
-            ip = ipaddress.ip_interface(address).ip
-            if host is not None and host.version != ip.version:
-                continue
-            found.append(firewall.PortRule(
-                ip.version, m.protocol, "" if host is None or host.is_unspecified else str(host),
-                m.host_port, str(ip), m.container_port, bridge))
-    return found
-
-
-def _answer(asked: EndpointInterface, rec: EndpointRecord) -> EndpointAnswer:
-    """Fill in what Docker left empty; refuse a chain that contradicts Docker's choice."""
-    ips = [ipaddress.ip_interface(a) for a in rec.addresses]
-    v4 = next((ip for ip in ips if ip.version == 4), None)
-    v6 = next((ip for ip in ips if ip.version == 6), None)
-    for wanted, got in ((asked.address, v4), (asked.address_ipv6, v6)):
-        if wanted is not None and got is not None and wanted.ip != got.ip:
-            raise CNIError(
-                f"the chain assigned {got} but Docker's IPAM assigned {wanted}; the chain's "
-                "IPAM ignored the requested address",
-                verb="ADD",
-            )
-    return EndpointAnswer(
-        EndpointInterface(
-            address=v4 if asked.address is None else None,
-            address_ipv6=v6 if asked.address_ipv6 is None else None,
-            mac_address=rec.mac if not asked.mac_address else "",
-        )
-    )
-
-
-def _as_host_if_not_on_link(address: str, routes: list[dict[str, str]]) -> str:
-    iface = ipaddress.ip_interface(address)
-    if not routes or iface.network.prefixlen == iface.max_prefixlen:
-        return address
-    on_link = any(r["dst"] == str(iface.network) and not r["gw"] for r in routes)
-    return address if on_link else f"{iface.ip}/{iface.max_prefixlen}"
-
-
-def _join_response(rec: EndpointRecord) -> JoinResponse:
-    """Gateway and routes for Docker, from the CNI result.
-
-    A default route in the result becomes Docker's ``Gateway``/``GatewayIPv6``. Other routes
-    become ``StaticRoutes``; routes to the interface's own subnets are left out, as the kernel
-    adds those with the address — and the interface carries Docker's own address with its
-    prefix where Docker's IPAM chose it, whatever the chain made of it.
-
-    ``DisableGatewayService`` is always set. Without it, Docker gives a container whose
-    endpoint has no gateway a second interface on ``docker_gwbridge`` (making that network on
-    the fly, and leaving it behind): a way out the chain never asked for. A chain with no
-    default route gives its containers no way out, as ``--internal`` does (:func:`way_out`).
-    """
-    result = rec.result
-    assert result is not None
-    gateways, routes = _routes(rec, result)
-    return JoinResponse(
-        src_name=rec.host_ifname,
-        dst_prefix="eth",
-        gateway=gateways.get(4, ""),
-        gateway_ipv6=gateways.get(6, ""),
-        # on-link routes first: Docker adds them in order, and a route via a gateway needs
-        # the gateway reachable already
-        static_routes=tuple(sorted(routes, key=lambda r: r.route_type != CONNECTED)),
-        disable_gateway_service=True,
-    )
-
-
-def way_out(rec: EndpointRecord) -> str:
-    """How a container leaves its network through this endpoint, for ``pycni inspect``:
-    ``via <gateway>`` per family the chain gave a default route, else ``none`` (pycni never
-    lets Docker add a ``docker_gwbridge`` leg; see :func:`_join_response`)."""
-    if rec.result is None:
-        return "none"
-    gateways, _ = _routes(rec, rec.result)
-    if not gateways:
-        return "none"
-    return "via " + ", ".join(gateways[family] for family in sorted(gateways))
-
-
-def _routes(rec: EndpointRecord, result: Result) -> tuple[dict[int, str], list[StaticRoute]]:
-    """The gateway per IP family, and the other routes as Docker's StaticRoutes."""
-    ips = [ipaddress.ip_interface(a) for a in rec.addresses]
-    if rec.docker is not None:
-        asked = rec.docker.interface
-        ips += [a for a in (asked.address, asked.address_ipv6) if a is not None]
-    gateways: dict[int, str] = {}
-    routes: list[StaticRoute] = []
-    if rec.routes:
-        # What the chain really set up in the namespace beats what its result says.
-        live = [Route.from_json(r | {"gw": r["gw"] or None}) for r in rec.routes]
-    else:
-        live = list(result.routes)
-    for route in live:
-        family = route.dst.version
-        if route.is_default:
-            gw = route.gw or next(
-                (ip.gateway for ip in result.ips if ip.family == family and ip.gateway), None
-            )
-            if gw is not None:
-                gateways.setdefault(family, str(gw))
-            continue
-        if any(ip.network == route.dst for ip in ips):
-            continue
-        if route.gw is not None:
-            routes.append(StaticRoute(str(route.dst), NEXTHOP, str(route.gw)))
-        else:
-            routes.append(StaticRoute(str(route.dst), CONNECTED))
-    return gateways, routes

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from shim import reconcile
+from shim.answers import way_out
 from shim.cni import AddFailed
 from shim.dockerview import DockerNetwork
-from shim.driver import Driver, way_out
+from shim.driver import Driver
 from shim.errors import (
     CNIError,
     ConfigError,
