@@ -341,7 +341,7 @@ def attach(container: str, network: str, ifname: str, ip: str, publish: tuple[st
            cni_path: str | None, cache_dir: str | None) -> None:
     """ADD the conflist NETWORK into the namespace of the running CONTAINER (started with
     --network none); print the CNI result. A failure part-way is undone and names the plugin."""
-    from .containers import Request, parse_arg, parse_port
+    from .none_io import Request, parse_arg, parse_port
 
     req = Request(network, ifname, ip, tuple(parse_port(p) for p in publish),
                   tuple(parse_arg(a) for a in cni_args))
@@ -388,7 +388,7 @@ def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: s
     """
     import shlex
 
-    from .containers import parse_port
+    from .none_io import parse_port
 
     nets = [n for n in cni_nets.split(",") if n]
     cid, _ = _mode(state_dir, conf_dir, cni_path, cache_dir).run(

@@ -1,12 +1,8 @@
 """The ``--network none`` mode: pycni attaches CNI networks to containers itself.
 
-As Kubernetes' dockershim, cri-dockerd and Nomad do, a container runs with ``--network none`` and
-pycni — not Docker — runs a conflist from the conf dir straight into the container's own network
-namespace (``/proc/<pid>/ns/net``). No Docker network object and no staging namespace: the
-conflist is the network, ``CNI_CONTAINERID`` is the full container id, the interface is ``eth0``
-unless told otherwise. This serves what the driver mode can't: sysctls set by ``tuning`` (lost when
-a link changes namespace), several interfaces per network, per-container CNI_ARGS, and
-Kubernetes-style conflists used as they are.
+As dockershim and cri-dockerd do, a container runs with ``--network none`` and pycni runs a
+conflist from the conf dir straight into its own namespace, pinned for the attachment's life
+(``CNI_CONTAINERID`` is the full container id; the interface ``eth0`` unless told otherwise).
 
 * :meth:`Containers.attach` — ADD (``pycni attach``); an address through the ``ips`` capability or
   CNI_ARGS ``IP=`` (:mod:`shim.plugins`), published ports through ``portMappings`` (host ports
@@ -14,60 +10,51 @@ Kubernetes-style conflists used as they are.
   failure part-way is undone (the attachment core DELs what succeeded) and names the plugin.
 * :meth:`Containers.detach` — DEL with the recorded config and arguments (``pycni detach``);
   succeeds when the container is already gone.
-* :meth:`Containers.run` — ``pycni run``: ``docker create --network none``, ``docker start``,
-  attach each network (eth0, eth1, …); on failure everything attached is detached and the
-  container removed. The guarantee: **the address is in place when ``pycni run`` returns, not
-  before the container's main process starts** (the namespace exists only once it runs).
-  With a holder (``--holder IMAGE``, as cri-dockerd's pause container) the networks are
-  attached to a holder container first and the app is started in its namespace
-  (``--network container:<holder>``): **the app starts with its address and keeps it across
-  restarts**. The records stay the holder's, naming the app (``app_id``); the holder goes once
-  its app is gone and its last attachment is DELed.
+* :meth:`Containers.run` — ``pycni run`` (:mod:`shim.runner`), with or without a holder.
 * :meth:`Containers.gc` — attachments whose container (or, for a holder, whose app) Docker no
   longer has (``pycni gc``).
 
-Records: one per attachment, ``<state dir>/containers/<container id>.<network>.<ifname>.json``
-(:class:`shim.state.ContainerRecord`, written atomically), holding what DEL needs: the config as
-ADD ran it, CNI_ARGS, capability args, the netns path, the container id and pid, and the result.
-It is written before ADD (so a crash mid-ADD leaves something ``pycni detach`` can undo) and again
-with the result. libcni's cache holds the result too, where other CNI tools look for it.
+Records: one per attachment (:class:`shim.state.ContainerRecord`), with all DEL needs; written
+before ADD (a crash mid-ADD leaves something to undo) and again with the result.
 
-Locks: one ``fcntl`` lock file per container, ``<state dir>/containers/<container id>.lock``, held
-for the whole of an attach, detach or gc of that container, so two pycni processes never wire the
-same container at once; the last holder removes the file once no record of the container is left.
-Choosing host ports takes the lock of the ``containers`` directory itself (ports are one space).
+Locks (in :mod:`shim.registry`'s table): one ``fcntl`` lock per container, held for a whole
+attach, detach or gc of it, across pycni processes; choosing host ports takes the lock of the
+``containers`` directory itself.
 
-Names: Docker's DNS doesn't know these addresses. When the chain's result has ``dns``, it is
-written into the container's resolv.conf (the file Docker bind-mounts, ``ResolvConfPath``); else
-containers find each other by address, or through a DNS server the chain names.
+The chain's ``dns`` goes into the container's resolv.conf. Docker, the host, the user's input
+and the locks are reached through :mod:`shim.none_io`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import ipaddress
 import json
 import logging
 import os
 import re
-import subprocess
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
-from . import dockerview, firewall, netlink, plugins, ports
+from . import dockerview, firewall, netlink, none_io, plugins, ports
 from .attach import Attacher, Attachment
 from .cni import CNI, find
 from .cni.cache import CachedAttachment
 from .cni.config import (
-    NetworkConfigList,
     conflist_from_dict,
     validate_ifname,
     validate_network_name,
 )
-from .cni.types import DNS
 from .errors import InvalidRequest, NotFound, PycniError
+from .none_io import (
+    Docker,
+    DockerCLI,
+    Host,
+    RealDocker,
+    Request,
+    address_for,
+    plugins_with,
+    write_resolv_conf,
+)
 from .seams import Rules
 from .settings import Settings
 from .state import ContainerRecord, Store
@@ -75,172 +62,7 @@ from .state import ContainerRecord, Store
 log = logging.getLogger(__name__)
 
 
-class Docker(Protocol):
-    """What this mode asks Docker (:mod:`shim.dockerview`; a fake in unit tests)."""
-
-    def target(self, ref: str) -> dockerview.Target: ...
-
-    def container_ids(self) -> dict[str, str] | None: ...
-    def endpoint_names(self) -> dict[str, str]: ...
-
-
-class RealDocker:
-    def __init__(self, driver_name: str = "pycni") -> None:
-        self.driver_name = driver_name
-
-    def target(self, ref: str) -> dockerview.Target:
-        return dockerview.target(ref)
-
-    def container_ids(self) -> dict[str, str] | None:
-        return dockerview.container_ids()
-
-    def endpoint_names(self) -> dict[str, str]:
-        """The driver's endpoint ids → the names of their containers ({} if Docker can't say)."""
-        found = dockerview.names(self.driver_name).endpoints
-        return {eid: c.name.lstrip("/") for eid, c in found.items()}
-
-
-# --- what the user asks for ----------------------------------------------------------------------
-
-_PORT = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<cont>\d+)"
-                   r"(?:/(?P<proto>tcp|udp|sctp))?$")
-
-
-def parse_port(spec: str) -> ports.Binding:
-    """``[HOSTIP:]HOST:CONT[/PROTO]`` as a port binding (the host port is fixed)."""
-    m = _PORT.match(spec)
-    if not m:
-        raise InvalidRequest(f"-p {spec!r}: expected [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
-    host_ip = (m.group("ip") or "").strip("[]")
-    if host_ip:
-        try:
-            host_ip = str(ipaddress.ip_address(host_ip))
-        except ValueError as exc:
-            raise InvalidRequest(f"-p {spec!r}: {host_ip!r} is not an address") from exc
-    host, cont = int(m.group("host")), int(m.group("cont"))
-    for port in (host, cont):
-        if not 1 <= port <= 65535:
-            raise InvalidRequest(f"-p {spec!r}: port {port} is out of range")
-    return ports.Binding(m.group("proto") or "tcp", cont, host_ip, host, host)
-
-
-def parse_arg(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key or ";" in item:
-        raise InvalidRequest(f"--arg {item!r}: expected KEY=VALUE (no ';')")
-    return key, value
-
-
-def address_for(config: NetworkConfigList, ip: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """How ``ip`` reaches the chain's IPAM: the ``ips`` capability, else CNI_ARGS ``IP=``."""
-    try:
-        iface = ipaddress.ip_interface(ip)
-    except ValueError as exc:
-        raise InvalidRequest(f"--ip {ip!r} is not an address") from exc
-    for plugin in config.plugins:
-        ipam = plugin.raw.get("ipam")
-        if not isinstance(ipam, dict) or not ipam.get("type"):
-            continue
-        if plugin.capabilities.get("ips"):
-            return {"ips": [str(iface) if "/" in ip else str(iface.ip)]}, []
-        way = plugins.ip_arg(str(ipam["type"]))
-        if way == "bare":
-            return {}, [("IP", str(iface.ip))]
-        if way == "cidr":
-            if "/" not in ip:
-                raise InvalidRequest(f"--ip {ip!r}: IPAM {ipam['type']!r} needs a prefix length")
-            return {}, [("IP", str(iface))]
-        raise InvalidRequest(
-            f"--ip: IPAM {ipam['type']!r} of network {config.name!r} takes no address (no 'ips' "
-            "capability, no CNI_ARGS IP=)")
-    raise InvalidRequest(f"--ip: network {config.name!r} has no IPAM plugin to give it to")
-
-
-# --- locks ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _flock(path: str, remove_if: Any = None) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path``; when ``remove_if()`` is true at the end, the file
-    is removed while still held (a waiter then finds its file gone and locks the new one)."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            break
-        os.close(fd)  # removed by the holder we waited for: lock the file that is there now
-    try:
-        yield
-    finally:
-        try:
-            if remove_if is not None and remove_if():
-                os.unlink(path)
-        finally:
-            os.close(fd)
-
-
-def _dir_lock(path: str) -> contextlib.AbstractContextManager[None]:
-    @contextlib.contextmanager
-    def held() -> Iterator[None]:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    return held()
-
-
-# --- resolv.conf ---------------------------------------------------------------------------------
-
-
-def resolv_conf(dns: DNS) -> str:
-    lines = ["# written by pycni from the CNI result's dns"]
-    lines += [f"nameserver {ns}" for ns in dns.nameservers]
-    search = dns.search or ([dns.domain] if dns.domain else [])
-    if search:
-        lines.append("search " + " ".join(search))
-    if dns.options:
-        lines.append("options " + " ".join(dns.options))
-    return "\n".join(lines) + "\n"
-
-
-def write_resolv_conf(path: str, dns: DNS) -> bool:
-    """Write ``dns`` into the container's resolv.conf in place (Docker bind-mounts that very
-    file: a rename would leave the container the old one). False when there is nothing to say."""
-    if not path or not (dns.nameservers or dns.search or dns.domain):
-        return False
-    try:
-        with open(path, "w") as f:
-            f.write(resolv_conf(dns))
-    except OSError as exc:
-        raise PycniError(f"cannot write the container's resolv.conf {path}: {exc.strerror}") from exc
-    return True
-
-
 # --- the mode ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Request:
-    """One ``pycni attach``."""
-
-    network: str
-    ifname: str = "eth0"
-    ip: str = ""
-    ports: tuple[ports.Binding, ...] = ()
-    args: tuple[tuple[str, str], ...] = ()
 
 
 class Containers:
@@ -272,7 +94,7 @@ class Containers:
     def locked(self, container_id: str) -> contextlib.AbstractContextManager[None]:
         """The container's lock; its file goes once no record of the container is left."""
         path = os.path.join(self.store.containers_dir(), f"{container_id}.lock")
-        return _flock(path, remove_if=lambda: not self.records(container_id))
+        return none_io.flock(path, remove_if=lambda: not self.records(container_id))
 
     def records(self, container_id: str | None = None) -> list[ContainerRecord]:
         return [r for r in self.store.containers()
@@ -330,7 +152,7 @@ class Containers:
             raise InvalidRequest(f"container {found.name} already has an interface {req.ifname}")
         source = os.path.join(self.proc, str(found.pid), "ns", "net")
         if self.host.link_info(req.ifname, source) is not None:
-            raise InvalidRequest(_ifname_taken(found, req.ifname))
+            raise InvalidRequest(none_io.ifname_taken(found, req.ifname))
         config = find(self.conf_dir, req.network)
         caps: dict[str, Any] = {}
         args = list(req.args)
@@ -344,7 +166,7 @@ class Containers:
         # DEL then finds the interface and its addresses even after the container's last
         # process is gone - the bridge plugin removes its masquerade rules only for addresses
         # it finds there - and never touches another process's namespace under a reused pid.
-        pin = self.host.pin_netns(source, _pin_name(found.id, source))
+        pin = self.host.pin_netns(source, none_io.pin_name(found.id, source))
         rec = ContainerRecord(
             network=req.network,
             attachment=Attachment(
@@ -369,7 +191,7 @@ class Containers:
                 if not plugins_with(config, "portMappings"):
                     raise InvalidRequest(f"-p: no plugin of network {req.network!r} declares "
                                          "the portMappings capability (add portmap)")
-                with _dir_lock(self.store.containers_dir()):
+                with none_io.dir_lock(self.store.containers_dir()):
                     in_use = self._ports_in_use()
                     try:
                         chosen = ports.allocate(req.ports, in_use)
@@ -454,7 +276,7 @@ class Containers:
     def _delete(self, rec: ContainerRecord, found: dockerview.Target | None) -> None:
         att = rec.attachment
         gone = found is None or not found.running or found.pid != rec.pid
-        if _is_pin(att.netns):
+        if none_io.is_pin(att.netns):
             if not self.host.is_netns(att.netns):
                 att = att.elsewhere("")  # the pin went (a reboot): DEL in no namespace
         elif gone and os.path.exists(att.netns):  # a record of an older pycni: no pin
@@ -469,7 +291,7 @@ class Containers:
 
     def _unpin_unless_used(self, netns: str, record_id: str, container_id: str) -> None:
         """Let the pinned namespace go once no other attachment uses it."""
-        if not _is_pin(netns):
+        if not none_io.is_pin(netns):
             return
         if any(r.attachment.netns == netns for r in self.records() if r.id != record_id):
             return
@@ -528,7 +350,7 @@ class Containers:
         recorded = {(r.container_id, r.network, r.ifname) for r in self.records()}
         done = []
         for entry in self.cni.cached_attachments():
-            pinned = _is_pin(entry.netns)
+            pinned = none_io.is_pin(entry.netns)
             if not pinned and not re.fullmatch(re.escape(self.proc) + r"/\d+/ns/net",
                                                entry.netns):
                 continue  # the driver's (a staging or sandbox namespace): not this mode's
@@ -568,148 +390,12 @@ class Containers:
             ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),
             holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
             ) -> tuple[str, list[ContainerRecord]]:
-        """``pycni run``: create and start with ``--network none``, then attach ``networks``
-        (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first). If any
-        attach fails, what was attached is detached, the container removed, and the error
-        re-raised saying so.
+        """``pycni run`` (:func:`shim.runner.run`)."""
+        from .runner import run
 
-        With ``holder`` (an image and optionally its command), the networks are attached to a
-        holder container started from it, and the app joins the holder's namespace
-        (``--network container:``) once its address is there: the app's main process starts
-        with its address, and keeps it across restarts.
-        """
-        if not networks:
-            raise InvalidRequest("--cni-net: name at least one network")
-        if len(ips) > len(networks):
-            raise InvalidRequest("more --ip than --cni-net networks")
-        if any(a == "--network" or a.startswith(("--network=", "--net=")) or a == "--net"
-               for a in docker_args):
-            raise InvalidRequest("pycni run sets --network none itself; leave --network out")
-        for net in networks:
-            validate_network_name(net)
-            find(self.conf_dir, net)  # refuse an unknown network before creating anything
-        cli = docker_cli or self.cli
-        # the container always runs detached: pycni run returns once it is attached
-        create_args = [a for a in docker_args if a not in ("-d", "--detach", "--detach=true")]
-        name = _name_in(create_args)
-        if holder:
-            named = ["--name", f"{name}-pycni-holder"] if name else []
-            wired = cli.create(["--network", "none", "--label", "pycni.holder=1", *named,
-                                *holder])
-        else:
-            wired = cli.create(["--network", "none", *create_args])
-        created = [wired]
-        done: list[ContainerRecord] = []
-        try:
-            cli.start(wired)
-            for n, net in enumerate(networks):
-                req = Request(net, f"eth{n}", ips[n] if n < len(ips) else "",
-                              tuple(port_specs) if n == 0 else ())
-                done.append(self.attach(wired, req))
-            app = wired
-            if holder:
-                app = cli.create(["--network", f"container:{wired}", *create_args])
-                created.append(app)
-                with self.locked(wired):
-                    for rec in done:
-                        rec.app_id, rec.app_name = app, name or app[:12]
-                        self.store.save_container(rec)
-                cli.start(app)
-        except PycniError as exc:
-            for rec in reversed(done):
-                with contextlib.suppress(PycniError):
-                    self.detach(wired, rec.network, rec.ifname)
-            results = [cli.remove(c) for c in reversed(created)]  # each, whatever the others do
-            removed = all(results)
-            what = "removed the container" if removed else "could not remove the container"
-            exc.message = f"pycni run: {what} {created[-1][:12]}, attaching failed: {exc.message}"
-            raise
-        return app, done
-
-
-class Host(Protocol):
-    """What this mode asks of the host (:mod:`shim.netlink`; a fake in unit tests)."""
-
-    def pin_netns(self, source: str, name: str) -> str: ...
-    def remove_netns(self, name: str) -> None: ...
-    def is_netns(self, path: str) -> bool: ...
-    def link_info(self, name: str, ns: str | None = None) -> netlink.LinkInfo | None: ...
-    def announce(self, ns: str, ifname: str, addresses: Iterable[str]) -> None: ...
-
-
-#: the names of the namespaces this mode pins: ``pycni-pin-<container 12>-<namespace inode>``
-PIN_PREFIX = "pycni-pin-"
-
-
-def _pin_name(container_id: str, source: str) -> str:
-    return f"{PIN_PREFIX}{container_id[:12]}-{os.stat(source).st_ino}"
-
-
-def _is_pin(netns: str) -> bool:
-    return os.path.basename(netns).startswith(PIN_PREFIX) and \
-        os.path.dirname(netns) == netlink.NETNS_DIR
-
-
-def _ifname_taken(found: dockerview.Target, ifname: str) -> str:
-    if found.network_mode.startswith("container:"):
-        return (f"container {found.name} shares another container's namespace "
-                f"(--network {found.network_mode}), which has an interface {ifname} already: "
-                "attach to that container instead")
-    if found.network_mode not in ("none", ""):
-        return (f"container {found.name} is on Docker's network {found.network_mode!r} (not "
-                f"--network none), whose interface {ifname} it has already: start it with "
-                "--network none for pycni to wire it, or attach beside Docker's with --ifname "
-                "eth1")
-    return (f"container {found.name} has an interface {ifname} already (not pycni's): choose "
-            "another with --ifname")
+        return run(self, networks, docker_args, ips=ips, port_specs=port_specs, holder=holder,
+                   docker_cli=docker_cli)
 
 
 def _guard_tag(rec: ContainerRecord) -> str:
     return f"none:{rec.container_id[:12]}.{rec.network}.{rec.ifname}"
-
-
-def _name_in(args: Sequence[str]) -> str:
-    """The value of ``--name`` among docker run's arguments ("" if none)."""
-    for n, arg in enumerate(args):
-        if arg == "--name" and n + 1 < len(args):
-            return args[n + 1]
-        if arg.startswith("--name="):
-            return arg.split("=", 1)[1]
-    return ""
-
-
-def plugins_with(config: NetworkConfigList, capability: str) -> list[str]:
-    return [p.type for p in config.plugins if p.capabilities.get(capability)]
-
-
-class DockerCLI:
-    """The docker CLI for ``pycni run`` (users pass it ``docker run``'s own arguments)."""
-
-    def __init__(self, docker: str = "docker", timeout: float = 120.0) -> None:
-        self.docker = docker
-        self.timeout = timeout
-
-    def _call(self, *args: str) -> str:
-        try:
-            proc = subprocess.run([self.docker, *args], capture_output=True, text=True,
-                                  timeout=self.timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PycniError(f"docker {args[0]}: {exc}") from exc
-        if proc.returncode != 0:
-            raise PycniError(f"docker {args[0]} failed: {proc.stderr.strip()}")
-        return proc.stdout.strip()
-
-    def create(self, args: Sequence[str]) -> str:
-        return self._call("create", *args).splitlines()[-1]
-
-    def start(self, cid: str) -> None:
-        self._call("start", cid)
-
-    def remove(self, cid: str) -> bool:
-        try:
-            self._call("rm", "-f", cid)
-        except PycniError as exc:
-            log.error("%s", exc)
-            return False
-        return True
-

@@ -40,8 +40,9 @@ from typing import Protocol
 
 from . import dockerview
 from .cni.invoke import parse_cni_args
-from .containers import Containers, Request, parse_port
+from .containers import Containers
 from .errors import InvalidRequest, NotFound, PycniError
+from .none_io import Request, parse_port
 from .state import ContainerRecord, FailureRecord
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from shim import containers, netlink, ports
+from shim import netlink, none_io, ports
 from shim.cli import main
 from shim.cni import CNI
-from shim.containers import Containers, Request
+from shim.containers import Containers
 from shim.dockerview import Target
 from shim.errors import CNIError, InvalidRequest, NotFound
+from shim.none_io import Request
 from shim.state import Store
 from tests.fakelinks import FakeRules
 from tests.fakes import FakeExec, add_interface, cni_args
@@ -211,14 +212,14 @@ def test_ports_are_published_through_portmap_and_a_taken_one_refused(rig: Rig) -
     rig.live(OTHER, "other", 4343)
     port = ports.allocate([ports.Binding("tcp", 80, "127.0.0.1", 0, 0)], set(),
                           ephemeral=(40000, 40999))[0].host_port
-    rig.mode.attach("app", Request("pcn", ports=(containers.parse_port(f"127.0.0.1:{port}:80"),)))
+    rig.mode.attach("app", Request("pcn", ports=(none_io.parse_port(f"127.0.0.1:{port}:80"),)))
     pm = rig.fake.calls_for("ADD", "portmap")[0]
     assert pm.stdin["runtimeConfig"]["portMappings"] == [
         {"hostPort": port, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]
     rig.fake.reset()
     with pytest.raises(ports.PortInUse, match=r"already in use: container app publishes it "
                                               r"\(pycni attach, on pcn\)"):
-        rig.mode.attach("other", Request("pcn", ports=(containers.parse_port(f"{port}:81"),)))
+        rig.mode.attach("other", Request("pcn", ports=(none_io.parse_port(f"{port}:81"),)))
     assert rig.fake.calls == []
     assert rig.files() == [f"{CID}.lock", f"{CID}.pcn.eth0.json"]
 
@@ -346,11 +347,11 @@ def test_the_container_lock_excludes_and_survives_the_holder_removing_its_file(r
 
     def other() -> None:
         entered.wait(5)
-        with containers._flock(path):
+        with none_io.flock(path):
             order.append("second")
 
     thread = threading.Thread(target=other)
-    with containers._flock(path, remove_if=lambda: True):
+    with none_io.flock(path, remove_if=lambda: True):
         thread.start()
         entered.set()
         time.sleep(0.2)
@@ -371,7 +372,7 @@ class FakeCLI:
     def create(self, args: Sequence[str]) -> str:
         self.calls.append(("create", list(args)))
         cid = OTHER if self.made else CID
-        name = containers._name_in(args) or ("app" if self.made else "holder")
+        name = none_io.name_in(args) or ("app" if self.made else "holder")
         self.made[cid] = name
         return cid
 
@@ -424,13 +425,13 @@ def test_run_refuses_a_network_of_its_own_and_unknown_conflists(rig: Rig) -> Non
     ("[::1]:8080:80", ports.Binding("tcp", 80, "::1", 8080, 8080)),
 ])
 def test_parse_port(spec: str, want: ports.Binding) -> None:
-    assert containers.parse_port(spec) == want
+    assert none_io.parse_port(spec) == want
 
 
 @pytest.mark.parametrize("spec", ["80", "x:80:80", "0:80", "1:2:3:4"])
 def test_parse_port_refuses(spec: str) -> None:
     with pytest.raises(InvalidRequest):
-        containers.parse_port(spec)
+        none_io.parse_port(spec)
 
 
 def test_ls_lists_these_attachments(rig: Rig) -> None:
@@ -530,5 +531,5 @@ def test_a_port_the_driver_publishes_is_refused_naming_its_container(rig: Rig) -
                                   {"hostPort": 48299, "containerPort": 80, "protocol": "tcp"}]})))
     rig.docker.endpoints["e" * 64] = "web-1"
     with pytest.raises(ports.PortInUse, match="port 48299 .* in use: container web-1 publishes it"):
-        rig.mode.attach("app", Request("pcn", ports=(containers.parse_port("48299:80"),)))
+        rig.mode.attach("app", Request("pcn", ports=(none_io.parse_port("48299:80"),)))
     assert rig.fake.calls == []

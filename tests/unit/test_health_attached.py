@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from shim.containers import Request
 from shim.health.attached import check_attached
 from shim.health.findings import FAIL, OK, Finding
 from shim.netlink import LiveLink
+from shim.none_io import Request
 from shim.settings import Settings
 from tests.unit.test_containers import CID, Rig
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shim.containers import Request
 from shim.errors import CNIError, InvalidRequest, PycniError
+from shim.none_io import Request
 from shim.watch import Serial, Watch, requests
 from tests.unit.test_containers import CID, OTHER, Rig, conflist
 
