@@ -11,8 +11,7 @@ conflist from the conf dir straight into its own namespace, pinned for the attac
 * :meth:`Containers.detach` — DEL with the recorded config and arguments (``pycni detach``);
   succeeds when the container is already gone.
 * :meth:`Containers.run` — ``pycni run`` (:mod:`shim.runner`), with or without a holder.
-* :meth:`Containers.gc` — attachments whose container (or, for a holder, whose app) Docker no
-  longer has (``pycni gc``).
+* :meth:`Containers.gc` — attachments whose container (or holder's app) is gone (``pycni gc``).
 
 Records: one per attachment (:class:`shim.state.ContainerRecord`), with all DEL needs; written
 before ADD (a crash mid-ADD leaves something to undo) and again with the result.
