@@ -1,27 +1,19 @@
-"""The ``pycni`` command.
-
-``pycni cni`` is a cnitool for Python users: the same verbs, arguments and environment
-(``CNI_PATH``, ``NETCONFPATH``, ``CNI_IFNAME``, ``CNI_CONTAINERID``, ``CNI_ARGS``, ``CAP_ARGS``).
-Errors exit non-zero with the failing plugin's own message; the exit code comes from the error's
-class (see :mod:`shim.errors`).
+"""The ``pycni`` command: serve, ls, inspect, gc, check, doctor; the ``--network none`` mode's
+commands (:mod:`shim.cli_none`) and ``pycni cni`` (:mod:`shim.cli_cni`) are added to it. Errors
+exit non-zero with ``pycni: error: …``; the exit code comes from the error's class
+(:mod:`shim.errors`).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import logging
-import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from . import __version__, dockerview, ports
-from .cni import CNI, RuntimeConf, find
-from .cni.invoke import parse_cni_args
+from .cli_common import log_level_option, reports_errors, setup_logging
 from .errors import InvalidRequest, NotFound, PycniError
 from .overlay.manager import read_records as read_overlays
 from .settings import (
@@ -40,23 +32,6 @@ from .state import Store
 #: and no CPU. 64 serves 50 parallel `docker run`/`docker rm` without queueing a call.
 DEFAULT_THREADS = 64
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(func: F) -> F:
-    """Turn a PycniError into ``pycni: error: …`` on stderr and the error's exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except PycniError as exc:
-            click.echo(f"pycni: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
 @click.group()
 @click.version_option(__version__, prog_name="pycni")
 def main() -> None:
@@ -64,25 +39,6 @@ def main() -> None:
 
 
 # --- pycni serve / ls / inspect ----------------------------------------------------------------
-
-
-_log_level = click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
-
-
-def _setup_logging(level: str) -> None:
-    """Log to stderr at ``level``; the libraries' own debug output stays out of pycni's."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("pyroute2", "asyncio", "docker", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.command()
@@ -107,7 +63,7 @@ def _setup_logging(level: str) -> None:
               "route's source address).")
 @click.option("--watch", "with_watch", is_flag=True,
               help="Also be the controller of the --network none mode (as 'pycni watch').")
-@_log_level
+@log_level_option
 @reports_errors
 def serve(
     socket_path: str | None,
@@ -130,7 +86,7 @@ def serve(
     does, in the same process."""
     from .server import run  # waitress is only needed here
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     settings = Settings.from_env(
         socket_path=socket_path,
         state_dir=state_dir,
@@ -298,132 +254,6 @@ def _gc_via_server(path: str, dry_run: bool) -> list[str] | None:
     return [str(a) for a in body.get("Actions") or []]
 
 
-# --- pycni attach / detach / run: containers started with --network none --------------------
-
-
-def _mode_options(func: F) -> F:
-    for option in reversed((
-        click.option("--state-dir", default=None,
-                     help=f"pycni's records (default {DEFAULT_STATE_DIR})."),
-        click.option("--conf-dir", default=None,
-                     help=f"CNI conf dir (default {DEFAULT_CONF_DIR}, or NETCONFPATH)."),
-        click.option("--cni-path", default=None,
-                     help=f"Plugin dirs (default {DEFAULT_CNI_PATH}, or CNI_PATH)."),
-        click.option("--cache-dir", default=None,
-                     help=f"libcni cache (default {DEFAULT_CACHE_DIR})."),
-    )):
-        func = option(func)
-    return func
-
-
-def _mode(state_dir: str | None, conf_dir: str | None, cni_path: str | None,
-          cache_dir: str | None) -> Any:
-    return _containers(Settings.from_env(
-        state_dir=state_dir, conf_dir=conf_dir,
-        cni_path=split_path(cni_path) if cni_path else None, cache_dir=cache_dir,
-    ))
-
-
-_PORT_HELP = "Publish a port through the chain's portmap: [HOSTIP:]HOST:CONT[/PROTO] (repeatable)."
-
-
-@main.command()
-@click.argument("container")
-@click.argument("network")
-@click.option("--ifname", default="eth0", show_default=True, help="The interface's name.")
-@click.option("--ip", default="", help="The address to ask the chain's IPAM for.")
-@click.option("-p", "--publish", multiple=True, help=_PORT_HELP)
-@click.option("--arg", "cni_args", multiple=True, metavar="K=V", help="A CNI_ARGS pair (repeatable).")
-@_mode_options
-@reports_errors
-def attach(container: str, network: str, ifname: str, ip: str, publish: tuple[str, ...],
-           cni_args: tuple[str, ...], state_dir: str | None, conf_dir: str | None,
-           cni_path: str | None, cache_dir: str | None) -> None:
-    """ADD the conflist NETWORK into the namespace of the running CONTAINER (started with
-    --network none); print the CNI result. A failure part-way is undone and names the plugin."""
-    from .none_io import Request, parse_arg, parse_port
-
-    req = Request(network, ifname, ip, tuple(parse_port(p) for p in publish),
-                  tuple(parse_arg(a) for a in cni_args))
-    rec = _mode(state_dir, conf_dir, cni_path, cache_dir).attach(container, req)
-    click.echo(json.dumps(rec.attachment.result.to_json(), indent=4))
-
-
-@main.command()
-@click.argument("container")
-@click.argument("network")
-@click.option("--ifname", default=None, help="Only the attachment on this interface.")
-@_mode_options
-@reports_errors
-def detach(container: str, network: str, ifname: str | None, state_dir: str | None,
-           conf_dir: str | None, cni_path: str | None, cache_dir: str | None) -> None:
-    """DEL the conflist NETWORK from CONTAINER with the config and arguments ADD ran with;
-    succeeds when the container is already gone."""
-    for rec in _mode(state_dir, conf_dir, cni_path, cache_dir).detach(container, network, ifname):
-        click.echo(f"detached {rec.name or rec.container_id[:12]} from {rec.network} "
-                   f"({rec.ifname})")
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--cni-net", "cni_nets", required=True, metavar="NET[,NET...]",
-              help="The conflists to attach, in order: eth0, eth1, ...")
-@click.option("--ip", "ips", multiple=True,
-              help="An address for the network in the same place of --cni-net (repeatable).")
-@click.option("-p", "--publish", multiple=True, help=_PORT_HELP + " On the first network.")
-@click.option("--holder", default="", metavar="'IMAGE [COMMAND...]'",
-              help="Attach to a holder container started from IMAGE (a pause image, or e.g. "
-              "'busybox sleep 2147483647') and start the app in its namespace: the app starts "
-              "with its address and keeps it across restarts.")
-@_mode_options
-@click.argument("docker_args", nargs=-1, type=click.UNPROCESSED, required=True)
-@reports_errors
-def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: str,
-        state_dir: str | None, conf_dir: str | None, cni_path: str | None,
-        cache_dir: str | None, docker_args: tuple[str, ...]) -> None:
-    """Create a container with --network none (docker create with DOCKER_ARGS, after --),
-    start it and attach the networks; remove it again, saying why, if attaching fails.
-
-    The address is in place when this returns; without --holder the container's main process
-    starts before it (see the README). Prints the container's id.
-    """
-    import shlex
-
-    from .none_io import parse_port
-
-    nets = [n for n in cni_nets.split(",") if n]
-    cid, _ = _mode(state_dir, conf_dir, cni_path, cache_dir).run(
-        nets, list(docker_args), ips=ips, port_specs=[parse_port(p) for p in publish],
-        holder=shlex.split(holder))
-    click.echo(cid)
-
-
-@main.command()
-@click.option("--workers", default=8, show_default=True,
-              help="Containers wired at once (one container's events are never handled at once).")
-@_log_level
-@_mode_options
-@reports_errors
-def watch(workers: int, log_level: str, state_dir: str | None, conf_dir: str | None,
-          cni_path: str | None, cache_dir: str | None) -> None:
-    """Attach containers labelled pycni.networks=NET[,NET...] (and pycni.ports, pycni.ip,
-    pycni.args) as they start, detach them as they stop or go; resync from Docker's container
-    list at start and whenever Docker's event stream was lost. SIGTERM or SIGINT stops it."""
-    import signal
-
-    from .watch import Watch
-
-    _setup_logging(log_level)
-    controller = Watch(_mode(state_dir, conf_dir, cni_path, cache_dir), workers=workers)
-
-    def stop(signum: int, _frame: Any) -> None:
-        logging.getLogger(__name__).info("pycni watch: signal %d; stopping", signum)
-        controller.stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    controller.run()
-
-
 # --- pycni check / doctor ---------------------------------------------------------------------
 
 
@@ -490,124 +320,16 @@ def doctor(
     _report("doctor", health.doctor(settings))
 
 
-# --- pycni cni ----------------------------------------------------------------------------------
+def _register() -> None:
+    """The commands of the --network none mode and ``pycni cni``, each in a module of its own."""
+    from .cli_cni import cni_group
+    from .cli_none import attach, detach, run, watch
+
+    for command in (attach, detach, run, watch, cni_group):
+        main.add_command(command)
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(name) or default
-
-
-def _cni() -> CNI:
-    return CNI(
-        split_path(_env("CNI_PATH", DEFAULT_CNI_PATH)),
-        cache_dir=_env("PYCNI_CACHE_DIR", DEFAULT_CACHE_DIR),
-    )
-
-
-def _conf_dir() -> str:
-    return _env("NETCONFPATH", DEFAULT_CONF_DIR)
-
-
-def _container_id(netns: str) -> str:
-    """cnitool's default: ``cnitool-`` + the first 10 bytes of sha512(netns path), in hex."""
-    return _env("CNI_CONTAINERID") or "cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:20]
-
-
-def _runtime(netns: str) -> RuntimeConf:
-    netns = os.path.abspath(netns)
-    caps: Any = {}
-    if _env("CAP_ARGS"):
-        try:
-            caps = json.loads(_env("CAP_ARGS"))
-        except ValueError as exc:
-            raise InvalidRequest(f"CAP_ARGS is not valid JSON: {exc}") from exc
-        if not isinstance(caps, dict):
-            raise InvalidRequest("CAP_ARGS must be a JSON object")
-    return RuntimeConf(
-        container_id=_container_id(netns),
-        netns=netns,
-        ifname=_env("CNI_IFNAME", "eth0"),
-        args=tuple(parse_cni_args(_env("CNI_ARGS"))),
-        capability_args=caps,
-    )
-
-
-@main.group("cni")
-def cni_group() -> None:
-    """Run CNI network configs by hand, as cnitool does.
-
-    \b
-    Environment: CNI_PATH (plugin dirs), NETCONFPATH (conf dir), CNI_IFNAME (default eth0),
-    CNI_CONTAINERID (default derived from the netns path), CNI_ARGS (K=V;K=V), CAP_ARGS (JSON).
-    """
-
-
-@cni_group.command("add")
-@click.argument("netname")
-@click.argument("netns")
-@reports_errors
-def cni_add(netname: str, netns: str) -> None:
-    """ADD the network NETNAME to the namespace at NETNS; print the result."""
-    result = _cni().add(find(_conf_dir(), netname), _runtime(netns))
-    click.echo(json.dumps(result.to_json(), indent=4))
-
-
-@cni_group.command("check")
-@click.argument("netname")
-@click.argument("netns")
-@reports_errors
-def cni_check(netname: str, netns: str) -> None:
-    """CHECK the network NETNAME in the namespace at NETNS."""
-    _cni().check(find(_conf_dir(), netname), _runtime(netns))
-
-
-@cni_group.command("del")
-@click.argument("netname")
-@click.argument("netns")
-@reports_errors
-def cni_del(netname: str, netns: str) -> None:
-    """DEL the network NETNAME from the namespace at NETNS."""
-    _cni().delete(find(_conf_dir(), netname), _runtime(netns))
-
-
-@cni_group.command("status")
-@click.argument("netname")
-@reports_errors
-def cni_status(netname: str) -> None:
-    """Ask every plugin of NETNAME whether it is ready (STATUS, CNI 1.1.0)."""
-    net = find(_conf_dir(), netname)
-    if _cni().status(net):
-        click.echo(f"{netname}: ready")
-    else:
-        click.echo(f"{netname}: CNI {net.cni_version} has no STATUS verb; assuming ready")
-
-
-@cni_group.command("gc")
-@click.argument("netname")
-@click.option(
-    "--keep",
-    multiple=True,
-    metavar="CONTAINERID[/IFNAME]",
-    help="An attachment still in use (repeatable). Default: those whose netns still exists.",
-)
-@reports_errors
-def cni_gc(netname: str, keep: tuple[str, ...]) -> None:
-    """Garbage-collect NETNAME: DEL stale cached attachments, then GC the plugins (1.1.0)."""
-    cni = _cni()
-    net = find(_conf_dir(), netname)
-    if keep:
-        valid = set()
-        for item in keep:
-            cid, _, ifname = item.partition("/")
-            valid.add((cid, ifname or "eth0"))
-    else:
-        valid = {
-            (a.container_id, a.ifname)
-            for a in cni.cached_attachments()
-            if a.network == netname and a.netns and os.path.exists(a.netns)
-        }
-    for entry in cni.gc(net, valid):
-        click.echo(f"removed stale attachment {entry.container_id}/{entry.ifname}")
+_register()
 
 
 if __name__ == "__main__":  # pragma: no cover
