@@ -32,8 +32,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import dockerview
-from .dockerview import Stopped
+from . import dockerstart
+from .dockerstart import Stopped
 from .errors import PycniError
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,12 @@ def stranded(containers: list[Stopped]) -> list[tuple[Stopped, str]]:
 
 @dataclass
 class DockerSide:
-    """What the reviver asks of Docker (:mod:`shim.dockerview`); tests replace either."""
+    """What the reviver asks of Docker (:mod:`shim.dockerstart`); tests replace either."""
 
     #: the exited containers on the driver's networks; PycniError if Docker can't be asked
-    stopped: Callable[[str], list[Stopped]] = dockerview.stopped_containers
+    stopped: Callable[[str], list[Stopped]] = dockerstart.stopped_containers
     #: ``docker start``; PycniError with Docker's reason if it fails
-    start: Callable[[str], None] = dockerview.start_container
+    start: Callable[[str], None] = dockerstart.start_container
 
 
 @dataclass

@@ -17,7 +17,8 @@ from .. import collisions
 from ..client import PluginClient
 from ..cni.config import NetworkConfigList, load_all, validate_plugin_type
 from ..cni.invoke import find_in_path
-from ..dockerview import DockerNetwork, Stopped
+from ..dockerstart import Stopped
+from ..dockerview import DockerNetwork
 from ..errors import CNIError, ConfigError, PycniError
 from ..protocol import CreateNetworkRequest
 from ..revive import stranded

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import dockerview
+from .. import dockerstart, dockerview
 from ..cni.invoke import find_in_path
 
 #: (status, parsed JSON answer) of a POST to the plugin socket, as :meth:`PluginClient.post
@@ -72,7 +72,7 @@ class Probes:
     docker_networks: Callable[[], list[dockerview.DockerNetwork] | None] = dockerview.networks
     euid: Callable[[], int] = os.geteuid
     #: the exited containers on the driver's networks (PycniError if Docker can't be asked)
-    stopped: Callable[[str], list[dockerview.Stopped]] = dockerview.stopped_containers
+    stopped: Callable[[str], list[dockerstart.Stopped]] = dockerstart.stopped_containers
     #: None: the plugin socket of the settings doctor runs with
     post: Post | None = None
     forward_policy: Callable[[], str | None] = iptables_forward_policy

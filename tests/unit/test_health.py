@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shim import dockerview, health, plugins
+from shim import dockerstart, dockerview, health, plugins
 from shim.cni import CNI
 from shim.cni.cache import CachedAttachment, ResultCache
 from shim.cni.types import Result
@@ -628,7 +628,7 @@ def test_dockerd_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert dockerview.network_names() == {}
     assert dockerview.names() == dockerview.Names()
     with pytest.raises(PycniError, match="cannot list Docker's stopped containers: "):
-        dockerview.stopped_containers()
+        dockerstart.stopped_containers()
     with pytest.raises(PycniError, match="cannot inspect container 'web': "):
         dockerview.container("web")
     finding = host.check_dockerd(dockerview.ping)
@@ -798,7 +798,7 @@ def test_doctor_names_containers_docker_and_pycni_could_not_start(settings: Sett
     by_user = stopped_container("db", policy="unless-stopped", error="")
     asked = []
 
-    def stopped(driver: str) -> list[dockerview.Stopped]:
+    def stopped(driver: str) -> list[dockerstart.Stopped]:
         asked.append(driver)
         return [blocked, by_user]
 
@@ -817,7 +817,7 @@ def test_doctor_restart_policies_ok_or_unknown(settings: Settings) -> None:
     [ok] = host.check_stranded(list)
     assert str(ok) == "ok   restart policies: no container on a pycni network waits for a start"
 
-    def down() -> list[dockerview.Stopped]:
+    def down() -> list[dockerstart.Stopped]:
         raise PycniError("cannot list Docker's stopped containers: connection refused")
 
     assert statuses(host.check_stranded(down)) == [WARN]
@@ -825,15 +825,15 @@ def test_doctor_restart_policies_ok_or_unknown(settings: Settings) -> None:
     def unreachable() -> None:
         raise PycniError("connection refused")
 
-    def never(driver: str) -> list[dockerview.Stopped]:
+    def never(driver: str) -> list[dockerstart.Stopped]:
         raise AssertionError("asked with dockerd down")
 
     findings = health.doctor(settings, probes(docker_ping=unreachable, stopped=never))
     assert "restart policies" not in [f.subject for f in findings]
 
 
-def stopped_container(name: str, **changes: Any) -> dockerview.Stopped:
-    base = dockerview.Stopped(
+def stopped_container(name: str, **changes: Any) -> dockerstart.Stopped:
+    base = dockerstart.Stopped(
         id=name * 8, name=name, status="exited", error='plugin "pycni" not found',
         exit_code=255, started_before=True, policy="always", max_retries=0, restart_count=0,
         networks=("mynet",),
@@ -851,15 +851,15 @@ def test_stopped_reads_what_dockers_restart_logic_reads() -> None:
                   "StartedAt": "2026-12-03T08:12:07.649212683Z"},
         "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 5}},
     }
-    got = dockerview._stopped(data, ("mynet",))
-    assert got == dockerview.Stopped(
+    got = dockerstart._stopped(data, ("mynet",))
+    assert got == dockerstart.Stopped(
         id="c" * 64, name="web", status="exited",
         error='failed to add endpoint: plugin "pycni" not found', exit_code=255,
         started_before=True, policy="on-failure", max_retries=5, restart_count=2,
         networks=("mynet",),
     )
-    never = dockerview._stopped(
-        {"Id": "d" * 64, "State": {"Status": "created", "StartedAt": dockerview.ZERO_TIME}}, ()
+    never = dockerstart._stopped(
+        {"Id": "d" * 64, "State": {"Status": "created", "StartedAt": dockerstart.ZERO_TIME}}, ()
     )
     assert not never.started_before and never.policy == "" and never.error == ""
 

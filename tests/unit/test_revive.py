@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shim.dockerview import Stopped
+from shim.dockerstart import Stopped
 from shim.errors import PycniError
 from shim.revive import DockerSide, Reviver, should_start, stranded
 
