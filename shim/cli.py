@@ -25,7 +25,7 @@ from .settings import (
     Settings,
     split_path,
 )
-from .state import Store
+from .store import Store
 
 #: Docker calls a driver once per container starting or stopping, all at once, with no limit of
 #: its own; most calls wait on their network's lock or a plugin process, which costs a thread

@@ -56,7 +56,8 @@ from .none_io import (
 )
 from .seams import Rules
 from .settings import Settings
-from .state import ContainerRecord, Store
+from .state import ContainerRecord
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,8 @@ from .protocol import (
 from .registry import Network, Registry
 from .seams import Links, Rules
 from .settings import Settings
-from .state import AddressVia, EndpointRecord, Ipam, Mode, NetworkRecord, Phase, Store
+from .state import AddressVia, EndpointRecord, Ipam, Mode, NetworkRecord, Phase
+from .store import Store
 
 log = logging.getLogger(__name__)
 

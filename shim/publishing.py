@@ -25,7 +25,8 @@ from . import dockerview, firewall, ports, proxy
 from .attach import Attacher, has_capability, quietly
 from .errors import InvalidRequest, PycniError
 from .seams import Rules
-from .state import EndpointRecord, NetworkRecord, Store
+from .state import EndpointRecord, NetworkRecord
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -68,7 +68,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NotFound, PycniError
-from .state import EndpointRecord, NetworkRecord, Store
+from .state import EndpointRecord, NetworkRecord
+from .store import Store
 
 
 class SharedLock:

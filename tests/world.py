@@ -34,7 +34,7 @@ from shim.protocol import (
     JoinRequest,
 )
 from shim.settings import Settings
-from shim.state import Store
+from shim.store import Store
 from tests.fakelinks import FakeLinks, FakeMainPlugin, FakeRules
 from tests.fakeproxy import FakeProxies
 from tests.fakes import FakeExec

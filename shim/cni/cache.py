@@ -15,11 +15,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StateError
+from ..files import atomic_write
 
 KIND = "cniCacheV1"
 
@@ -107,16 +107,7 @@ class ResultCache:
         target = self.path(entry.network, entry.container_id, entry.ifname)
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode()
         try:
-            os.makedirs(self.results_dir, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, target)
-            except BaseException:
-                _unlink(tmp)
-                raise
+            atomic_write(target, data)
         except OSError as exc:
             raise StateError(f"cannot write CNI cache {target}: {exc.strerror}") from exc
 

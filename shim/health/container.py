@@ -39,7 +39,8 @@ from ..errors import (
 )
 from ..netlink import LiveLink
 from ..settings import Settings
-from ..state import EndpointRecord, Store
+from ..state import EndpointRecord
+from ..store import Store
 from .cnicheck import missing_addresses, run_check
 from .findings import FAIL, OK, WARN, Finding, needs_root
 

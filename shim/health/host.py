@@ -23,7 +23,7 @@ from ..errors import CNIError, ConfigError, PycniError
 from ..protocol import CreateNetworkRequest
 from ..revive import stranded
 from ..settings import Settings
-from ..state import Store
+from ..store import Store
 from .findings import FAIL, OK, SKIP, WARN, Finding, needs_root
 from .probes import Post, Probes
 

@@ -27,13 +27,13 @@ import ipaddress
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import InvalidRequest, OverlayError, PycniError
+from ..files import atomic_write
 from ..settings import Settings
 from . import leases, vtep
 from .leases import Asked, Definition, Holder, Peer
@@ -177,17 +177,8 @@ class Overlays:
             log.info("overlays: %s", ", ".join(f"{j.name} ({j.subnet})" for j in found.values()))
 
     def _save(self, joined: Joined) -> None:
-        root = records_dir(self.state_dir)
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(joined.to_json(), f, indent=1, sort_keys=True)
-            os.replace(tmp, os.path.join(root, joined.network_id + ".json"))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        path = os.path.join(records_dir(self.state_dir), joined.network_id + ".json")
+        atomic_write(path, json.dumps(joined.to_json(), indent=1, sort_keys=True).encode())
 
     def _forget(self, network_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from shim import dockerview
 from shim.cli import DEFAULT_THREADS, main
 from shim.dockerview import Container, Names
-from shim.state import Store
+from shim.store import Store
 from tests.unit.test_health import CONFIG, EID, MAC, RESULT, stored
 
 pytestmark = pytest.mark.unit

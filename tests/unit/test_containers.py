@@ -25,7 +25,7 @@ from shim.containers import Containers
 from shim.dockerview import Target
 from shim.errors import CNIError, InvalidRequest, NotFound
 from shim.none_io import Request
-from shim.state import Store
+from shim.store import Store
 from tests.fakelinks import FakeRules
 from tests.fakes import FakeExec, add_interface, cni_args
 

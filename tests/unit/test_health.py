@@ -27,7 +27,8 @@ from shim.health import FAIL, OK, SKIP, WARN, Finding, cnicheck, container, host
 from shim.health.probes import Post, Probes, parse_forward_policy
 from shim.netlink import LiveLink
 from shim.settings import Settings
-from shim.state import EndpointRecord, Store
+from shim.state import EndpointRecord
+from shim.store import Store
 from tests.fakes import FakeExec
 
 pytestmark = pytest.mark.unit
