@@ -77,9 +77,9 @@ through. IPv6 needs no guard: the kernel never accepts ``::1`` from outside ``lo
 
 Every rule carries the comment ``pycni:<net12>`` so removal finds exactly its own; a chain left
 empty is removed with its jump, so nothing of pycni's outlives its last network. iptables is run
-with list arguments (never a shell) and ``-w``, through :data:`runner`, the module's one contact
-with iptables (unit tests put a fake iptables there); :data:`bridged_frames_filtered` is its one
-look at br_netfilter.
+through :mod:`shim.iptables` (list arguments, never a shell, ``-w``; unit tests put a fake
+iptables there); :data:`bridged_frames_filtered` is this module's one look at br_netfilter. The
+published ports' rules are :mod:`shim.dnat`'s; this module is the ``Rules`` seam for both.
 """
 
 from __future__ import annotations
@@ -87,15 +87,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import shlex
-import subprocess
-import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
+from . import dnat, iptables
+from .dnat import publish, restore_published, unpublish
 from .errors import FirewallError
 
 log = logging.getLogger(__name__)
+
+# This module is the Rules seam (shim.seams): the published ports' rules are dnat's.
+__all__ = [
+    "add_guard", "add_network", "close_localnet", "publish", "remove_guard", "remove_network",
+    "restore_published", "unpublish",
+]
 
 FORWARD_CHAIN = "PYCNI-FORWARD"
 NAT_CHAIN = "PYCNI-POSTROUTING"
@@ -110,26 +114,6 @@ _PARENTS = {
     ("mangle", ISOLATION_CHAIN): "FORWARD",
     ("filter", LOCALNET_CHAIN): "INPUT",
 }
-_lock = threading.Lock()
-
-#: Runs one command line (``iptables``/``ip6tables`` and its arguments) and answers
-#: ``(exit status, stdout, stderr)``; raises :class:`FirewallError` if it cannot run at all.
-Runner = Callable[[list[str]], tuple[int, str, str]]
-
-
-def run_subprocess(argv: list[str]) -> tuple[int, str, str]:
-    """The real runner: the command as a child process, bounded in time."""
-    try:
-        proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FirewallError(f"{' '.join(argv)}: {exc}") from exc
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-#: What every iptables command goes through; replaced by a fake in unit tests.
-runner: Runner = run_subprocess
-
-
 def bridge_nf_call(version: int) -> bool:
     """Whether bridged frames of this IP version pass iptables (br_netfilter, and its
     ``net.bridge.bridge-nf-call-ip{,6}tables`` at 1)."""
@@ -143,42 +127,6 @@ def bridge_nf_call(version: int) -> bool:
 
 #: The module's one look at br_netfilter; replaced in unit tests.
 bridged_frames_filtered: Callable[[int], bool] = bridge_nf_call
-
-
-def _tool(version: int) -> str:
-    return "iptables" if version == 4 else "ip6tables"
-
-
-def _iptables(version: int, *args: str) -> tuple[int, str, str]:
-    return runner([_tool(version), "-w", "10", *args])
-
-
-def _run(version: int, *args: str, check: bool = True) -> bool:
-    status, _out, err = _iptables(version, *args)
-    if check and status != 0:
-        raise FirewallError(f"{_tool(version)} {' '.join(args)}: {err.strip()}")
-    return status == 0
-
-
-def _has_chain(version: int, table: str, chain: str) -> bool:
-    return _run(version, "-t", table, "-n", "-L", chain, check=False)
-
-
-def _ensure_chain(version: int, table: str, chain: str, parent: str) -> None:
-    if not _has_chain(version, table, chain):
-        _run(version, "-t", table, "-N", chain)
-    if not _run(version, "-t", table, "-C", parent, "-j", chain, check=False):
-        _run(version, "-t", table, "-I", parent, "1", "-j", chain)
-
-
-def _drop_chain_if_empty(version: int, table: str, chain: str, parent: str) -> None:
-    status, out, _err = _iptables(version, "-t", table, "-S", chain)
-    if status != 0:
-        return  # no such chain
-    if any(line.startswith("-A ") for line in out.splitlines()):
-        return
-    _run(version, "-t", table, "-D", parent, "-j", chain, check=False)
-    _run(version, "-t", table, "-X", chain, check=False)
 
 
 Rule = tuple[int, str, str, list[str]]
@@ -251,34 +199,34 @@ def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool
                 peer_subnet: str = "") -> None:
     """Install a network's rules (idempotent). ``icc`` and ``masquerade`` are Docker's
     ``enable_icc`` and ``enable_ip_masquerade``; ``peers`` and ``peer_subnet`` an overlay's."""
-    with _lock:
+    with iptables.lock:
         if not icc:
             _require_bridged_frames_filtered(subnets)
         rules = _rules(bridge, subnets, internal, network_id[:12], icc=icc, masquerade=masquerade,
-                       docker_isolation=lambda v: _has_chain(v, "filter", DOCKER_ISOLATION),
+                       docker_isolation=lambda v: iptables.has_chain(v, "filter", DOCKER_ISOLATION),
                        peers=peers, peer_subnet=peer_subnet)
         for v, table, chain, rule in rules:
-            _ensure_chain(v, table, chain, _PARENTS[(table, chain)])
-            if not _run(v, "-t", table, "-C", chain, *rule, check=False):
-                _run(v, "-t", table, "-A", chain, *rule)
+            iptables.ensure_chain(v, table, chain, _PARENTS[(table, chain)])
+            if not iptables.run(v, "-t", table, "-C", chain, *rule, check=False):
+                iptables.run(v, "-t", table, "-A", chain, *rule)
 
 
 def remove_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
                    icc: bool = True, masquerade: bool = True, peers: str = "",
                    peer_subnet: str = "") -> None:
     """Remove a network's rules, and pycni's chains once they are empty. Repeat-safe."""
-    with _lock:
+    with iptables.lock:
         touched = set()
         for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12], icc=icc,
                                             masquerade=masquerade, peers=peers,
                                             peer_subnet=peer_subnet):
-            while _run(v, "-t", table, "-D", chain, *rule, check=False):
+            while iptables.run(v, "-t", table, "-D", chain, *rule, check=False):
                 pass
             touched.add((v, table, chain))
         for v, table, chain in sorted(touched):
-            _drop_chain_if_empty(v, table, chain, _PARENTS[(table, chain)])
+            iptables.drop_chain_if_empty(v, table, chain, _PARENTS[(table, chain)])
         for v in sorted({v for v, _table, _chain in touched}):
-            _drop_dnat_chain_if_empty(v)
+            dnat.drop_dnat_chain_if_empty(v)
 
 
 def _guard_rule(tag: str) -> list[str]:
@@ -289,129 +237,22 @@ def _guard_rule(tag: str) -> list[str]:
 def add_guard(tag: str) -> None:
     """Keep containers off the host's 127.0.0.0/8 for the network (or attachment) ``tag``
     (idempotent): see the module's docstring."""
-    with _lock:
-        _ensure_chain(4, "filter", LOCALNET_CHAIN, "INPUT")
+    with iptables.lock:
+        iptables.ensure_chain(4, "filter", LOCALNET_CHAIN, "INPUT")
         rule = _guard_rule(tag)
-        if not _run(4, "-t", "filter", "-C", LOCALNET_CHAIN, *rule, check=False):
-            _run(4, "-t", "filter", "-A", LOCALNET_CHAIN, *rule)
+        if not iptables.run(4, "-t", "filter", "-C", LOCALNET_CHAIN, *rule, check=False):
+            iptables.run(4, "-t", "filter", "-A", LOCALNET_CHAIN, *rule)
 
 
 def remove_guard(tag: str) -> bool:
     """Remove ``tag``'s guard, and the chain with its jump once no guard is left. Repeat-safe.
     Answers whether the chain is gone (no pycni network or attachment needs a guard any more)."""
-    with _lock:
+    with iptables.lock:
         rule = _guard_rule(tag)
-        while _run(4, "-t", "filter", "-D", LOCALNET_CHAIN, *rule, check=False):
+        while iptables.run(4, "-t", "filter", "-D", LOCALNET_CHAIN, *rule, check=False):
             pass
-        _drop_chain_if_empty(4, "filter", LOCALNET_CHAIN, "INPUT")
-        return not _has_chain(4, "filter", LOCALNET_CHAIN)
-
-
-DNAT_CHAIN = "PYCNI-DNAT"
-#: the jumps to PYCNI-DNAT (Docker's to its DOCKER chain): what is addressed to the host, from
-#: outside and from the host itself - but not to its loopback, which pycni's proxy serves
-_DNAT_JUMPS = {
-    4: (("PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL"]),
-        ("OUTPUT", ["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL"])),
-    6: (("PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL"]),
-        ("OUTPUT", ["!", "-d", "::1/128", "-m", "addrtype", "--dst-type", "LOCAL"])),
-}
-#: the IP versions whose PYCNI-DNAT and jumps this process knows are in place
-_dnat_ready: set[int] = set()
-
-
-@dataclass(frozen=True)
-class PortRule:
-    """One published port of a zero-config network, as a DNAT rule (Docker's bridge writes the
-    same): what comes for the host's ``host_ip`` (all its addresses when "") on ``host_port``,
-    from anywhere but the network's own bridge, goes to the container. The container's own
-    network reaches the port through pycni's proxy instead, as with docker-proxy (hairpin)."""
-
-    version: int
-    protocol: str
-    host_ip: str
-    host_port: int
-    container_ip: str
-    container_port: int
-    bridge: str
-
-    def args(self, tag: str) -> list[str]:
-        to = (f"[{self.container_ip}]:{self.container_port}" if self.version == 6
-              else f"{self.container_ip}:{self.container_port}")
-        dest = ["-d", self.host_ip] if self.host_ip else []
-        return [*dest, "!", "-i", self.bridge, "-p", self.protocol, "-m", self.protocol,
-                "--dport", str(self.host_port), "-m", "comment", "--comment", f"pycni:{tag}",
-                "-j", "DNAT", "--to-destination", to]
-
-
-def _ensure_dnat_chain(version: int) -> None:
-    if version in _dnat_ready:
-        return
-    if not _has_chain(version, "nat", DNAT_CHAIN):
-        _run(version, "-t", "nat", "-N", DNAT_CHAIN)
-    for parent, match in _DNAT_JUMPS[version]:
-        jump = [*match, "-j", DNAT_CHAIN]
-        if not _run(version, "-t", "nat", "-C", parent, *jump, check=False):
-            _run(version, "-t", "nat", "-I", parent, "1", *jump)
-    _dnat_ready.add(version)
-
-
-def publish(tag: str, rules: Iterable[PortRule]) -> None:
-    """Put in the DNAT rules of one endpoint's published ports (``tag``: the endpoint's), one
-    iptables run each: portmap's ADD and DEL cost ~130 ms a container, these ~10 ms a port.
-    Idempotent with ``check``; undone in full if one is refused."""
-    done: list[PortRule] = []
-    with _lock:
-        try:
-            for rule in rules:
-                _ensure_dnat_chain(rule.version)
-                args = rule.args(tag)
-                if not _run(rule.version, "-t", "nat", "-A", DNAT_CHAIN, *args, check=False):
-                    # the chain went (an admin's flush): make it again, once
-                    _dnat_ready.discard(rule.version)
-                    _ensure_dnat_chain(rule.version)
-                    _run(rule.version, "-t", "nat", "-A", DNAT_CHAIN, *args)
-                done.append(rule)
-        except BaseException:
-            for rule in done:
-                _run(rule.version, "-t", "nat", "-D", DNAT_CHAIN, *rule.args(tag), check=False)
-            raise
-
-
-def restore_published(tag: str, rules: Iterable[PortRule]) -> None:
-    """Put back whichever of an endpoint's DNAT rules are missing (a reboot, a flush)."""
-    with _lock:
-        for rule in rules:
-            _ensure_dnat_chain(rule.version)
-            args = rule.args(tag)
-            if not _run(rule.version, "-t", "nat", "-C", DNAT_CHAIN, *args, check=False):
-                _run(rule.version, "-t", "nat", "-A", DNAT_CHAIN, *args)
-
-
-def unpublish(tag: str, rules: Iterable[PortRule] | None) -> None:
-    """Remove an endpoint's DNAT rules; those already gone are fine (DEL semantics). ``None``:
-    whatever rules carry the endpoint's tag (a leftover whose network record is gone)."""
-    with _lock:
-        if rules is not None:
-            for rule in rules:
-                _run(rule.version, "-t", "nat", "-D", DNAT_CHAIN, *rule.args(tag), check=False)
-            return
-        for v in (4, 6):
-            status, out, _err = _iptables(v, "-t", "nat", "-S", DNAT_CHAIN)
-            for line in out.splitlines() if status == 0 else []:
-                words = shlex.split(line)
-                if words[:2] == ["-A", DNAT_CHAIN] and f"pycni:{tag}" in words:
-                    _run(v, "-t", "nat", "-D", *words[1:], check=False)
-
-
-def _drop_dnat_chain_if_empty(version: int) -> None:
-    status, out, _err = _iptables(version, "-t", "nat", "-S", DNAT_CHAIN)
-    if status != 0 or any(line.startswith("-A ") for line in out.splitlines()):
-        return
-    for parent, match in _DNAT_JUMPS[version]:
-        _run(version, "-t", "nat", "-D", parent, *match, "-j", DNAT_CHAIN, check=False)
-    _run(version, "-t", "nat", "-X", DNAT_CHAIN, check=False)
-    _dnat_ready.discard(version)
+        iptables.drop_chain_if_empty(4, "filter", LOCALNET_CHAIN, "INPUT")
+        return not iptables.has_chain(4, "filter", LOCALNET_CHAIN)
 
 
 def close_localnet(interfaces: Iterable[str], root: str = "/proc/sys/net/ipv4/conf") -> None:
@@ -436,9 +277,9 @@ def _require_bridged_frames_filtered(subnets: Iterable[str]) -> None:
     versions = sorted({ipaddress.ip_network(s, strict=False).version for s in subnets}) or [4]
     for v in versions:
         if not bridged_frames_filtered(v):
-            setting = f"net.bridge.bridge-nf-call-{_tool(v)}"
+            setting = f"net.bridge.bridge-nf-call-{iptables.tool(v)}"
             raise FirewallError(
                 "com.docker.network.bridge.enable_icc=false needs frames bridged between "
-                f"containers to pass {_tool(v)}, and they don't on this host: load br_netfilter "
+                f"containers to pass {iptables.tool(v)}, and they don't on this host: load br_netfilter "
                 f"(modprobe br_netfilter) and set {setting}=1, as Docker's bridge driver does"
             )

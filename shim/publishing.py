@@ -21,7 +21,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
-from . import dockerview, firewall, ports, proxy
+from . import dnat, dockerview, ports, proxy
 from .attach import Attacher, has_capability, quietly
 from .errors import InvalidRequest, PycniError
 from .seams import Rules
@@ -182,7 +182,7 @@ def own_ports(network: NetworkRecord, rec: EndpointRecord) -> bool:
 
 
 def port_rules(network: NetworkRecord, rec: EndpointRecord,
-               mappings: Iterable[ports.Mapping]) -> list[firewall.PortRule]:
+               mappings: Iterable[ports.Mapping]) -> list[dnat.PortRule]:
     """The DNAT rules of ``mappings``: one per mapping and container address of the host
     address's family (both for "all addresses"). None for the host's loopback: Docker leaves
     it to its proxy, and so does pycni (route_localnet stays 0)."""
@@ -196,7 +196,7 @@ def port_rules(network: NetworkRecord, rec: EndpointRecord,
             ip = ipaddress.ip_interface(address).ip
             if host is not None and host.version != ip.version:
                 continue
-            found.append(firewall.PortRule(
+            found.append(dnat.PortRule(
                 ip.version, m.protocol, "" if host is None or host.is_unspecified else str(host),
                 m.host_port, str(ip), m.container_port, bridge))
     return found

@@ -50,7 +50,7 @@ leaf   ``Publisher._lock``                         choosing a driver host port (
                                                    the other mode's ports are read before it
 leaf   ``Overlays._lock``                          the joined dict and overlay records; never
                                                    across a store or netlink call
-leaf   ``firewall._lock``                          pycni's iptables chains (one process's
+leaf   ``iptables.lock``                           pycni's iptables chains (one process's
                                                    check-then-add); across iptables runs, the
                                                    I/O it guards
 leaf   ``Network.mutex``, ``Registry._guard``      the dicts they sit beside; no I/O

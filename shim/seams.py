@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from .firewall import PortRule
+from .dnat import PortRule
 from .netlink import LinkInfo
 
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim import netlink
+from shim.dnat import PortRule
 from shim.errors import CNIError, NetlinkFailure
-from shim.firewall import PortRule
 from tests.fakes import FakeExec, cni_args, requested_addresses
 
 HOST = ""  # the host namespace's key in :attr:`FakeLinks.spaces`

@@ -17,6 +17,7 @@ import pytest
 from shim import reconcile
 from shim.answers import way_out
 from shim.cni import AddFailed
+from shim.dnat import PortRule
 from shim.dockerview import DockerNetwork
 from shim.driver import Driver
 from shim.errors import (
@@ -28,7 +29,6 @@ from shim.errors import (
     NotFound,
     Unsupported,
 )
-from shim.firewall import PortRule
 from shim.protocol import EndpointRequest
 from shim.state import EndpointRecord, Phase
 from tests.fakelinks import FakeMainPlugin

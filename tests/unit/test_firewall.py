@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shim import firewall
+from shim import dnat, firewall
+from shim import iptables as ipt
 from shim.errors import FirewallError
 
 pytestmark = pytest.mark.unit
@@ -98,7 +99,7 @@ class FakeIptables:
 @pytest.fixture
 def iptables(monkeypatch: pytest.MonkeyPatch) -> FakeIptables:
     fake = FakeIptables()
-    monkeypatch.setattr(firewall, "runner", fake)
+    monkeypatch.setattr(ipt, "runner", fake)
     monkeypatch.setattr(firewall, "bridged_frames_filtered", lambda version: True)
     return fake
 
@@ -359,11 +360,11 @@ def test_a_refused_rule_is_a_firewall_error_naming_the_command(iptables: FakeIpt
 
 def test_the_real_runner_translates_a_missing_binary() -> None:
     with pytest.raises(FirewallError, match="/nonexistent/iptables -w 10 -S"):
-        firewall.run_subprocess(["/nonexistent/iptables", "-w", "10", "-S"])
+        ipt.run_subprocess(["/nonexistent/iptables", "-w", "10", "-S"])
 
 
 def test_the_real_runner_is_the_default() -> None:
-    assert firewall.runner is firewall.run_subprocess
+    assert ipt.runner is ipt.run_subprocess
 
 
 def test_an_overlay_network_lets_its_vtep_in_and_does_not_masquerade_the_overlay(
@@ -431,13 +432,13 @@ def test_route_localnet_is_closed_on_interfaces_that_still_exist(tmp_path: Path)
 # --- published ports of zero-config networks -----------------------------------------------------
 
 
-PORTS = [firewall.PortRule(4, "tcp", "", 8080, "10.200.9.7", 80, "br0"),
-         firewall.PortRule(6, "udp", "fd00::1", 5353, "fd00::7", 53, "br0")]
+PORTS = [dnat.PortRule(4, "tcp", "", 8080, "10.200.9.7", 80, "br0"),
+         dnat.PortRule(6, "udp", "fd00::1", 5353, "fd00::7", 53, "br0")]
 
 
 @pytest.fixture
 def fresh_dnat(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(firewall, "_dnat_ready", set())
+    monkeypatch.setattr(dnat, "_dnat_ready", set())
 
 
 def test_published_ports_are_dnat_rules_as_dockers(iptables: FakeIptables,
@@ -455,14 +456,14 @@ def test_published_ports_are_dnat_rules_as_dockers(iptables: FakeIptables,
                                    "--dport", "5353", "-m", "comment", "--comment", "pycni:ep1",
                                    "-j", "DNAT", "--to-destination", "[fd00::7]:53")]
     calls = len(iptables.calls)
-    firewall.publish("ep2", [firewall.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
+    firewall.publish("ep2", [dnat.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
     assert len(iptables.calls) == calls + 1  # one iptables run a port, once the chain is there
 
 
 def test_unpublishing_takes_exactly_the_endpoints_rules(iptables: FakeIptables,
                                                         fresh_dnat: None) -> None:
     firewall.publish("ep1", PORTS)
-    firewall.publish("ep2", [firewall.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
+    firewall.publish("ep2", [dnat.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
     firewall.unpublish("ep1", PORTS)
     firewall.unpublish("ep1", PORTS)  # DEL semantics
     assert [r[-1] for r in iptables.tables[("iptables", "nat")]["PYCNI-DNAT"]] == [
@@ -487,7 +488,7 @@ def test_a_flushed_chain_is_made_again_and_rules_restored(iptables: FakeIptables
     del nat4["PYCNI-DNAT"]
     nat4["PREROUTING"].clear()
     nat4["OUTPUT"].clear()  # an admin's flush, pycni still running
-    firewall.publish("ep2", [firewall.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
+    firewall.publish("ep2", [dnat.PortRule(4, "tcp", "", 8081, "10.200.9.8", 80, "br0")])
     firewall.restore_published("ep1", PORTS[:1])
     firewall.restore_published("ep1", PORTS[:1])  # only what is missing
     assert len(nat4["PYCNI-DNAT"]) == 2 and nat4["PREROUTING"][0][-1] == "PYCNI-DNAT"
