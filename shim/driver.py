@@ -36,6 +36,7 @@ from . import (
     endpoint_chain,
     firewall,
     netlink,
+    netrules,
     plugins,
     ports,
     proxy,
@@ -231,23 +232,11 @@ class Driver:
         self._clashes_told = found
 
     def _add_rules(self, record: NetworkRecord) -> None:
-        """The network's own iptables rules: a zero-config network's forwarding, masquerading
-        and isolation, and the loopback guard of a chain that may open the host's 127.0.0.0/8
-        (:mod:`shim.firewall`)."""
-        if plugins.opens_loopback(record.config):
-            self.rules.add_guard(record.id[:12])
-        if record.firewall:
-            self.rules.add_network(record.id, **record.firewall)
+        netrules.add(self.rules, record)
 
     def _remove_rules(self, record: NetworkRecord) -> None:
-        if record.firewall:
-            self.rules.remove_network(record.id, **record.firewall)
-        self.rules.remove_guard(record.id[:12])
-        # portmap opened route_localnet on the network's bridge; a bridge that stays (not
-        # this network's to remove) gets it closed again unless another network uses it.
-        shared = {b for n in self.registry.networks() if n.id != record.id
-                  for b in plugins.bridges(n.config)}
-        self.rules.close_localnet(b for b in plugins.bridges(record.config) if b not in shared)
+        netrules.remove(self.rules, record, [n for n in self.registry.networks()
+                                             if n.id != record.id])
 
     def delete_network(self, network_id: str) -> None:
         with self.registry.locked_if_any(network_id) as net:
