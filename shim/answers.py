@@ -10,8 +10,9 @@ from typing import Any
 
 from .cni.types import Result, Route
 from .errors import CNIError
+from .ports import Mapping
 from .protocol import CONNECTED, NEXTHOP, EndpointInterface, JoinResponse, StaticRoute
-from .state import EndpointRecord
+from .state import EndpointRecord, NetworkRecord
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,24 @@ def _routes(rec: EndpointRecord, result: Result) -> tuple[dict[int, str], list[S
         else:
             routes.append(StaticRoute(str(route.dst), CONNECTED))
     return gateways, routes
+
+
+def oper_info(network: NetworkRecord, rec: EndpointRecord) -> dict[str, Any]:
+    """EndpointOperInfo: what pycni knows of the endpoint (``docker network inspect`` shows it)."""
+    config = network.config
+    info: dict[str, Any] = {
+        "cni.network": config.name,
+        "cni.plugins": config.plugin_types(),
+        "cni.netns": rec.attachment.netns,
+        "phase": str(rec.phase),
+        "way_out": way_out(rec),
+    }
+    result = rec.result
+    if result is not None:
+        info["cni.interfaces"] = [i.to_json(result.cni_version) for i in result.interfaces]
+        info["cni.ips"] = [str(ip.address) for ip in result.ips]
+        info["cni.routes"] = [r.to_json(result.cni_version) for r in result.routes]
+    published = rec.capability_args.get("portMappings")
+    if published:
+        info["ports"] = [str(Mapping.from_cni(m)) for m in published]
+    return info

@@ -108,11 +108,12 @@ def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: s
     import shlex
 
     from .none_io import parse_port
+    from .runner import run as run_in
 
     nets = [n for n in cni_nets.split(",") if n]
-    cid, _ = _mode(state_dir, conf_dir, cni_path, cache_dir).run(
-        nets, list(docker_args), ips=ips, port_specs=[parse_port(p) for p in publish],
-        holder=shlex.split(holder))
+    cid, _ = run_in(_mode(state_dir, conf_dir, cni_path, cache_dir), nets, list(docker_args),
+                    ips=ips, port_specs=[parse_port(p) for p in publish],
+                    holder=shlex.split(holder))
     click.echo(cid)
 
 

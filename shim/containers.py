@@ -386,15 +386,6 @@ class Containers:
         here = os.path.join(self.proc, str(found.pid), "ns", "net")
         return here if found.running and entry.netns == here and os.path.exists(here) else ""
 
-    def run(self, networks: Sequence[str], docker_args: Sequence[str], *,
-            ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),
-            holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
-            ) -> tuple[str, list[ContainerRecord]]:
-        """``pycni run`` (:func:`shim.runner.run`)."""
-        from .runner import run
-
-        return run(self, networks, docker_args, ips=ips, port_specs=port_specs, holder=holder,
-                   docker_cli=docker_cli)
 
 
 def _guard_tag(rec: ContainerRecord) -> str:

@@ -43,7 +43,7 @@ from . import (
     publishing,
     staging,
 )
-from .attach import Attacher, Attachment, quietly
+from .attach import Attacher, quietly
 from .cni import CNI, find
 from .errors import InvalidRequest, NotFound, PycniError, Unsupported
 from .overlay import chain as overlay_chain
@@ -310,27 +310,11 @@ class Driver:
     def _new_endpoint(
         self, net: NetworkRecord, req: CreateEndpointRequest, raw: dict[str, Any]
     ) -> EndpointRecord:
-        eid = req.endpoint_id
         chain = endpoint_chain.for_endpoint(
             net.config.raw, net.request, net.address_via, req.interface,
             internal=net.docker.internal,
         )
-        attachment = Attachment(
-            container_id=eid,
-            netns=self.staging.path(eid),
-            ifname=staging.IFNAME,
-            config=chain.config,
-            cni_args=chain.cni_args,
-            capability_args=chain.capability_args,
-        )
-        return EndpointRecord(
-            id=eid,
-            network_id=net.id,
-            netns=staging.netns_name(eid),
-            host_ifname=staging.host_link_name(eid),
-            attachment=attachment,
-            request=raw,
-        )
+        return self.staging.new_record(net.id, req.endpoint_id, chain, raw)
 
     def join(self, req: JoinRequest) -> JoinResponse:
         with self._endpoint(req) as (net, rec):
@@ -383,24 +367,7 @@ class Driver:
         # the proxy and every connection through it; pycni's own port rules
         self.publishing.teardown(net.record if net is not None else None, rec)
         self.store.save_endpoint(rec)
-        att = rec.attachment
-        if att.result is None:
-            # Crashed between ADD and saving its result: libcni's cache has it.
-            cached = self.attacher.cached_result(att)
-            if cached is not None:
-                att.result = cached
-                rec.addresses = [str(ip.address) for ip in att.ips()]
-                rec.mac = rec.mac or att.mac()
-        self.staging.make(rec)
-        given = None
-        if att.result is None:
-            # ADD never finished: no result anywhere. What the chain did is still on eth0 in the
-            # staging netns, and DEL needs it as prevResult.
-            given = self.staging.found_result(rec)
-        elif plugins.del_needs_link(att.config):
-            self.staging.put_back(rec)
-        self.attacher.delete(att, result=given)
-        self.staging.clear(rec)
+        self.staging.delete(rec, self.attacher)
         self.publishing.release(rec)
         if net is not None:
             self.registry.remove_endpoint(net, rec.id)
@@ -410,23 +377,7 @@ class Driver:
 
     def oper_info(self, req: EndpointRequest) -> dict[str, Any]:
         with self._endpoint(req) as (net, rec):
-            config = net.record.config
-            info: dict[str, Any] = {
-                "cni.network": config.name,
-                "cni.plugins": config.plugin_types(),
-                "cni.netns": rec.attachment.netns,
-                "phase": str(rec.phase),
-                "way_out": answers.way_out(rec),
-            }
-            result = rec.result
-            if result is not None:
-                info["cni.interfaces"] = [i.to_json(result.cni_version) for i in result.interfaces]
-                info["cni.ips"] = [str(ip.address) for ip in result.ips]
-                info["cni.routes"] = [r.to_json(result.cni_version) for r in result.routes]
-            published = rec.capability_args.get(PORTS)
-            if published:
-                info["ports"] = [str(ports.Mapping.from_cni(m)) for m in published]
-            return info
+            return answers.oper_info(net.record, rec)
 
     # --- published ports -------------------------------------------------------------------------
 

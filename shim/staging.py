@@ -29,9 +29,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from . import netlink
+from . import netlink, plugins
+from .attach import Attacher, Attachment
 from .cni.types import Result
+from .endpoint_chain import EndpointChain
 from .errors import NetlinkFailure
 from .netlink import LinkInfo
 from .seams import Links
@@ -68,6 +71,50 @@ class Staging:
 
     def path(self, endpoint_id: str) -> str:
         return self.links.netns_path(netns_name(endpoint_id))
+
+    def new_record(self, network_id: str, endpoint_id: str, chain: EndpointChain,
+                   request: dict[str, Any]) -> EndpointRecord:
+        """An endpoint whose chain runs here: ``eth0`` in its staging netns, out to the host as
+        ``pcn<id12>``."""
+        attachment = Attachment(
+            container_id=endpoint_id,
+            netns=self.path(endpoint_id),
+            ifname=IFNAME,
+            config=chain.config,
+            cni_args=chain.cni_args,
+            capability_args=chain.capability_args,
+        )
+        return EndpointRecord(
+            id=endpoint_id,
+            network_id=network_id,
+            netns=netns_name(endpoint_id),
+            host_ifname=host_link_name(endpoint_id),
+            attachment=attachment,
+            request=request,
+        )
+
+    def delete(self, rec: EndpointRecord, attacher: Attacher) -> None:
+        """DEL where it finds what ADD made, then the namespace goes: the link back in the
+        staging netns when a plugin's DEL needs it there (:mod:`shim.plugins`), ADD's result
+        from libcni's cache, or read from ``eth0`` here when ADD never finished."""
+        att = rec.attachment
+        if att.result is None:
+            # Crashed between ADD and saving its result: libcni's cache has it.
+            cached = attacher.cached_result(att)
+            if cached is not None:
+                att.result = cached
+                rec.addresses = [str(ip.address) for ip in att.ips()]
+                rec.mac = rec.mac or att.mac()
+        self.make(rec)
+        given = None
+        if att.result is None:
+            # ADD never finished: no result anywhere. What the chain did is still on eth0 in the
+            # staging netns, and DEL needs it as prevResult.
+            given = self.found_result(rec)
+        elif plugins.del_needs_link(att.config):
+            self.put_back(rec)
+        attacher.delete(att, result=given)
+        self.clear(rec)
 
     def make(self, rec: EndpointRecord) -> None:
         self.links.create_netns(rec.netns)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from shim import netlink, none_io, ports
+from shim import netlink, none_io, ports, runner
 from shim.cli import main
 from shim.cni import CNI
 from shim.containers import Containers
@@ -390,7 +390,7 @@ class FakeCLI:
 def test_run_creates_with_network_none_and_attaches_each_network(rig: Rig) -> None:
     rig.write(conflist("second"))
     cli = FakeCLI(rig)
-    cid, recs = rig.mode.run(["pcn", "second"], ["-d", "--name", "app", "img"],
+    cid, recs = runner.run(rig.mode, ["pcn", "second"], ["-d", "--name", "app", "img"],
                              docker_cli=cli)  # type: ignore[arg-type]
     assert cid == CID
     assert cli.calls[0] == ("create", ["--network", "none", "--name", "app", "img"])
@@ -402,7 +402,7 @@ def test_run_removes_the_container_and_names_the_plugin_when_attaching_fails(rig
     rig.fake.on("pycni-test-fail", "ADD", CNIError("told to", plugin="pycni-test-fail", verb="ADD"))
     cli = FakeCLI(rig)
     with pytest.raises(CNIError) as err:
-        rig.mode.run(["pcn", "second"], ["img"], docker_cli=cli)  # type: ignore[arg-type]
+        runner.run(rig.mode, ["pcn", "second"], ["img"], docker_cli=cli)  # type: ignore[arg-type]
     assert str(err.value).startswith(f"pycni run: removed the container {CID[:12]}")
     assert 'CNI plugin "pycni-test-fail" failed (ADD)' in str(err.value)
     assert cli.calls[-1] == ("rm", [CID])
@@ -413,9 +413,9 @@ def test_run_removes_the_container_and_names_the_plugin_when_attaching_fails(rig
 def test_run_refuses_a_network_of_its_own_and_unknown_conflists(rig: Rig) -> None:
     cli = FakeCLI(rig)
     with pytest.raises(InvalidRequest, match="--network none itself"):
-        rig.mode.run(["pcn"], ["--network", "host", "img"], docker_cli=cli)  # type: ignore[arg-type]
+        runner.run(rig.mode, ["pcn"], ["--network", "host", "img"], docker_cli=cli)  # type: ignore[arg-type]
     with pytest.raises(NotFound):
-        rig.mode.run(["nope"], ["img"], docker_cli=cli)  # type: ignore[arg-type]
+        runner.run(rig.mode, ["nope"], ["img"], docker_cli=cli)  # type: ignore[arg-type]
     assert cli.calls == []
 
 
@@ -455,7 +455,7 @@ def test_ls_shows_what_the_controller_could_not_attach(rig: Rig) -> None:
 def test_run_with_a_holder_attaches_it_before_the_app_starts_in_its_namespace(rig: Rig) -> None:
     cli = FakeCLI(rig)
     rig.mode.cli = cli  # type: ignore[assignment]
-    app, [_] = rig.mode.run(["pcn"], ["--name", "web", "img", "httpd"],
+    app, [_] = runner.run(rig.mode, ["pcn"], ["--name", "web", "img", "httpd"],
                             holder=["pause:3.9"])
     assert app == OTHER
     assert cli.calls == [
@@ -478,7 +478,7 @@ def test_run_with_a_holder_attaches_it_before_the_app_starts_in_its_namespace(ri
 def test_gc_removes_the_holder_of_an_app_that_is_gone(rig: Rig) -> None:
     cli = FakeCLI(rig)
     rig.mode.cli = cli  # type: ignore[assignment]
-    rig.mode.run(["pcn"], ["--name", "web", "img"], holder=["pause:3.9"])
+    runner.run(rig.mode, ["pcn"], ["--name", "web", "img"], holder=["pause:3.9"])
     assert rig.mode.gc() == []  # both alive
     rig.docker.forget(OTHER)  # docker rm -f web: the holder still runs
     assert rig.mode.gc() == ["attachment web/pcn/eth0: its container is gone; DEL run"]
@@ -490,7 +490,7 @@ def test_run_with_a_holder_removes_both_when_attaching_fails(rig: Rig) -> None:
     cli = FakeCLI(rig)
     rig.fake.on("tuning", "ADD", CNIError("no such sysctl", plugin="tuning", verb="ADD"))
     with pytest.raises(CNIError, match='removed the container .*"tuning" failed'):
-        rig.mode.run(["pcn"], ["img"], holder=["pause:3.9"], docker_cli=cli)  # type: ignore[arg-type]
+        runner.run(rig.mode, ["pcn"], ["img"], holder=["pause:3.9"], docker_cli=cli)  # type: ignore[arg-type]
     assert [c for c in cli.calls if c[0] == "create"] == [
         ("create", ["--network", "none", "--label", "pycni.holder=1", "pause:3.9"])]
     assert cli.calls[-1] == ("rm", [CID])
