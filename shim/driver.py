@@ -1,14 +1,12 @@
 """CNM → CNI: Docker's network driver verbs, each carried out on the attachment core.
 
-Each verb is short: it takes its locks from the :class:`~shim.registry.Registry` (whose
-docstring holds the one lock rule: network verbs hold their network, endpoint verbs their
-endpoint), then works through the attachment core (:mod:`shim.attach`: ADD with undo, DEL with
-the cached config and arguments), the staging namespace (:mod:`shim.staging`: where the chain
-runs before Docker has a container netns, and how the link gets out and back) and the port
-publisher (:mod:`shim.ports`).
+Each verb takes its locks from the :class:`~shim.registry.Registry` (the lock table is there),
+then works through the attachment core (:mod:`shim.attach`), the staging place
+(:mod:`shim.staging`), the network's rules (:mod:`shim.netrules`) and its published ports
+(:mod:`shim.publishing`); Docker's answers are :mod:`shim.answers`'.
 
 * **CreateNetwork** settles the chain (:mod:`shim.chains`), negotiates its version with the
-  plugins, and installs the per-network rules of zero-config networks (:mod:`shim.firewall`).
+  plugins, refuses collisions (:mod:`shim.collisions`) and installs the network's rules.
 * **CreateEndpoint** records the endpoint, makes its staging netns, runs ADD there, takes the
   link out to the host, and tells Docker the address/MAC the chain chose where Docker had not
   chosen them. Each step registers its undo on an ``ExitStack``; a failure part-way unwinds
