@@ -34,7 +34,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from . import dockerview, firewall, netlink, none_io, plugins, ports
+from . import dockerview, firewall, none_io, plugins, ports
 from .attach import Attacher, Attachment
 from .cni import CNI, find
 from .cni.cache import CachedAttachment
@@ -48,6 +48,7 @@ from .none_io import (
     Docker,
     DockerCLI,
     Host,
+    NetlinkHost,
     RealDocker,
     Request,
     address_for,
@@ -68,10 +69,10 @@ log = logging.getLogger(__name__)
 class Containers:
     def __init__(self, store: Store, cni: CNI, conf_dir: str, docker: Docker | None = None,
                  proc: str = "/proc", cli: DockerCLI | None = None,
-                 rules: Rules = firewall, host: Host = netlink) -> None:
+                 rules: Rules = firewall, host: Host | None = None) -> None:
         self.store = store
         #: namespaces and links (pins, a taken interface name, announcements)
-        self.host = host
+        self.host: Host = host or NetlinkHost()
         #: the loopback guard of attachments whose chain may open the host's 127.0.0.0/8
         self.rules = rules
         self.cni = cni

@@ -33,6 +33,7 @@ from . import (
     dockerview,
     endpoint_chain,
     firewall,
+    neighbours,
     netlink,
     netrules,
     plugins,
@@ -77,7 +78,7 @@ class Driver:
         docker_view: Callable[[], dockerview.DockerView | None] | None = None,
         rules: Rules = firewall,
         proxies: proxy.Proxies | None = None,
-        announce: Callable[[str, str, Iterable[str]], None] = netlink.announce,
+        announce: Callable[[str, str, Iterable[str]], None] = neighbours.announce,
         overlays: Overlays | None = None,
     ) -> None:
         self.settings = settings

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import dockerview, netlink, plugins, ports
+from . import dockerview, neighbours, netlink, plugins, ports
 from .cni.config import NetworkConfigList
 from .cni.types import DNS
 from .errors import InvalidRequest, PycniError
@@ -269,3 +269,13 @@ class Request:
     ip: str = ""
     ports: tuple[ports.Binding, ...] = ()
     args: tuple[tuple[str, str], ...] = ()
+
+
+class NetlinkHost:
+    """The real :class:`Host`: :mod:`shim.netlink` and :mod:`shim.neighbours`."""
+
+    pin_netns = staticmethod(netlink.pin_netns)
+    remove_netns = staticmethod(netlink.remove_netns)
+    is_netns = staticmethod(netlink.is_netns)
+    link_info = staticmethod(netlink.link_info)
+    announce = staticmethod(neighbours.announce)

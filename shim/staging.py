@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import netlink, plugins
+from . import neighbours, plugins
 from .attach import Attacher, Attachment
 from .cni.types import Result
 from .endpoint_chain import EndpointChain
@@ -63,7 +63,7 @@ class Staging:
     def __init__(
         self,
         links: Links,
-        announce: Callable[[str, str, Iterable[str]], None] = netlink.announce,
+        announce: Callable[[str, str, Iterable[str]], None] = neighbours.announce,
     ) -> None:
         self.links = links
         #: tells neighbours ``(netns, ifname, addresses)`` are at the link's MAC

@@ -1,4 +1,4 @@
-"""Telling neighbours an address moved to a new MAC (:func:`shim.netlink.announce`).
+"""Telling neighbours an address moved to a new MAC (:func:`shim.neighbours.announce`).
 
 Two namespaces of the test's own joined by a veth pair: the "host" side holds neighbour entries
 for the container's addresses with an old MAC (as after a container restart that kept its
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from shim import netlink
+from shim import neighbours
 from shim.errors import NetlinkFailure
 
 from .helpers import sh
@@ -45,7 +45,7 @@ def test_announce_updates_neighbours_in_both_families(ns: Callable[[], str]) -> 
            "nud", "stale")
         assert neighbour(host, address) == OLD_MAC
 
-    netlink.announce(container, "c0", ["10.201.129.2/24", "fd00:201:129::2/64", "fe80::1/64"])
+    neighbours.announce(container, "c0", ["10.201.129.2/24", "fd00:201:129::2/64", "fe80::1/64"])
 
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
@@ -60,4 +60,4 @@ def test_announce_updates_neighbours_in_both_families(ns: Callable[[], str]) -> 
 def test_announce_names_a_missing_link(ns: Callable[[], str]) -> None:
     name = ns().rsplit("/", 1)[1]
     with pytest.raises(NetlinkFailure, match=f"no interface eth9 in {name}"):
-        netlink.announce(name, "eth9", ["10.201.129.2/24"])
+        neighbours.announce(name, "eth9", ["10.201.129.2/24"])
