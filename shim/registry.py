@@ -55,7 +55,7 @@ leaf   ``iptables.lock``                           pycni's iptables chains (one 
                                                    I/O it guards
 leaf   ``Network.mutex``, ``Registry._guard``      the dicts they sit beside; no I/O
 leaf   ``Proxies._lock``, ``Serial._lock``         their own bookkeeping; no I/O
-leaf   ``netlink._netns_dir_ready``                making /run/netns a shared mount, once
+leaf   ``netns._netns_dir_ready``                  making /run/netns a shared mount, once
 =====  ==========================================  ==========================================
 """
 
