@@ -8,13 +8,15 @@
     cni.delete(net, RuntimeConf(container_id="abc", netns="/run/netns/x"))
 """
 
-from .api import CNI, AddFailed, RuntimeConf
+from .api import CNI
 from .config import NetworkConfigList, PluginConf, find, load_all, load_file, parse
+from .runtime import AddFailed, DelFailed, RuntimeConf
 from .types import Result, VersionInfo
 
 __all__ = [
     "CNI",
     "AddFailed",
+    "DelFailed",
     "NetworkConfigList",
     "PluginConf",
     "Result",

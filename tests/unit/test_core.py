@@ -16,7 +16,7 @@ import pytest
 
 from shim import dockerview, plugins, ports, reconcile
 from shim.attach import Attacher, Attachment
-from shim.cni.api import AddFailed, DelFailed, RuntimeConf
+from shim.cni import AddFailed, DelFailed, RuntimeConf
 from shim.cni.config import conflist_from_dict
 from shim.dockerview import DockerView
 from shim.errors import CNIError
