@@ -92,13 +92,11 @@ class Driver:
         self.rules = rules
         # docker-proxy's part: published ports where DNAT can't reach ([::1], IPv6 to IPv4)
         self.proxies = proxies or proxy.Proxies()
-        # What Docker knows, for reconciliation; tests pass one that answers "unknown" (None).
+        # What Docker knows (reconciliation), its networks (collisions) and its names for
+        # endpoints' containers (errors); where tests fake Docker's view, none of it is asked.
         self.docker_view = docker_view or (lambda: dockerview.snapshot(settings.driver_name))
-        # Docker's networks, which a new one must not collide with; not asked where tests fake
-        # Docker's view
         self.docker_networks: Callable[[], list[dockerview.DockerNetwork] | None] = (
             (lambda: None) if docker_view else dockerview.networks)
-        # Docker's names for endpoints' containers (errors name them); {} where tests fake it
         self.docker_names: Callable[[], dockerview.Names] = (
             dockerview.Names if docker_view else lambda: dockerview.names(settings.driver_name))
         self.publishing = publishing.EndpointPorts(
@@ -109,8 +107,7 @@ class Driver:
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
         self._clashes_told: set[tuple[str, str]] = set()
-        # Nothing is read or touched here: restoring is the runtime's explicit step
-        # (load_records, then restore), so an app factory or a test builds a driver freely.
+        # Nothing is read or touched here: restoring is the runtime's step (restore).
 
     def load_records(self) -> tuple[int, int]:
         """Read every record back (disk only): Docker never re-sends CreateNetwork after a
@@ -124,9 +121,7 @@ class Driver:
         iptables rules, published ports' rules, the proxies."""
         networks, endpoints = self.load_records()
         for net in self.registry.networks():
-            # iptables rules don't survive a reboot (or an admin's flush); adding is
-            # idempotent, so a restart puts back whatever is missing - and gives a network
-            # made before the loopback guard existed its guard.
+            # idempotent: what a reboot or a flush took, and a guard an older pycni never put in
             try:
                 self._add_rules(net)
             except PycniError as exc:
@@ -138,8 +133,7 @@ class Driver:
         log.info("loaded %d networks, %d endpoints", networks, endpoints)
 
     def close(self) -> None:
-        """Stop what serves beside the verbs: the proxies and every connection through them.
-        Rules and records stay: they outlive a restart."""
+        """The proxies and every connection through them; rules and records outlive a restart."""
         self.proxies.close()
 
     @property
