@@ -150,8 +150,6 @@ class Driver:
         """A snapshot of the endpoints, by id."""
         return {e.id: e for e in self.registry.endpoints()}
 
-    # --- networks --------------------------------------------------------------------------------
-
     def capabilities(self) -> dict[str, str]:
         return {"Scope": "local", "ConnectivityScope": "local"}
 
