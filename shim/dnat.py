@@ -85,9 +85,7 @@ def restore_published(tag: str, rules: Iterable[PortRule]) -> None:
     with iptables.lock:
         for rule in rules:
             _ensure_dnat_chain(rule.version)
-            args = rule.args(tag)
-            if not iptables.run(rule.version, "-t", "nat", "-C", DNAT_CHAIN, *args, check=False):
-                iptables.run(rule.version, "-t", "nat", "-A", DNAT_CHAIN, *args)
+            iptables.ensure_rule(rule.version, "nat", DNAT_CHAIN, rule.args(tag))
 
 
 def unpublish(tag: str, rules: Iterable[PortRule] | None) -> None:

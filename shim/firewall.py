@@ -207,8 +207,7 @@ def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool
                        peers=peers, peer_subnet=peer_subnet)
         for v, table, chain, rule in rules:
             iptables.ensure_chain(v, table, chain, _PARENTS[(table, chain)])
-            if not iptables.run(v, "-t", table, "-C", chain, *rule, check=False):
-                iptables.run(v, "-t", table, "-A", chain, *rule)
+            iptables.ensure_rule(v, table, chain, rule)
 
 
 def remove_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
@@ -220,8 +219,7 @@ def remove_network(network_id: str, bridge: str, subnets: list[str], internal: b
         for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12], icc=icc,
                                             masquerade=masquerade, peers=peers,
                                             peer_subnet=peer_subnet):
-            while iptables.run(v, "-t", table, "-D", chain, *rule, check=False):
-                pass
+            iptables.delete_rule(v, table, chain, rule)
             touched.add((v, table, chain))
         for v, table, chain in sorted(touched):
             iptables.drop_chain_if_empty(v, table, chain, _PARENTS[(table, chain)])
@@ -239,20 +237,14 @@ def add_guard(tag: str) -> None:
     (idempotent): see the module's docstring."""
     with iptables.lock:
         iptables.ensure_chain(4, "filter", LOCALNET_CHAIN, "INPUT")
-        rule = _guard_rule(tag)
-        if not iptables.run(4, "-t", "filter", "-C", LOCALNET_CHAIN, *rule, check=False):
-            iptables.run(4, "-t", "filter", "-A", LOCALNET_CHAIN, *rule)
+        iptables.ensure_rule(4, "filter", LOCALNET_CHAIN, _guard_rule(tag))
 
 
-def remove_guard(tag: str) -> bool:
-    """Remove ``tag``'s guard, and the chain with its jump once no guard is left. Repeat-safe.
-    Answers whether the chain is gone (no pycni network or attachment needs a guard any more)."""
+def remove_guard(tag: str) -> None:
+    """Remove ``tag``'s guard, and the chain with its jump once no guard is left. Repeat-safe."""
     with iptables.lock:
-        rule = _guard_rule(tag)
-        while iptables.run(4, "-t", "filter", "-D", LOCALNET_CHAIN, *rule, check=False):
-            pass
+        iptables.delete_rule(4, "filter", LOCALNET_CHAIN, _guard_rule(tag))
         iptables.drop_chain_if_empty(4, "filter", LOCALNET_CHAIN, "INPUT")
-        return not iptables.has_chain(4, "filter", LOCALNET_CHAIN)
 
 
 def close_localnet(interfaces: Iterable[str], root: str = "/proc/sys/net/ipv4/conf") -> None:

@@ -51,6 +51,18 @@ def has_chain(version: int, table: str, chain: str) -> bool:
     return run(version, "-t", table, "-n", "-L", chain, check=False)
 
 
+def ensure_rule(version: int, table: str, chain: str, rule: list[str]) -> None:
+    """Append ``rule`` to ``chain`` unless it is there already."""
+    if not run(version, "-t", table, "-C", chain, *rule, check=False):
+        run(version, "-t", table, "-A", chain, *rule)
+
+
+def delete_rule(version: int, table: str, chain: str, rule: list[str]) -> None:
+    """Delete every copy of ``rule`` from ``chain``; none there is fine."""
+    while run(version, "-t", table, "-D", chain, *rule, check=False):
+        pass
+
+
 def ensure_chain(version: int, table: str, chain: str, parent: str) -> None:
     if not has_chain(version, table, chain):
         run(version, "-t", table, "-N", chain)

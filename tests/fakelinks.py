@@ -552,9 +552,8 @@ class FakeRules:
             raise self.fail["add_guard"]
         self.guards.add(tag)
 
-    def remove_guard(self, tag: str) -> bool:
+    def remove_guard(self, tag: str) -> None:
         self.guards.discard(tag)
-        return not self.guards
 
     def close_localnet(self, interfaces: Iterable[str]) -> None:
         self.closed.extend(interfaces)

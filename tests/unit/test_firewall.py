@@ -412,10 +412,12 @@ def test_the_guard_drops_what_comes_for_the_loopback_from_outside_unless_dnatd(
 def test_the_last_guard_takes_its_chain_and_jump_with_it(iptables: FakeIptables) -> None:
     firewall.add_guard("net1")
     firewall.add_guard("net2")
-    assert firewall.remove_guard("net1") is False
+    firewall.remove_guard("net1")
     assert iptables.tables[("iptables", "filter")]["PYCNI-LOCALNET"] == [guard("net2")]
-    assert firewall.remove_guard("net2") is True
-    assert firewall.remove_guard("net2") is True  # repeat-safe
+    firewall.remove_guard("net2")
+    assert "PYCNI-LOCALNET" not in iptables.tables[("iptables", "filter")]
+    firewall.remove_guard("net2")  # repeat-safe
+    assert "PYCNI-LOCALNET" not in iptables.tables[("iptables", "filter")]
     assert iptables.own() == {}
     assert iptables.tables[("iptables", "filter")]["INPUT"] == []
 
