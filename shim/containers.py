@@ -200,7 +200,8 @@ class Containers:
                         holder = in_use.get(exc.key, "") if exc.key else ""
                         if not holder:
                             raise
-                        raise ports.PortInUse(f"{exc}: {holder}", exc.key) from None
+                        raise ports.PortInUse(f"{exc}: {self._holder(holder)}",
+                                              exc.key) from None
                     rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
                     self.store.save_container(rec)  # holds the ports from here on
             else:
@@ -219,23 +220,27 @@ class Containers:
         return rec
 
     def _ports_in_use(self) -> dict[tuple[str, str, int], str]:
-        """Every host port pycni holds, in this mode and the driver's, each → who holds it."""
+        """Every host port pycni holds, in this mode and the driver's, each → its holder: a
+        driver endpoint's id, or what says this mode's attachment (:meth:`_holder`)."""
         used = {}
-        endpoints = self.store.endpoints()
-        if any(ep.capability_args.get("portMappings") for ep in endpoints):
-            names = self.docker.endpoint_names()
-            for ep in endpoints:
-                container = names.get(ep.id)
-                who = (f"container {container} publishes it" if container else
-                       f"pycni endpoint {ep.id[:12]} publishes it")
-                for m in ep.capability_args.get("portMappings") or []:
-                    used[ports.Mapping.from_cni(m).key()] = who
+        for ep in self.store.endpoints():
+            for m in ep.capability_args.get("portMappings") or []:
+                used[ports.Mapping.from_cni(m).key()] = ep.id
         for rec in self.store.containers():
             for m in rec.attachment.capability_args.get("portMappings") or []:
                 used[ports.Mapping.from_cni(m).key()] = (
                     f"container {rec.name or rec.container_id[:12]} publishes it "
                     f"(pycni attach, on {rec.network})")
         return used
+
+    def _holder(self, holder: str) -> str:
+        """Who holds a port, as Docker names a driver endpoint's container (asked only when a
+        port is refused)."""
+        if holder.startswith("container "):
+            return holder
+        container = self.docker.endpoint_names().get(holder)
+        return (f"container {container} publishes it" if container else
+                f"pycni endpoint {holder[:12]} publishes it")
 
     def detach(self, ref: str, network: str, ifname: str | None = None) -> list[ContainerRecord]:
         """DEL the container's attachments to ``network`` (the one on ``ifname`` if given)."""
