@@ -98,7 +98,7 @@ class Containers:
         return none_io.flock(path, remove_if=lambda: not self.records(container_id))
 
     def records(self, container_id: str | None = None) -> list[ContainerRecord]:
-        return [r for r in self.store.containers()
+        return [r for r in self.store.containers(container_id or "")
                 if container_id is None or r.container_id == container_id]
 
     def _find(self, container_id: str, network: str, ifname: str | None) -> list[ContainerRecord]:

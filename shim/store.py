@@ -34,7 +34,7 @@ class Store:
         except OSError as exc:
             raise StateError(f"cannot write {target}: {exc.strerror}") from exc
 
-    def _read_all(self, kind: str) -> list[dict[str, Any]]:
+    def _read_all(self, kind: str, prefix: str = "") -> list[dict[str, Any]]:
         try:
             names = sorted(os.listdir(self._dir(kind)))
         except FileNotFoundError:
@@ -43,7 +43,7 @@ class Store:
             raise StateError(f"cannot list {self._dir(kind)}: {exc.strerror}") from exc
         records = []
         for name in names:
-            if not name.endswith(".json") or name.startswith("."):
+            if not name.endswith(".json") or name.startswith(".") or not name.startswith(prefix):
                 continue
             path = os.path.join(self._dir(kind), name)
             try:
@@ -116,8 +116,10 @@ class Store:
     def delete_container(self, record_id: str) -> None:
         self._delete("containers", record_id)
 
-    def containers(self) -> list[ContainerRecord]:
-        return [_build(ContainerRecord, d) for d in self._read_all("containers")]
+    def containers(self, container_id: str = "") -> list[ContainerRecord]:
+        """Every attachment, or one container's (read by its files' names: ``<id>.*.json``)."""
+        prefix = f"{container_id}." if container_id else ""
+        return [_build(ContainerRecord, d) for d in self._read_all("containers", prefix)]
 
     def containers_dir(self) -> str:
         return self._dir("containers")

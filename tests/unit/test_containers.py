@@ -533,3 +533,12 @@ def test_a_port_the_driver_publishes_is_refused_naming_its_container(rig: Rig) -
     with pytest.raises(ports.PortInUse, match="port 48299 .* in use: container web-1 publishes it"):
         rig.mode.attach("app", Request("pcn", ports=(none_io.parse_port("48299:80"),)))
     assert rig.fake.calls == []
+
+
+def test_one_containers_records_are_read_by_their_file_names(rig: Rig) -> None:
+    rig.live()
+    rig.live(OTHER, "other", 4343)
+    rig.mode.attach("app", Request("pcn"))
+    rig.mode.attach("other", Request("pcn"))
+    assert [r.container_id for r in rig.store.containers(CID)] == [CID]
+    assert sorted(r.container_id for r in rig.store.containers()) == sorted([CID, OTHER])
