@@ -366,6 +366,7 @@ class Reconciler:
     def _loop(self) -> None:
         deadline = time.monotonic()  # sweeps again only once something is pending
         sweep = True
+        clashes_due = 0.0  # Docker's networks are asked at most every CLASH_EVERY seconds
         while not self._stop.is_set():
             if sweep:
                 try:
@@ -377,10 +378,12 @@ class Reconciler:
                     deadline = time.monotonic() + self.patience
                     log.debug("reconcile: %d pending; looking again in %.0fs",
                               len(report.pending), self.interval)
-            try:
-                self.driver.warn_range_clashes()
-            except Exception:
-                log.exception("checking Docker's networks against pycni's ranges failed")
+            if time.monotonic() >= clashes_due:
+                clashes_due = time.monotonic() + CLASH_EVERY
+                try:
+                    self.driver.warn_range_clashes()
+                except Exception:
+                    log.exception("checking Docker's networks against pycni's ranges failed")
             pending = time.monotonic() < deadline
             woke = self._wake.wait(self.interval if pending else CLASH_EVERY)
             self._wake.clear()

@@ -148,6 +148,8 @@ class Watch:
             found: dockerview.Target | None = self.containers.docker.target(cid)
         except NotFound:
             found = None
+        if found is None:
+            self._ignored.discard(cid)  # gone: nothing more to say of it
         labelled = found is not None and NETWORKS in found.labels
         if found is not None and labelled and found.network_mode not in ("none", ""):
             if cid not in self._ignored:
