@@ -25,6 +25,7 @@ network the attachment belongs to; nothing here locks.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,8 @@ from typing import Any
 
 from . import plugins
 from .cni import CNI, AddFailed, RuntimeConf
-from .cni.config import NetworkConfigList
+from .cni.cache import CachedAttachment
+from .cni.config import NetworkConfigList, conflist_from_dict
 from .cni.types import IPConfig, Result
 from .errors import PycniError
 
@@ -61,6 +63,22 @@ class Attachment:
             ifname=self.ifname,
             args=self.cni_args,
             capability_args=self.capability_args,
+        )
+
+    @classmethod
+    def from_cache(cls, entry: CachedAttachment, netns: str) -> Attachment:
+        """An attachment rebuilt from libcni's cache entry (one nobody has a record of), for a
+        DEL in ``netns`` with ADD's own config and arguments."""
+        config = conflist_from_dict(json.loads(entry.config) if entry.config else {},
+                                    source=f"libcni cache entry {entry.container_id[:12]}")
+        return cls(
+            container_id=entry.container_id,
+            netns=netns,
+            ifname=entry.ifname,
+            config=config,
+            cni_args=tuple((str(k), str(v)) for k, v in entry.cni_args),
+            capability_args=dict(entry.capability_args),
+            result=Result.from_json(entry.result, config.cni_version) if entry.result else None,
         )
 
     def chain(self) -> NetworkConfigList:

@@ -27,7 +27,6 @@ and the locks are reached through :mod:`shim.none_io`.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -39,7 +38,6 @@ from .attach import Attacher, Attachment
 from .cni import CNI, find
 from .cni.cache import CachedAttachment
 from .cni.config import (
-    conflist_from_dict,
     validate_ifname,
     validate_network_name,
 )
@@ -363,19 +361,15 @@ class Containers:
             if (entry.container_id, entry.network, entry.ifname) in recorded:
                 continue
             what = f"CNI attachment {entry.network}/{entry.container_id[:12]}/{entry.ifname}"
-            why = f"its undo failed ({entry.undo_failed})" if entry.undo_failed else "no record"
+            why = entry.why("no record")
             if dry_run:
                 done.append(f"{what}: {why}; removed")
                 continue
             with self.locked(entry.container_id):
                 try:
-                    config = conflist_from_dict(json.loads(entry.config), source="libcni's cache")
                     where = ((entry.netns if self.host.is_netns(entry.netns) else "")
                              if pinned else self._live(entry))
-                    att = Attachment(entry.container_id, where, entry.ifname, config,
-                                     cni_args=tuple(entry.cni_args),
-                                     capability_args=dict(entry.capability_args))
-                    self.attacher.delete(att)
+                    self.attacher.delete(Attachment.from_cache(entry, where))
                 except PycniError as exc:
                     done.append(f"{what}: {why}; failed: {exc}")
                 else:

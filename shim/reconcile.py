@@ -25,7 +25,6 @@ locks as the verbs, re-check inside them, and skip anything newer than the sweep
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,8 +38,6 @@ from typing import TYPE_CHECKING
 from . import staging
 from .attach import Attachment
 from .cni.cache import CachedAttachment
-from .cni.config import conflist_from_dict
-from .cni.types import Result
 from .dockerview import DockerView
 from .errors import CNIError, PycniError
 from .seams import Links
@@ -152,8 +149,7 @@ def cached_attachments(sweep: Sweep) -> Iterator[Action]:
                   and staging.NETNS_NAME.fullmatch(os.path.basename(entry.netns)) is not None)
         if not (driver.links.netns_exists(staging.netns_name(cid)) or staged):
             continue  # not one of the driver's attachments (the --network none mode's pins)
-        why = f"its undo failed ({entry.undo_failed})" if entry.undo_failed else "no endpoint"
-        yield Action(f"CNI attachment {entry.network}/{cid[:12]}", why,
+        yield Action(f"CNI attachment {entry.network}/{cid[:12]}", entry.why("no endpoint"),
                      partial(_reap_orphan, driver, _record_from_cache(driver, entry)),
                      outcome="DEL run")
 
@@ -314,17 +310,8 @@ def _gc_network(driver: Driver, network_id: str) -> bool:
 
 def _record_from_cache(driver: Driver, entry: CachedAttachment) -> EndpointRecord:
     """An endpoint record rebuilt from libcni's cache, to tear down an attachment we forgot."""
-    config = conflist_from_dict(json.loads(entry.config) if entry.config else {},
-                                source=f"libcni cache entry {entry.container_id[:12]}")
-    attachment = Attachment(
-        container_id=entry.container_id,
-        netns=entry.netns or driver.staging.path(entry.container_id),
-        ifname=entry.ifname,
-        config=config,
-        cni_args=tuple((str(k), str(v)) for k, v in entry.cni_args),
-        capability_args=dict(entry.capability_args),
-        result=Result.from_json(entry.result, config.cni_version) if entry.result else None,
-    )
+    attachment = Attachment.from_cache(
+        entry, entry.netns or driver.staging.path(entry.container_id))
     return EndpointRecord(
         id=entry.container_id,
         network_id="",

@@ -38,6 +38,10 @@ class CachedAttachment:
     #: key, which libcni and other CNI tools ignore
     undo_failed: str = ""
 
+    def why(self, otherwise: str) -> str:
+        """Why gc takes it: its undo failed (naming the plugin), else ``otherwise``."""
+        return f"its undo failed ({self.undo_failed})" if self.undo_failed else otherwise
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "kind": KIND,
