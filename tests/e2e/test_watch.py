@@ -84,6 +84,12 @@ def records(pycni: PycniServer, container_id: str) -> list[Path]:
     return sorted((pycni.state_dir / "containers").glob(f"{container_id}.*.json"))
 
 
+def attached(pycni: PycniServer, container_id: str) -> bool:
+    """Whether every record of the container holds its chain's result (ADD finished)."""
+    found = records(pycni, container_id)
+    return bool(found) and all(json.loads(p.read_text()).get("result") for p in found)
+
+
 def ip_of(container: str, prefix: str) -> str:
     """The container's eth0 address in ``prefix`` ("" while it has none)."""
     out = docker("exec", container, "ip", "-o", "-4", "addr", "show", "eth0", check=False).stdout
@@ -151,8 +157,10 @@ def test_watch_resyncs_after_it_was_killed(
     with bridge_removed("pycni-w1"):
         proc = watcher()
         a = labelled(e2e, "pycni-e2e-wk-a", "e2e-wk")
-        wait_for("a attached", lambda: bool(ip_of(a, prefix)))
         a_id = cid(a)
+        # attached means the whole chain's ADD done and recorded: eth0 has its address once
+        # bridge's ADD is done, while firewall's may still run (a kill then is a crash mid-ADD)
+        wait_for("a attached", lambda: bool(ip_of(a, prefix)) and attached(pycni, a_id))
         proc.kill()
         proc.wait(10)
 
