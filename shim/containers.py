@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import dockerview, firewall, none_io, plugins, ports
@@ -42,6 +42,7 @@ from .cni.config import (
     validate_network_name,
 )
 from .errors import InvalidRequest, NotFound, PycniError
+from .lifecycle import Lifecycle
 from .none_io import (
     Docker,
     DockerCLI,
@@ -53,6 +54,7 @@ from .none_io import (
     plugins_with,
     write_resolv_conf,
 )
+from .pinned import PinnedPlace, is_pin, pin_path
 from .seams import Rules
 from .settings import Settings
 from .state import ContainerRecord
@@ -75,6 +77,7 @@ class Containers:
         self.rules = rules
         self.cni = cni
         self.attacher = Attacher(cni)
+        self.lifecycle = Lifecycle(self.attacher, self.host.announce)
         self.conf_dir = conf_dir
         self.docker: Docker = docker or RealDocker()
         self.proc = proc
@@ -161,16 +164,11 @@ class Containers:
             args += ip_args
         if args:
             args.insert(0, ("IgnoreUnknown", "1"))
-        # The namespace is held open for the attachment's life (as Docker pins its sandboxes):
-        # DEL then finds the interface and its addresses even after the container's last
-        # process is gone - the bridge plugin removes its masquerade rules only for addresses
-        # it finds there - and never touches another process's namespace under a reused pid.
-        pin = self.host.pin_netns(source, none_io.pin_name(found.id, source))
         rec = ContainerRecord(
             network=req.network,
             attachment=Attachment(
                 container_id=found.id,
-                netns=pin,
+                netns=pin_path(found.id, source),
                 ifname=req.ifname,
                 config=config,
                 cni_args=tuple(args),
@@ -179,43 +177,41 @@ class Containers:
             name=found.name,
             pid=found.pid,
         )
-        with contextlib.ExitStack() as undo:
-            undo.callback(self._unpin_unless_used, pin, rec.id, found.id)
-            undo.callback(self.store.delete_container, rec.id)
-            if plugins.opens_loopback(config):
-                # before ADD: portmap opens route_localnet during it (shim.firewall)
-                undo.callback(self._unguard, rec)
-                self.rules.add_guard(_guard_tag(rec))
-            if req.ports:
-                if not plugins_with(config, "portMappings"):
-                    raise InvalidRequest(f"-p: no plugin of network {req.network!r} declares "
-                                         "the portMappings capability (add portmap)")
-                with none_io.dir_lock(self.store.containers_dir()):
-                    in_use = self._ports_in_use()
-                    try:
-                        chosen = ports.allocate(req.ports, in_use)
-                    except ports.PortInUse as exc:
-                        holder = in_use.get(exc.key, "") if exc.key else ""
-                        if not holder:
-                            raise
-                        raise ports.PortInUse(f"{exc}: {self._holder(holder)}",
-                                              exc.key) from None
-                    rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
-                    self.store.save_container(rec)  # holds the ports from here on
-            else:
-                self.store.save_container(rec)
-            self.attacher.add(rec.attachment, undo)
-            self.store.save_container(rec)
+        with self.lifecycle.attaching(rec.attachment, self._place(rec, source),
+                                      _Ledger(self, rec, req.ports)):
             assert rec.attachment.result is not None
             write_resolv_conf(found.resolv_conf, rec.attachment.result.dns)
-            undo.pop_all()
-        # A container restarted with its address has a new MAC: its neighbours learn it now,
-        # not when their entries time out (as Docker's bridge does for its endpoints).
-        try:
-            self.host.announce(pin, req.ifname, [str(ip.address) for ip in rec.attachment.ips()])
-        except PycniError as exc:
-            log.warning("%s: announcing %s failed: %s", found.name, req.ifname, exc)
         return rec
+
+    def _place(self, rec: ContainerRecord, source: str = "") -> PinnedPlace:
+        return PinnedPlace(self.host, self._pin_in_use(rec.container_id, rec.id), source)
+
+    def _pin_in_use(self, container_id: str, record_id: str = "") -> Callable[[str], bool]:
+        """Whether a pin is still needed by another record than ``record_id``, or by an undo
+        that failed part-way (gc's DEL will need it)."""
+        def in_use(netns: str) -> bool:
+            return (any(r.attachment.netns == netns for r in self.records() if r.id != record_id)
+                    or any(e.netns == netns for e in self.cni.cached_attachments(container_id)))
+        return in_use
+
+    def _claim_ports(self, rec: ContainerRecord, bindings: Sequence[ports.Binding]) -> None:
+        """Choose the host ports and hold them: the record is written under the lock of the
+        records' directory, which every choice of ports takes."""
+        config = rec.attachment.config
+        if bindings and not plugins_with(config, "portMappings"):
+            raise InvalidRequest(f"-p: no plugin of network {rec.network!r} declares the "
+                                 "portMappings capability (add portmap)")
+        with none_io.dir_lock(self.store.containers_dir()):
+            in_use = self._ports_in_use()
+            try:
+                chosen = ports.allocate(list(bindings), in_use)
+            except ports.PortInUse as exc:
+                holder = in_use.get(exc.key, "") if exc.key else ""
+                if not holder:
+                    raise
+                raise ports.PortInUse(f"{exc}: {self._holder(holder)}", exc.key) from None
+            rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
+            self.store.save_container(rec)
 
     def _ports_in_use(self) -> dict[tuple[str, str, int], str]:
         """Every host port pycni holds, in this mode and the driver's, each → its holder: a
@@ -278,30 +274,9 @@ class Containers:
             self.cli.remove(holder)
 
     def _delete(self, rec: ContainerRecord, found: dockerview.Target | None) -> None:
-        att = rec.attachment
-        gone = found is None or not found.running or found.pid != rec.pid
-        if none_io.is_pin(att.netns):
-            if not self.host.is_netns(att.netns):
-                att = att.elsewhere("")  # the pin went (a reboot): DEL in no namespace
-        elif gone and os.path.exists(att.netns):  # a record of an older pycni: no pin
-            # The namespace ADD ran in is gone, and DEL runs with its path all the same (plugins
-            # tolerate a missing namespace) - unless another process has taken the pid since:
-            # then with none, so no plugin touches that process's namespace.
-            att = att.elsewhere("")
-        self.attacher.delete(att)
-        self.store.delete_container(rec.id)
-        self._unguard(rec)
-        self._unpin_unless_used(rec.attachment.netns, rec.id, rec.container_id)
-
-    def _unpin_unless_used(self, netns: str, record_id: str, container_id: str) -> None:
-        """Let the pinned namespace go once no other attachment uses it."""
-        if not none_io.is_pin(netns):
-            return
-        if any(r.attachment.netns == netns for r in self.records() if r.id != record_id):
-            return
-        if any(e.netns == netns for e in self.cni.cached_attachments(container_id)):
-            return  # an undo that failed part-way: gc's DEL will need it
-        self.host.remove_netns(os.path.basename(netns))
+        running = found is not None and found.running and found.pid == rec.pid
+        source = os.path.join(self.proc, str(rec.pid), "ns", "net") if running else ""
+        self.lifecycle.detach(rec.attachment, self._place(rec, source), _Ledger(self, rec))
 
     def _unguard(self, rec: ContainerRecord) -> None:
         """Remove the attachment's loopback guard; the last attachment of its network closes
@@ -354,7 +329,7 @@ class Containers:
         recorded = {(r.container_id, r.network, r.ifname) for r in self.records()}
         done = []
         for entry in self.cni.cached_attachments():
-            pinned = none_io.is_pin(entry.netns)
+            pinned = is_pin(entry.netns)
             if not pinned and not re.fullmatch(re.escape(self.proc) + r"/\d+/ns/net",
                                                entry.netns):
                 continue  # the driver's (a staging or sandbox namespace): not this mode's
@@ -374,7 +349,8 @@ class Containers:
                     done.append(f"{what}: {why}; failed: {exc}")
                 else:
                     done.append(f"{what}: {why}; DEL run")
-                    self._unpin_unless_used(entry.netns, "", entry.container_id)
+                    leftover = Attachment.from_cache(entry, entry.netns)
+                    PinnedPlace(self.host, self._pin_in_use(entry.container_id)).close(leftover)
         return done
 
     def _live(self, entry: CachedAttachment) -> str:
@@ -390,3 +366,30 @@ class Containers:
 
 def _guard_tag(rec: ContainerRecord) -> str:
     return f"none:{rec.container_id[:12]}.{rec.network}.{rec.ifname}"
+
+
+class _Ledger:
+    """One attachment's record in the none mode (:class:`shim.lifecycle.Ledger`): written
+    before ADD with the host ports it holds; its loopback guard from before ADD (portmap opens
+    route_localnet during it: :mod:`shim.firewall`) to after DEL."""
+
+    def __init__(self, mode: Containers, rec: ContainerRecord,
+                 bindings: Sequence[ports.Binding] = ()) -> None:
+        self.mode = mode
+        self.rec = rec
+        self.bindings = bindings
+
+    def claim(self) -> None:
+        if plugins.opens_loopback(self.rec.attachment.config):
+            self.mode.rules.add_guard(_guard_tag(self.rec))
+        if self.bindings:
+            self.mode._claim_ports(self.rec, self.bindings)
+        else:
+            self.save()
+
+    def save(self) -> None:
+        self.mode.store.save_container(self.rec)
+
+    def drop(self) -> None:
+        self.mode.store.delete_container(self.rec.id)
+        self.mode._unguard(self.rec)

@@ -1,16 +1,16 @@
 """CNM → CNI: Docker's network driver verbs, each carried out on the attachment core.
 
 Each verb takes its locks from the :class:`~shim.registry.Registry` (the lock table is there),
-then works through the attachment core (:mod:`shim.attach`), the staging place
+then works through the one attachment lifecycle (:mod:`shim.lifecycle`) in the staging place
 (:mod:`shim.staging`), the network's rules (:mod:`shim.netrules`) and its published ports
 (:mod:`shim.publishing`); Docker's answers are :mod:`shim.answers`'.
 
 * **CreateNetwork** settles the chain (:mod:`shim.chains`), negotiates its version with the
   plugins, refuses collisions (:mod:`shim.collisions`) and installs the network's rules.
-* **CreateEndpoint** records the endpoint, makes its staging netns, runs ADD there, takes the
-  link out to the host, and tells Docker the address/MAC the chain chose where Docker had not
-  chosen them. Each step registers its undo on an ``ExitStack``; a failure part-way unwinds
-  exactly what was done, and the error names the plugin that failed.
+* **CreateEndpoint** attaches the endpoint in its staging place (record, netns, ADD, the link out
+  to the host) and tells Docker the address/MAC the chain chose where Docker had not chosen
+  them. A failure part-way unwinds exactly what was done, and the error names the plugin that
+  failed.
 * **Join** hands Docker that link, the gateway and the routes.
 * **DeleteEndpoint** puts the link back where DEL needs it, runs DEL, removes what is left.
 
@@ -42,9 +42,10 @@ from . import (
     publishing,
     staging,
 )
-from .attach import Attacher, quietly
+from .attach import Attacher
 from .cni import CNI, find
 from .errors import InvalidRequest, NotFound, PycniError, Unsupported
+from .lifecycle import Lifecycle
 from .overlay import chain as overlay_chain
 from .overlay.manager import Overlays, leave_locally
 from .protocol import (
@@ -54,7 +55,7 @@ from .protocol import (
     JoinRequest,
     JoinResponse,
 )
-from .registry import Network, Registry
+from .registry import EndpointLedger, Network, Registry
 from .seams import Links, Rules
 from .settings import Settings
 from .state import AddressVia, EndpointRecord, Ipam, Mode, NetworkRecord, Phase
@@ -88,7 +89,8 @@ class Driver:
         self.attacher = Attacher(self.cni)
         self.registry = Registry(store or Store(settings.state_dir))
         self.links = links
-        self.staging = staging.Staging(links, announce)
+        self.staging = staging.Staging(links)
+        self.lifecycle = Lifecycle(self.attacher, announce)
         self.rules = rules
         # docker-proxy's part: published ports where DNAT can't reach ([::1], IPv6 to IPv4)
         self.proxies = proxies or proxy.Proxies()
@@ -271,29 +273,19 @@ class Driver:
                 log.warning("endpoint %s exists already; recreating it", req.endpoint_id[:12])
                 self.teardown(stale, net)
             rec = self._new_endpoint(net.record, req, raw)
-            with contextlib.ExitStack() as undo:
-                # The record goes first: a crash from here on leaves something reconcilable.
-                self.registry.add_endpoint(net, rec)
-                undo.callback(self.registry.remove_endpoint, net, rec.id)
-                self.staging.make(rec)
-                undo.callback(self.links.remove_netns, rec.netns)
-                self.attacher.add(rec.attachment, undo)
-                rec.addresses = [str(ip.address) for ip in rec.attachment.ips()]
-                self.registry.save_endpoint(net, rec)  # a crash now knows what to tear down
-                moved = self.staging.take_out(rec)
-                undo.callback(quietly, self.staging.put_back, rec)
+            place = staging.StagingPlace(self.staging, rec)
+            with self.lifecycle.attaching(rec.attachment, place, self._ledger(net, rec)):
+                assert place.moved is not None
                 # A plugin that replaced the on-link route of its subnet (ptp routes it via its
                 # gateway) means a host address: Docker would re-add the on-link route with the
                 # prefix, so it gets the address as /32 (/128) and the routes as StaticRoutes.
                 rec.addresses = [answers.as_host_if_not_on_link(a, rec.routes)
                                  for a in rec.addresses]
                 # Docker puts its own MAC (--mac-address) on the link at Join.
-                rec.link_mac = moved.mac
-                rec.mac = req.interface.mac_address or moved.mac
+                rec.link_mac = place.moved.mac
+                rec.mac = req.interface.mac_address or place.moved.mac
                 answer = answers.answer(req.interface, rec)
                 rec.phase = Phase.READY
-                self.registry.save_endpoint(net, rec)
-                undo.pop_all()
         log.info("endpoint %s on %s: %s mac %s", rec.id[:12], net.id[:12],
                  ",".join(rec.addresses) or "no address", rec.mac)
         return answer
@@ -358,13 +350,12 @@ class Driver:
         # the proxy and every connection through it; pycni's own port rules
         self.publishing.teardown(net.record if net is not None else None, rec)
         self.store.save_endpoint(rec)
-        self.staging.delete(rec, self.attacher)
-        self.publishing.release(rec)
-        if net is not None:
-            self.registry.remove_endpoint(net, rec.id)
-        else:
-            self.store.delete_endpoint(rec.id)
+        self.lifecycle.detach(rec.attachment, staging.StagingPlace(self.staging, rec),
+                              self._ledger(net, rec))
         log.info("endpoint %s deleted", rec.id[:12])
+
+    def _ledger(self, net: Network | None, rec: EndpointRecord) -> EndpointLedger:
+        return EndpointLedger(self.registry, net, rec, self.publishing.release)
 
     def oper_info(self, req: EndpointRequest) -> dict[str, Any]:
         with self._endpoint(req) as (net, rec):

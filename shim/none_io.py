@@ -185,19 +185,7 @@ class Host(Protocol):
     def is_netns(self, path: str) -> bool: ...
     def link_info(self, name: str, ns: str | None = None) -> netlink.LinkInfo | None: ...
     def announce(self, ns: str, ifname: str, addresses: Iterable[str]) -> None: ...
-
-
-#: the names of the namespaces this mode pins: ``pycni-pin-<container 12>-<namespace inode>``
-PIN_PREFIX = "pycni-pin-"
-
-
-def pin_name(container_id: str, source: str) -> str:
-    return f"{PIN_PREFIX}{container_id[:12]}-{os.stat(source).st_ino}"
-
-
-def is_pin(netns: str) -> bool:
-    return os.path.basename(netns).startswith(PIN_PREFIX) and \
-        os.path.dirname(netns) == netlink.NETNS_DIR
+    def addresses(self, ns: str, ifname: str) -> tuple[str, list[str]]: ...
 
 
 def ifname_taken(found: dockerview.Target, ifname: str) -> str:
@@ -279,3 +267,4 @@ class NetlinkHost:
     is_netns = staticmethod(netlink.is_netns)
     link_info = staticmethod(netlink.link_info)
     announce = staticmethod(neighbours.announce)
+    addresses = staticmethod(netlink.addresses)

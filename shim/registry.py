@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,3 +311,32 @@ class Registry:
                 with self._guard:
                     self._sweeping.discard(prefix)
                     self._guard.notify_all()
+
+
+@dataclass
+class EndpointLedger:
+    """An endpoint's record as the attachment lifecycle keeps it (:class:`shim.lifecycle.Ledger`):
+    in the registry, under its network's lock (held by the caller); ``net`` is None for a
+    leftover no network owns. ``release`` frees what the record holds besides (its ports)."""
+
+    registry: Registry
+    net: Network | None
+    rec: EndpointRecord
+    release: Callable[[EndpointRecord], None] = lambda rec: None
+
+    def claim(self) -> None:
+        assert self.net is not None, "an endpoint is claimed on a network"
+        self.registry.add_endpoint(self.net, self.rec)
+
+    def save(self) -> None:
+        if self.net is None:
+            self.registry.store.save_endpoint(self.rec)
+        else:
+            self.registry.save_endpoint(self.net, self.rec)
+
+    def drop(self) -> None:
+        self.release(self.rec)
+        if self.net is None:
+            self.registry.store.delete_endpoint(self.rec.id)
+        else:
+            self.registry.remove_endpoint(self.net, self.rec.id)

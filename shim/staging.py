@@ -4,43 +4,34 @@ Docker (≤ 27) has no container network namespace yet at CreateEndpoint and Joi
 interface it can move in itself. So each endpoint gets a namespace pycni owns:
 
 * **CreateEndpoint**: :meth:`Staging.make` creates ``pycni-<endpoint id[:12]>``; the chain's ADD
-  creates ``eth0`` in it; :meth:`Staging.take_out` reads the routes the chain set there, tells
-  the neighbours the link's addresses are at its MAC (see below), and moves the link out to the
-  host as ``pcn<endpoint id[:12]>``. Docker moves it into the container at Join, names it
-  ``ethN`` and puts the addresses on it.
+  creates ``eth0`` in it; :meth:`Staging.take_out` reads the routes the chain set there and moves
+  the link out to the host as ``pcn<endpoint id[:12]>``. Docker moves it into the container at
+  Join, names it ``ethN`` and puts the addresses on it.
 * **DeleteEndpoint**: :meth:`Staging.put_back` brings the link back into the staging netns as
   ``eth0`` with its addresses, when a plugin's DEL needs it there (:mod:`shim.plugins`); after
   DEL, :meth:`Staging.clear` removes the namespace and whatever link is left.
 
 The namespace lives from CreateEndpoint to DeleteEndpoint, so DEL runs against the same netns
-path as ADD, as CNI requires.
-
-**Telling the neighbours.** A restarted container gets a new endpoint, and with most chains a
-new MAC, but often its old address; the host and the other containers keep the old MAC for
-that address until their entry times out (up to ~45 s). In the staging namespace the link is
-up with its addresses, on the chain's network already, and pycni can act there (Docker moves
-the link into the container after pycni's answer to Join): a gratuitous ARP / unsolicited
-Neighbor Advertisement from ``eth0`` there updates every entry before the container starts.
-It is best effort: a failure is logged, never fatal.
+path as ADD, as CNI requires. :class:`StagingPlace` is this dance as a place of the one
+attachment lifecycle (:mod:`shim.lifecycle`), which also tells the neighbours the link's MAC
+while it is still here, up with its addresses on the chain's network, before Docker moves it
+into the container.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import re
-from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import neighbours, plugins
-from .attach import Attacher, Attachment
+from . import plugins
+from .attach import Attachment, quietly
 from .cni.types import Result
 from .endpoint_chain import EndpointChain
-from .errors import NetlinkFailure
+from .lifecycle import result_found
 from .netlink import LinkInfo
 from .seams import Links
 from .state import EndpointRecord
-
-log = logging.getLogger(__name__)
 
 IFNAME = "eth0"
 NETNS_PREFIX = "pycni-"
@@ -60,14 +51,8 @@ def host_link_name(endpoint_id: str) -> str:
 class Staging:
     """The staging dance over a :class:`~shim.seams.Links` (netlink, or a fake)."""
 
-    def __init__(
-        self,
-        links: Links,
-        announce: Callable[[str, str, Iterable[str]], None] = neighbours.announce,
-    ) -> None:
+    def __init__(self, links: Links) -> None:
         self.links = links
-        #: tells neighbours ``(netns, ifname, addresses)`` are at the link's MAC
-        self.announce = announce
 
     def path(self, endpoint_id: str) -> str:
         return self.links.netns_path(netns_name(endpoint_id))
@@ -93,41 +78,12 @@ class Staging:
             request=request,
         )
 
-    def delete(self, rec: EndpointRecord, attacher: Attacher) -> None:
-        """DEL where it finds what ADD made, then the namespace goes: the link back in the
-        staging netns when a plugin's DEL needs it there (:mod:`shim.plugins`), ADD's result
-        from libcni's cache, or read from ``eth0`` here when ADD never finished."""
-        att = rec.attachment
-        if att.result is None:
-            # Crashed between ADD and saving its result: libcni's cache has it.
-            cached = attacher.cached_result(att)
-            if cached is not None:
-                att.result = cached
-                rec.addresses = [str(ip.address) for ip in att.ips()]
-                rec.mac = rec.mac or att.mac()
-        self.make(rec)
-        given = None
-        if att.result is None:
-            # ADD never finished: no result anywhere. What the chain did is still on eth0 in the
-            # staging netns, and DEL needs it as prevResult.
-            given = self.found_result(rec)
-        elif plugins.del_needs_link(att.config):
-            self.put_back(rec)
-        attacher.delete(att, result=given)
-        self.clear(rec)
-
     def make(self, rec: EndpointRecord) -> None:
         self.links.create_netns(rec.netns)
 
     def take_out(self, rec: EndpointRecord) -> LinkInfo:
-        """Record the routes the chain set on ``eth0``, tell the neighbours its addresses, then
-        move it to the host."""
+        """Record the routes the chain set on ``eth0``, then move it to the host."""
         rec.routes = self.links.routes(rec.netns, rec.ifname)
-        if rec.addresses:
-            try:
-                self.announce(rec.netns, rec.ifname, rec.addresses)
-            except NetlinkFailure as exc:
-                log.warning("endpoint %s: neighbours not told its MAC: %s", rec.id[:12], exc)
         return self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
 
     def put_back(self, rec: EndpointRecord) -> str:
@@ -147,16 +103,7 @@ class Staging:
         """What an ADD that never finished left on ``eth0``, as a result DEL can be given
         (firewall removes nothing without a prevResult)."""
         mac, cidrs = self.links.addresses(rec.netns, rec.ifname)
-        if not cidrs:
-            return None
-        version = rec.config.cni_version
-        return Result.from_json(
-            {
-                "cniVersion": version,
-                "interfaces": [{"name": rec.ifname, "mac": mac, "sandbox": rec.attachment.netns}],
-                "ips": [{"address": c, "interface": 0} for c in cidrs],
-            }
-        ).convert(version)
+        return result_found(rec.attachment, mac, cidrs)
 
     def clear(self, rec: EndpointRecord) -> None:
         """After DEL: the namespace (with a stand-in or leftover in it) and the host link,
@@ -168,6 +115,42 @@ class Staging:
             self.links.delete_link(rec.host_ifname)
         elif rec.mac and rec.sandbox_key:
             self.links.delete_by_mac(rec.sandbox_key, rec.mac)
+
+
+class StagingPlace:
+    """One endpoint's staging namespace as a place of the attachment lifecycle."""
+
+    def __init__(self, staging: Staging, rec: EndpointRecord) -> None:
+        self.staging = staging
+        self.rec = rec
+        #: the link as it reached the host (after :meth:`settle`)
+        self.moved: LinkInfo | None = None
+
+    def open(self, att: Attachment) -> None:
+        self.staging.make(self.rec)
+
+    def settle(self, att: Attachment, undo: contextlib.ExitStack) -> None:
+        self.rec.addresses = [str(ip.address) for ip in att.ips()]
+        self.moved = self.staging.take_out(self.rec)
+        undo.callback(quietly, self.staging.put_back, self.rec)
+
+    def reopen(self, att: Attachment) -> Attachment:
+        """The namespace again (a reboot took it), and the link back in it when a plugin's DEL
+        needs it there (:mod:`shim.plugins`)."""
+        rec = self.rec
+        if att.result is not None and not rec.addresses:  # a crash before the record had them
+            rec.addresses = [str(ip.address) for ip in att.ips()]
+            rec.mac = rec.mac or att.mac()
+        self.staging.make(rec)
+        if att.result is not None and plugins.del_needs_link(att.config):
+            self.staging.put_back(rec)
+        return att
+
+    def found_result(self, att: Attachment) -> Result | None:
+        return self.staging.found_result(self.rec)
+
+    def close(self, att: Attachment) -> None:
+        self.staging.clear(self.rec)
 
 
 def _macs(rec: EndpointRecord) -> set[str]:

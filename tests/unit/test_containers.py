@@ -94,6 +94,9 @@ class FakeHost:
     def announce(self, ns: str, ifname: str, addresses: Iterable[str]) -> None:
         self.announced.append((ns, ifname, list(addresses)))
 
+    def addresses(self, ns: str, ifname: str) -> tuple[str, list[str]]:
+        return "", []
+
 
 def conflist(name: str = "pcn", ips_cap: bool = False) -> dict[str, Any]:
     bridge: dict[str, Any] = {

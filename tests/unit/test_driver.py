@@ -200,7 +200,7 @@ def test_every_endpoint_announces_its_addresses_from_the_staging_netns(world: Wo
     world.conflist("hl", {"type": "bridge", "bridge": "br-hl", "ipam": host_local()})
     world.create_network(cni_network="hl", ipv4=NULL_IPAM)
     world.create_endpoint(address="")
-    assert world.announced == [(STAGING, "eth0", ["10.200.20.2/24"])]
+    assert world.announced == [(STAGING_PATH, "eth0", ["10.200.20.2/24"])]
     assert world.driver.endpoints[EP].mac not in ("", DOCKER_MAC)
 
 
@@ -209,10 +209,10 @@ def test_an_announcement_that_fails_is_no_failure(world: World,
     def refuse(ns: str, ifname: str, addresses: object) -> None:
         raise NetlinkFailure("no packet sockets here")
 
-    world.driver.staging.announce = refuse
+    world.driver.lifecycle.announce = refuse
     world.create_network()
     assert world.create_endpoint() == {"Interface": {"MacAddress": DOCKER_MAC}}
-    assert "neighbours not told its MAC: no packet sockets here" in caplog.text
+    assert "neighbours not told the MAC of eth0: no packet sockets here" in caplog.text
     assert world.driver.endpoints[EP].phase == "ready"
 
 
