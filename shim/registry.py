@@ -329,6 +329,10 @@ class EndpointLedger:
         self.registry.add_endpoint(self.net, self.rec)
 
     def save(self) -> None:
+        """The record as it stands, with ADD's addresses once it has them: DEL gets them
+        back on the link if a crash comes before the endpoint is settled."""
+        if not self.rec.addresses:
+            self.rec.addresses = [str(ip.address) for ip in self.rec.attachment.ips()]
         if self.net is None:
             self.registry.store.save_endpoint(self.rec)
         else:

