@@ -22,6 +22,11 @@ P3p P3 with a published port each (``-p 127.0.0.1::80``), 60 containers from 10 
 P5  on an overlay network across two hosts (the two-host rig, tests/multihost.py): the median
     ping RTT from a container to one on the other host ÷ to one on the same host
     (tests/bench_overlay.py); needs the run's own pycni serve (it restarts it with etcd). No goal.
+P6  the ``--network none`` mode's controller: 50 labelled containers started and removed from 10
+    clients while ``pycni watch`` attaches and detaches them (bridge isGateway + ipMasq,
+    host-local, portmap, firewall), until the last is attached / the last record is gone, ÷ the
+    same containers wired by exec'ing the raw chain into ``/proc/PID/ns/net`` right after each
+    ``docker run`` and before each ``docker rm`` (tests/bench_controller.py).      goal ≤ 1.15
 
 P2 and P4 make their networks through Docker: pycni's reconciliation removes a network Docker
 doesn't know. P4's endpoints name a namespace of the benchmark's as their sandbox: pycni spares an
@@ -39,8 +44,9 @@ on the plugin socket (then it uses that one and says so). Timings never fail the
 status is 0 unless the benchmark itself breaks (a command fails, or it leaves something behind).
 Traffic stays on this machine; the subnets are in 10.202.0.0/16.
 
-Usage: python -m tests.bench [--only P1,P1p,P2,P3,P3p,P4,P5] [--runs N] [--quick] [--containers N]
-                             [--clients N] [--rounds N] [--endpoints N] [--keep-log]
+Usage: python -m tests.bench [--only P1,P1p,P2,P3,P3p,P4,P5,P6] [--runs N] [--quick]
+                             [--containers N] [--clients N] [--rounds N] [--endpoints N]
+                             [--labelled N] [--keep-log]
 """
 
 from __future__ import annotations
@@ -100,6 +106,7 @@ P2_GOAL = 1.15
 P3_GOAL = 1.10
 P4_GOAL = 1.15
 P4_RSS_GOAL_MIB = 80.0
+P6_GOAL = 1.15
 MAX_RUNS = 1000  # every loop is bounded
 #: A Linux bridge takes at most 1024 ports, and a /22 holds 1021 addresses.
 MAX_CONTAINERS = 1000
@@ -1180,7 +1187,7 @@ def print_summary(rows: list[Row]) -> None:
           " the first ones'; RSS: ours = at\nthe end, base = at the start, result in MiB.")
 
 
-MEASURES = ("P1", "P1p", "P2", "P3", "P3p", "P4", "P5")
+MEASURES = ("P1", "P1p", "P2", "P3", "P3p", "P4", "P5", "P6")
 
 
 def _measures(text: str) -> list[str]:
@@ -1209,7 +1216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--only", type=_measures, default=list(MEASURES),
-                        metavar="P1,P1p,P2,P3,P3p,P4,P5",
+                        metavar="P1,P1p,P2,P3,P3p,P4,P5,P6",
                         help="the measures to run, comma-separated (default: all)")
     parser.add_argument("--runs", type=_bounded(1, MAX_RUNS), default=None,
                         help="measured samples per side for P1 and P2 (default 30)")
@@ -1224,6 +1231,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="P3: rounds per network, alternating which goes first (default 2)")
     parser.add_argument("--port-containers", type=_bounded(1, MAX_CONTAINERS), default=None,
                         help="P3p: containers per network and round (default 60)")
+    parser.add_argument("--labelled", type=_bounded(1, MAX_CONTAINERS), default=None,
+                        help="P6: labelled containers per side and round (default 50)")
     parser.add_argument("--endpoints", type=_bounded(2, MAX_ENDPOINTS), default=None,
                         help="P4: endpoints kept on one network, and raw ones (default 1000)")
     parser.add_argument("--keep-log", action="store_true",
@@ -1236,6 +1245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.port_containers = args.port_containers or (20 if quick else 60)
     args.clients = args.clients or (4 if quick else 10)
     args.endpoints = args.endpoints or (100 if quick else 1000)
+    args.labelled = args.labelled or (10 if quick else 50)
     return args
 
 
@@ -1260,6 +1270,17 @@ def p5_row(server: Server, runs: int) -> Row:
           f"{median(local) * 1e3:.3f} ms")
     return pair_row("P5", "overlay ping RTT: across hosts ÷ same host",
                     Pair(ours=crossed, base=local), None)
+
+
+def p6_row(containers: int, clients: int, rounds: int) -> Row:
+    """P6 (tests/bench_controller.py): the none mode's controller ÷ the raw chain."""
+    from tests.bench_controller import p6
+
+    result = p6(containers, clients, rounds, TEST_IMAGE, str(REPO / ".venv" / "bin" / "pycni"),
+                CNI_PATH, sh, quiet, raw_chain)
+    return pair_row("P6", f"{containers} labelled: attach+detach, watch ÷ raw chain",
+                    Pair(ours=[a + d for a, d in result.ours],
+                         base=[a + d for a, d in result.base]), P6_GOAL, seconds=True)
 
 
 def p3_rows(label: str, what: str, result: P3Result) -> list[Row]:
@@ -1296,7 +1317,9 @@ def main(argv: list[str] | None = None) -> int:
                     "P3": f"P3 {args.containers} containers from {args.clients} clients × "
                           f"{args.rounds} rounds per side",
                     "P4": f"P4 {args.endpoints} endpoints per side",
-                    "P5": f"P5 {args.runs} ping bursts per side"}
+                    "P5": f"P5 {args.runs} ping bursts per side",
+                    "P6": f"P6 {args.labelled} labelled containers from {args.clients} clients "
+                          f"× {args.rounds} rounds per side"}
             for same in ("P1p", "P2"):
                 plan[same] = plan["P1"]
             print("bench: " + "; ".join(dict.fromkeys(plan[m] for m in args.only)))
@@ -1343,6 +1366,13 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.monotonic()
                     rows.append(p5_row(server, args.runs))
                     print(f"bench: P5 done in {time.monotonic() - started:.0f}s")
+                if "P6" in args.only:
+                    started = time.monotonic()
+                    try:
+                        rows.append(p6_row(args.labelled, args.clients, args.rounds))
+                    except RuntimeError as exc:
+                        raise BenchError(str(exc)) from exc
+                    print(f"bench: P6 done in {time.monotonic() - started:.0f}s")
                 memory = rss(server.pid)
                 if server.log_path is not None:
                     log_text = server.log_path.read_text(errors="replace")
