@@ -48,11 +48,11 @@ def answer(asked: EndpointInterface, rec: EndpointRecord) -> EndpointAnswer:
     )
 
 
-def as_host_if_not_on_link(address: str, routes: list[dict[str, str]]) -> str:
+def as_host_if_not_on_link(address: str, routes: list[Route]) -> str:
     iface = ipaddress.ip_interface(address)
     if not routes or iface.network.prefixlen == iface.max_prefixlen:
         return address
-    on_link = any(r["dst"] == str(iface.network) and not r["gw"] for r in routes)
+    on_link = any(r.dst == iface.network and r.gw is None for r in routes)
     return address if on_link else f"{iface.ip}/{iface.max_prefixlen}"
 
 
@@ -106,7 +106,7 @@ def _routes(rec: EndpointRecord, result: Result) -> tuple[dict[int, str], list[S
     routes: list[StaticRoute] = []
     if rec.routes:
         # What the chain really set up in the namespace beats what its result says.
-        live = [Route.from_json(r | {"gw": r["gw"] or None}) for r in rec.routes]
+        live = list(rec.routes)
     else:
         live = list(result.routes)
     for route in live:

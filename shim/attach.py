@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import plugins
+from . import plugins, ports
 from .cni import CNI, AddFailed, RuntimeConf
 from .cni.cache import CachedAttachment
 from .cni.config import NetworkConfigList, conflist_from_dict
@@ -39,6 +39,9 @@ from .cni.types import IPConfig, Result
 from .errors import PycniError
 
 log = logging.getLogger(__name__)
+
+#: the capability arg of published ports
+PORTS = "portMappings"
 
 
 @dataclass
@@ -89,6 +92,10 @@ class Attachment:
         """The same attachment seen in another namespace (CHECK against a container's live
         namespace, after Docker moved the interface there)."""
         return replace(self, netns=netns, ifname=ifname or self.ifname)
+
+    def port_mappings(self) -> list[ports.Mapping]:
+        """The host ports this attachment publishes (its ``portMappings`` capability arg)."""
+        return [ports.Mapping.from_cni(m) for m in self.capability_args.get(PORTS) or []]
 
     def ips(self) -> list[IPConfig]:
         """The result's addresses on the interface in this attachment's namespace."""

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import plugins
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .errors import ConfigError, InvalidRequest, Unsupported
 from .protocol import CreateNetworkRequest
+from .state import AddressVia, Ipam, Mode, NetworkRules
 
 #: ``-o`` options pycni understands; any other ``cni.*`` option is a typo worth reporting.
 OPT_NETWORK = "cni.network"
@@ -81,11 +82,11 @@ class Resolved:
     """What CreateNetwork settles: the config template and how addresses reach it."""
 
     config: NetworkConfigList
-    mode: str  # "zero-config" | "conflist"
-    ipam: str  # "docker" | "cni"
-    address_via: str  # "config" | "ips" | "args" | ""
-    #: per-network rules pycni installs (zero-config): {"bridge", "subnets", "internal"}
-    firewall: dict[str, Any] = field(default_factory=dict)
+    mode: Mode
+    ipam: Ipam
+    address_via: AddressVia
+    #: per-network rules pycni installs (its own chains); None for a user's conflist
+    firewall: NetworkRules | None = None
 
     def bridges(self) -> list[str]:
         """Bridges the chain's plugins create (see :func:`shim.plugins.bridges`)."""
@@ -260,17 +261,14 @@ def zero_config(req: CreateNetworkRequest) -> Resolved:
     }
     return Resolved(
         config=conflist_from_dict(raw, source=f"pycni zero-config network {req.network_id[:12]}"),
-        mode="zero-config",
-        ipam="docker",
-        address_via="config",
-        firewall={
-            "bridge": bridge,
-            "subnets": [str(p.pool) for p in req.ipv4_data + req.ipv6_data if not p.is_null],
-            "internal": internal,
-            # only what differs from Docker's defaults, so records keep one shape
-            **{k: False for k, on in (("icc", asked.icc), ("masquerade", asked.masquerade))
-               if not on},
-        },
+        mode=Mode.ZERO_CONFIG,
+        ipam=Ipam.DOCKER,
+        address_via=AddressVia.CONFIG,
+        firewall=NetworkRules(
+            bridge=bridge,
+            subnets=tuple(str(p.pool) for p in req.ipv4_data + req.ipv6_data if not p.is_null),
+            internal=internal, icc=asked.icc, masquerade=asked.masquerade,
+        ),
     )
 
 
@@ -299,7 +297,7 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     """Settle how a named conflist gets its addresses; refuse what can't work."""
     _conflist_decides(req.driver_options, net)
     if not docker_ipam(req):
-        return Resolved(config=net, mode="conflist", ipam="cni", address_via="")
+        return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.CNI, address_via=AddressVia.NONE)
     found = ipam_plugin(net)
     if found is None:
         raise ConfigError(
@@ -310,9 +308,9 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     index, ipam = found
     plugin = net.plugins[index]
     if plugin.capabilities.get("ips"):
-        via = "ips"
+        via = AddressVia.IPS
     elif plugins.ip_arg(str(ipam.get("type"))):
-        via = "args"
+        via = AddressVia.ARGS
     else:
         raise ConfigError(
             f"IPAM {ipam.get('type')!r} cannot be given Docker's address (it declares no 'ips' "
@@ -336,7 +334,7 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
                     source=net.source,
                     field=f"plugins[{index}].ipam",
                 )
-    return Resolved(config=net, mode="conflist", ipam="docker", address_via=via)
+    return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.DOCKER, address_via=via)
 
 
 def _conflist_decides(options: Mapping[str, str], net: NetworkConfigList) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from . import __version__, dockerview, ports
+from . import __version__, dockerview
 from .cli_common import log_level_option, reports_errors, setup_logging
 from .errors import InvalidRequest, NotFound, PycniError
 from .overlay.manager import read_records as read_overlays
@@ -200,7 +200,7 @@ def inspect(network: str, state_dir: str | None) -> None:
         item["container"] = {"id": attached.id, "name": attached.name} if attached else None
         # Docker can't show a remote driver's published ports (docker port); pycni can.
         item["ports"] = [
-            str(ports.Mapping.from_cni(m)) for m in ep.capability_args.get("portMappings") or []
+            str(m) for m in ep.attachment.port_mappings()
         ]
         item["way_out"] = answers.way_out(ep)  # "none": no default route, no docker_gwbridge
         data["endpoints"].append(item)

@@ -218,11 +218,11 @@ class Containers:
         driver endpoint's id, or what says this mode's attachment (:meth:`_holder`)."""
         used = {}
         for ep in self.store.endpoints():
-            for m in ep.capability_args.get("portMappings") or []:
-                used[ports.Mapping.from_cni(m).key()] = ep.id
+            for m in ep.attachment.port_mappings():
+                used[m.key()] = ep.id
         for rec in self.store.containers():
-            for m in rec.attachment.capability_args.get("portMappings") or []:
-                used[ports.Mapping.from_cni(m).key()] = (
+            for m in rec.attachment.port_mappings():
+                used[m.key()] = (
                     f"container {rec.name or rec.container_id[:12]} publishes it "
                     f"(pycni attach, on {rec.network})")
         return used

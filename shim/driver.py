@@ -42,7 +42,7 @@ from . import (
     publishing,
     staging,
 )
-from .attach import Attacher
+from .attach import PORTS, Attacher
 from .cni import CNI, find
 from .errors import InvalidRequest, NotFound, PycniError, Unsupported
 from .lifecycle import Lifecycle
@@ -58,12 +58,11 @@ from .protocol import (
 from .registry import EndpointLedger, Network, Registry
 from .seams import Links, Rules
 from .settings import Settings
-from .state import AddressVia, EndpointRecord, Ipam, Mode, NetworkRecord, Phase
+from .state import EndpointRecord, NetworkRecord, Phase
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-PORTS = publishing.PORTS
 
 
 class Driver:
@@ -115,7 +114,7 @@ class Driver:
         """Read every record back (disk only): Docker never re-sends CreateNetwork after a
         restart. (networks, endpoints)."""
         networks, endpoints = self.registry.load()
-        self.ports.load((e.id, e.capability_args.get(PORTS) or []) for e in self.registry.endpoints())
+        self.ports.load((e.id, e.attachment.port_mappings()) for e in self.registry.endpoints())
         return networks, endpoints
 
     def restore(self) -> None:
@@ -191,9 +190,9 @@ class Driver:
                 id=req.network_id,
                 request=raw,
                 config=config,
-                mode=Mode(resolved.mode),
-                ipam=Ipam(resolved.ipam),
-                address_via=AddressVia(resolved.address_via),
+                mode=resolved.mode,
+                ipam=resolved.ipam,
+                address_via=resolved.address_via,
                 owned_links=owned,
                 firewall=resolved.firewall,
                 driver=self.settings.driver_name,

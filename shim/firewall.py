@@ -92,6 +92,7 @@ from collections.abc import Callable, Iterable
 from . import dnat, iptables
 from .dnat import publish, restore_published, unpublish
 from .errors import FirewallError
+from .state import NetworkRules
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,8 @@ bridged_frames_filtered: Callable[[int], bool] = bridge_nf_call
 Rule = tuple[int, str, str, list[str]]
 
 
-def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc: bool = True,
-           masquerade: bool = True, docker_isolation: Callable[[int], bool] = lambda v: True,
-           peers: str = "", peer_subnet: str = "") -> list[Rule]:
+def _rules(spec: NetworkRules, tag: str, *,
+           docker_isolation: Callable[[int], bool] = lambda v: True) -> list[Rule]:
     """(ip version, table, chain, rule args) for one network, in the order they go in.
 
     ``docker_isolation(version)`` says whether the jump to Docker's isolation chain belongs
@@ -148,6 +148,8 @@ def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc
         mangle PYCNI-ISOLATION  -i VTEP -o BR -j RETURN
         nat PYCNI-POSTROUTING   -s SUBNET -d OVERLAY -j RETURN
     """
+    bridge, subnets, internal = spec.bridge, spec.subnets, spec.internal
+    icc, masquerade, peers, peer_subnet = spec.icc, spec.masquerade, spec.peers, spec.peer_subnet
     comment = ["-m", "comment", "--comment", f"pycni:{tag}"]
     versions = sorted({ipaddress.ip_network(s, strict=False).version for s in subnets}) or [4]
     rules: list[Rule] = []
@@ -194,31 +196,23 @@ def _rules(bridge: str, subnets: Iterable[str], internal: bool, tag: str, *, icc
     return rules
 
 
-def add_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
-                icc: bool = True, masquerade: bool = True, peers: str = "",
-                peer_subnet: str = "") -> None:
-    """Install a network's rules (idempotent). ``icc`` and ``masquerade`` are Docker's
-    ``enable_icc`` and ``enable_ip_masquerade``; ``peers`` and ``peer_subnet`` an overlay's."""
+def add_network(network_id: str, spec: NetworkRules) -> None:
+    """Install a network's rules (idempotent)."""
     with iptables.lock:
-        if not icc:
-            _require_bridged_frames_filtered(subnets)
-        rules = _rules(bridge, subnets, internal, network_id[:12], icc=icc, masquerade=masquerade,
-                       docker_isolation=lambda v: iptables.has_chain(v, "filter", DOCKER_ISOLATION),
-                       peers=peers, peer_subnet=peer_subnet)
+        if not spec.icc:
+            _require_bridged_frames_filtered(list(spec.subnets))
+        rules = _rules(spec, network_id[:12],
+                       docker_isolation=lambda v: iptables.has_chain(v, "filter", DOCKER_ISOLATION))
         for v, table, chain, rule in rules:
             iptables.ensure_chain(v, table, chain, _PARENTS[(table, chain)])
             iptables.ensure_rule(v, table, chain, rule)
 
 
-def remove_network(network_id: str, bridge: str, subnets: list[str], internal: bool, *,
-                   icc: bool = True, masquerade: bool = True, peers: str = "",
-                   peer_subnet: str = "") -> None:
+def remove_network(network_id: str, spec: NetworkRules) -> None:
     """Remove a network's rules, and pycni's chains once they are empty. Repeat-safe."""
     with iptables.lock:
         touched = set()
-        for v, table, chain, rule in _rules(bridge, subnets, internal, network_id[:12], icc=icc,
-                                            masquerade=masquerade, peers=peers,
-                                            peer_subnet=peer_subnet):
+        for v, table, chain, rule in _rules(spec, network_id[:12]):
             iptables.delete_rule(v, table, chain, rule)
             touched.add((v, table, chain))
         for v, table, chain in sorted(touched):

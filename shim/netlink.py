@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .cni.types import Route
 from .errors import NetlinkFailure
 from .netns import (
     NETNS_DIR,
@@ -233,12 +234,10 @@ def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
         return mac, found
 
 
-def routes(ns: str, ifname: str) -> list[dict[str, str]]:
-    """The main-table unicast routes through ``ifname`` in netns ``ns``.
-
-    ``[{"dst": CIDR, "gw": address or ""}]``; IPv6 link-local and multicast routes are left out.
-    """
-    found: list[dict[str, str]] = []
+def routes(ns: str, ifname: str) -> list[Route]:
+    """The main-table unicast routes through ``ifname`` in netns ``ns`` (destination and
+    gateway); IPv6 link-local and multicast routes are left out."""
+    found: list[Route] = []
     with _ipr(ns, f"cannot read routes of {ifname}") as ipr:
         index = _lookup(ipr, ifname)
         if index is None:
@@ -251,7 +250,8 @@ def routes(ns: str, ifname: str) -> list[dict[str, str]]:
             net = ipaddress.ip_network(f"{route.get('RTA_DST') or default}/{width}", strict=False)
             if net.is_link_local or net.is_multicast:
                 continue
-            found.append({"dst": str(net), "gw": str(route.get("RTA_GATEWAY") or "")})
+            gw = route.get("RTA_GATEWAY")
+            found.append(Route(dst=net, gw=ipaddress.ip_address(gw) if gw else None))
     return found
 
 

@@ -273,10 +273,10 @@ class Publisher:
         #: holder; asked at every reservation, as the other process may have changed them
         self.elsewhere = elsewhere
 
-    def load(self, held: Iterable[tuple[str, Iterable[dict[str, Any]]]]) -> None:
-        """(endpoint id, its CNI portMappings) for every endpoint that publishes ports."""
+    def load(self, held: Iterable[tuple[str, list[Mapping]]]) -> None:
+        """(endpoint id, its published ports) for every endpoint that publishes ports."""
         with self._lock:
-            self._held = {eid: [Mapping.from_cni(m) for m in maps] for eid, maps in held if maps}
+            self._held = {eid: maps for eid, maps in held if maps}
 
     @contextlib.contextmanager
     def reserve(self, owner: str, bindings: Iterable[Binding]) -> Iterator[list[Mapping]]:

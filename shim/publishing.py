@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 
 from . import dnat, dockerview, ports, proxy
-from .attach import Attacher, has_capability, quietly
+from .attach import PORTS, Attacher, has_capability, quietly
 from .errors import InvalidRequest, PycniError
 from .seams import Rules
 from .state import EndpointRecord, NetworkRecord
@@ -30,7 +30,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-PORTS = "portMappings"
 #: how the Publisher names a port's holder in the --network none mode
 NONE_MODE = "none:"
 
@@ -149,9 +148,8 @@ class EndpointPorts:
         except PycniError as exc:
             log.warning("cannot read the --network none mode's records: %s", exc)
             return {}
-        return {ports.Mapping.from_cni(m).key(): f"{NONE_MODE}{r.name or r.container_id[:12]}"
-                f"/{r.network}" for r in records
-                for m in r.attachment.capability_args.get(PORTS) or []}
+        return {m.key(): f"{NONE_MODE}{r.name or r.container_id[:12]}/{r.network}"
+                for r in records for m in r.attachment.port_mappings()}
 
     def _holder(self, endpoint_id: str) -> str:
         """Who holds a port pycni published for ``endpoint_id``, as Docker names them."""
@@ -167,7 +165,7 @@ class EndpointPorts:
                 "doesn't list; if it is gone, `pycni gc` removes what it left behind")
 
     def _unpublish_own(self, network: NetworkRecord, rec: EndpointRecord) -> None:
-        published = [ports.Mapping.from_cni(m) for m in rec.capability_args.get(PORTS) or []]
+        published = rec.attachment.port_mappings()
         self.rules.unpublish(rec.id[:12], port_rules(network, rec, published))
         rec.attachment.capability_args = {k: v for k, v in rec.capability_args.items()
                                           if k != PORTS}
@@ -177,7 +175,7 @@ def own_ports(network: NetworkRecord, rec: EndpointRecord) -> bool:
     """Whether pycni writes the endpoint's DNAT rules itself (:func:`shim.firewall.publish`):
     on a zero-config network, whose chain has no ``portMappings`` plugin (one made by an older
     pycni has portmap, and keeps it)."""
-    return (bool(network.firewall) and not network.firewall.get("internal")
+    return (network.firewall is not None and not network.firewall.internal
             and not has_capability(rec.config, PORTS))
 
 
@@ -186,7 +184,8 @@ def port_rules(network: NetworkRecord, rec: EndpointRecord,
     """The DNAT rules of ``mappings``: one per mapping and container address of the host
     address's family (both for "all addresses"). None for the host's loopback: Docker leaves
     it to its proxy, and so does pycni (route_localnet stays 0)."""
-    bridge = str(network.firewall["bridge"])
+    assert network.firewall is not None, "pycni's own rules: a network of its own chain"
+    bridge = network.firewall.bridge
     found = []
     for m in mappings:
         host = ipaddress.ip_address(m.host_ip) if m.host_ip else None

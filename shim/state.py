@@ -28,7 +28,7 @@ from typing import Any
 
 from .attach import Attachment
 from .cni.config import NetworkConfigList, conflist_from_dict
-from .cni.types import Result
+from .cni.types import Result, Route
 from .protocol import CreateEndpointRequest, CreateNetworkRequest
 
 VERSION = 1
@@ -66,6 +66,38 @@ class Phase(enum.StrEnum):
     DELETING = "deleting"
 
 
+@dataclass(frozen=True)
+class NetworkRules:
+    """The iptables rules pycni installs for a network of its own chain (:mod:`shim.firewall`):
+    Docker's bridge driver's forwarding, masquerading and isolation for ``bridge``'s
+    ``subnets``; ``icc`` and ``masquerade`` are Docker's ``enable_icc`` and
+    ``enable_ip_masquerade``; ``peers`` and ``peer_subnet`` an overlay's VTEP and range."""
+
+    bridge: str
+    subnets: tuple[str, ...] = ()
+    internal: bool = False
+    icc: bool = True
+    masquerade: bool = True
+    peers: str = ""
+    peer_subnet: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        # only what differs from the defaults, so records keep one shape
+        out: dict[str, Any] = {"bridge": self.bridge, "subnets": list(self.subnets),
+                               "internal": self.internal}
+        out.update({k: False for k in ("icc", "masquerade") if not getattr(self, k)})
+        out.update({k: getattr(self, k) for k in ("peers", "peer_subnet") if getattr(self, k)})
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetworkRules:
+        return cls(bridge=str(data["bridge"]), subnets=tuple(data.get("subnets") or ()),
+                   internal=bool(data.get("internal")), icc=data.get("icc", True) is not False,
+                   masquerade=data.get("masquerade", True) is not False,
+                   peers=str(data.get("peers") or ""),
+                   peer_subnet=str(data.get("peer_subnet") or ""))
+
+
 @dataclass
 class NetworkRecord:
     id: str
@@ -78,8 +110,8 @@ class NetworkRecord:
     address_via: AddressVia = AddressVia.NONE
     #: host links pycni created for this network and removes with it (e.g. the bridge)
     owned_links: list[str] = field(default_factory=list)
-    #: per-network iptables rules pycni installed (shim.firewall): bridge, subnets, internal
-    firewall: dict[str, Any] = field(default_factory=dict)
+    #: per-network iptables rules pycni installed (shim.firewall); None for a user's chain
+    firewall: NetworkRules | None = None
     #: the name Docker knows the driver by when it created the network ("pycni", or
     #: "pycni:latest" as a managed plugin): reconciliation asks Docker about this name only
     driver: str = "pycni"
@@ -100,7 +132,7 @@ class NetworkRecord:
             "ipam": str(self.ipam),
             "address_via": str(self.address_via),
             "owned_links": self.owned_links,
-            "firewall": self.firewall,
+            "firewall": self.firewall.to_json() if self.firewall else {},
             "driver": self.driver,
             "created": self.created,
         }
@@ -115,7 +147,7 @@ class NetworkRecord:
             ipam=Ipam(data["ipam"]),
             address_via=AddressVia(data.get("address_via") or ""),
             owned_links=list(data.get("owned_links") or []),
-            firewall=dict(data.get("firewall") or {}),
+            firewall=NetworkRules.from_json(data["firewall"]) if data.get("firewall") else None,
             # records from before the name was kept were made under the default socket's name
             driver=data.get("driver") or "pycni",
             created=float(data.get("created") or time.time()),
@@ -142,7 +174,7 @@ class EndpointRecord:
     addresses: list[str] = field(default_factory=list)
     #: the routes through the interface as the chain left them in the staging netns (moving the
     #: link to the container loses them; Join hands them to Docker)
-    routes: list[dict[str, str]] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
     sandbox_key: str = ""
     created: float = field(default_factory=time.time)
 
@@ -193,7 +225,7 @@ class EndpointRecord:
             "mac": self.mac,
             "link_mac": self.link_mac,
             "addresses": self.addresses,
-            "routes": self.routes,
+            "routes": [r.to_json(att.config.cni_version) for r in self.routes],
             "sandbox_key": self.sandbox_key,
             "created": self.created,
         }
@@ -222,7 +254,7 @@ class EndpointRecord:
             mac=data.get("mac") or "",
             link_mac=data.get("link_mac") or "",
             addresses=list(data.get("addresses") or []),
-            routes=list(data.get("routes") or []),
+            routes=[Route.from_json(r) for r in data.get("routes") or []],
             sandbox_key=data.get("sandbox_key") or "",
             created=float(data.get("created") or time.time()),
         )

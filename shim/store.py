@@ -1,16 +1,20 @@
-"""pycni's records on disk: one versioned JSON file per record, in a directory per kind, each
-written atomically (:func:`shim.files.atomic_write`, which libcni's cache and the overlay's
-records use too), mode 0600 in 0700 directories."""
+"""pycni's records on disk: one versioned JSON file per record, in a directory per kind (the
+driver's networks and endpoints, the none mode's attachments and failed attempts, the overlay's
+memberships), each written atomically (:func:`shim.files.atomic_write`, which libcni's cache uses
+too), mode 0600 in 0700 directories."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import PycniError, StateError
 from .files import atomic_write
 from .state import VERSION, ContainerRecord, EndpointRecord, FailureRecord, NetworkRecord
+
+T = TypeVar("T")
 
 
 class Store:
@@ -65,6 +69,21 @@ class Store:
             pass
         except OSError as exc:
             raise StateError(f"cannot remove {kind} record {record_id}: {exc.strerror}") from exc
+
+    # any kind of record (the overlay's: shim.overlay.manager)
+    def save(self, kind: str, record_id: str, data: dict[str, Any]) -> None:
+        self._write(kind, record_id, data)
+
+    def delete(self, kind: str, record_id: str) -> None:
+        """Remove a record, and the kind's directory once it is empty."""
+        self._delete(kind, record_id)
+        try:
+            os.rmdir(self._dir(kind))
+        except OSError:
+            pass  # not empty, or gone
+
+    def load_all(self, kind: str, build: Callable[[dict[str, Any]], T]) -> list[T]:
+        return [_build(build, d) for d in self._read_all(kind)]
 
     # networks
     def save_network(self, rec: NetworkRecord) -> None:
@@ -136,9 +155,10 @@ class Store:
 
 
 def _build(cls: Any, data: dict[str, Any]) -> Any:
-    """A record from its JSON; whatever is wrong with it is a StateError naming the record."""
+    """A record from its JSON (``cls.from_json``, or ``cls`` itself called); whatever is wrong
+    with it is a StateError naming the record."""
     try:
-        return cls.from_json(data)
+        return cls.from_json(data) if hasattr(cls, "from_json") else cls(data)
     except (KeyError, TypeError, ValueError, PycniError) as exc:
         what = f"{data.get('kind', 'record')} {data.get('id')!r}"
         raise StateError(f"pycni's {what} record is unusable: {exc!r}") from exc

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim import netlink
+from shim.cni.types import Route
 from shim.dnat import PortRule
 from shim.errors import CNIError, NetlinkFailure
+from shim.state import NetworkRules
 from tests.fakes import FakeExec, cni_args, requested_addresses
 
 HOST = ""  # the host namespace's key in :attr:`FakeLinks.spaces`
@@ -328,10 +330,10 @@ class FakeLinks:
         link = self.find(ns, ifname)
         return ("", []) if link is None else (link.mac, list(link.addresses))
 
-    def routes(self, ns: str, ifname: str) -> list[dict[str, str]]:
+    def routes(self, ns: str, ifname: str) -> list[Route]:
         self._enter("routes", ns, ifname)
         link = self._space(ns, f"cannot read routes of {ifname}").get(ifname)
-        return [] if link is None else [dict(r) for r in link.routes]
+        return [] if link is None else [Route.from_json(r) for r in link.routes]
 
 
 @dataclass
@@ -533,18 +535,12 @@ class FakeRules:
     #: an endpoint's tag → its published ports' DNAT rules
     dnat: dict[str, list[PortRule]] = field(default_factory=dict)
 
-    def add_network(self, network_id: str, bridge: str, subnets: list[str],
-                    internal: bool, *, icc: bool = True, masquerade: bool = True,
-                    peers: str = "", peer_subnet: str = "") -> None:
+    def add_network(self, network_id: str, spec: NetworkRules) -> None:
         if "add_network" in self.fail:
             raise self.fail["add_network"]
-        entry: dict[str, object] = {"bridge": bridge, "subnets": subnets, "internal": internal}
-        entry.update({k: False for k, on in (("icc", icc), ("masquerade", masquerade)) if not on})
-        self.networks[network_id] = entry
+        self.networks[network_id] = spec.to_json()
 
-    def remove_network(self, network_id: str, bridge: str, subnets: list[str],
-                       internal: bool, *, icc: bool = True, masquerade: bool = True,
-                       peers: str = "", peer_subnet: str = "") -> None:
+    def remove_network(self, network_id: str, spec: NetworkRules) -> None:
         self.networks.pop(network_id, None)
 
     def add_guard(self, tag: str) -> None:

@@ -170,7 +170,7 @@ def network_chains(
         return [], [Finding(FAIL, "state", str(exc), "fix or remove the record")]
     return [
         chain_of(network_label(net.id, names.get(net.id)), net.config,
-                 own_forwarding=bool(net.firewall))
+                 own_forwarding=net.firewall is not None)
         for net in networks
     ], []
 

@@ -18,6 +18,7 @@ from .. import chains
 from ..cni.config import conflist_from_dict
 from ..errors import InvalidRequest, Unsupported
 from ..protocol import CreateNetworkRequest
+from ..state import AddressVia, Ipam, Mode, NetworkRules
 from .leases import Asked
 from .manager import Joined
 
@@ -87,16 +88,12 @@ def resolve(req: CreateNetworkRequest, joined: Joined, cache_dir: str) -> chains
     return chains.Resolved(
         config=conflist_from_dict(
             raw, source=f"pycni overlay network {req.network_id[:12]} ({joined.name})"),
-        mode="zero-config",
-        ipam="cni",
-        address_via="",
-        firewall={
-            "bridge": bridge,
-            "subnets": [str(joined.subnet)],
-            "internal": False,
-            "peers": joined.vtep,
-            "peer_subnet": str(joined.definition.subnet),
-            **{k: False for k, on in (("icc", options.icc), ("masquerade", options.masquerade))
-               if not on},
-        },
+        mode=Mode.ZERO_CONFIG,
+        ipam=Ipam.CNI,
+        address_via=AddressVia.NONE,
+        firewall=NetworkRules(
+            bridge=bridge, subnets=(str(joined.subnet),), internal=False,
+            icc=options.icc, masquerade=options.masquerade,
+            peers=joined.vtep, peer_subnet=str(joined.definition.subnet),
+        ),
     )

@@ -26,15 +26,14 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import InvalidRequest, OverlayError, PycniError
-from ..files import atomic_write
 from ..settings import Settings
+from ..store import Store
 from . import leases, vtep
 from .leases import Asked, Definition, Holder, Peer
 from .store import KV, Endpoint, Etcd
@@ -104,29 +103,13 @@ class Joined:
         )
 
 
-def records_dir(state_dir: str) -> str:
-    return os.path.join(state_dir, "overlays")
+#: the kind of the overlay's records in pycni's store (:class:`shim.store.Store`)
+KIND = "overlays"
 
 
 def read_records(state_dir: str) -> dict[str, Joined]:
     """Every overlay record in ``state_dir``, by network id (for ``pycni ls``/``inspect``)."""
-    found: dict[str, Joined] = {}
-    root = records_dir(state_dir)
-    try:
-        names = sorted(os.listdir(root))
-    except FileNotFoundError:
-        return found
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(root, name)) as f:
-                joined = Joined.from_json(json.load(f))
-        except (OSError, ValueError, KeyError) as exc:
-            log.error("overlay record %s unreadable: %s", name, exc)
-            continue
-        found[joined.network_id] = joined
-    return found
+    return {j.network_id: j for j in Store(state_dir).load_all(KIND, Joined.from_json)}
 
 
 class Overlays:
@@ -177,14 +160,10 @@ class Overlays:
             log.info("overlays: %s", ", ".join(f"{j.name} ({j.subnet})" for j in found.values()))
 
     def _save(self, joined: Joined) -> None:
-        path = os.path.join(records_dir(self.state_dir), joined.network_id + ".json")
-        atomic_write(path, json.dumps(joined.to_json(), indent=1, sort_keys=True).encode())
+        Store(self.state_dir).save(KIND, joined.network_id, joined.to_json())
 
     def _forget(self, network_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(records_dir(self.state_dir), network_id + ".json"))
-        with contextlib.suppress(OSError):
-            os.rmdir(records_dir(self.state_dir))  # only once empty
+        Store(self.state_dir).delete(KIND, network_id)
 
     def get(self, network_id: str) -> Joined | None:
         with self._lock:
@@ -360,10 +339,7 @@ def leave_locally(state_dir: str, network_id: str, vteps: Vteps | None = None) -
     if joined is None:
         return False
     (vteps or vtep).delete(joined.vtep)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(records_dir(state_dir), network_id + ".json"))
-    with contextlib.suppress(OSError):
-        os.rmdir(records_dir(state_dir))
+    Store(state_dir).delete(KIND, network_id)
     return True
 
 

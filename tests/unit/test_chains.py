@@ -16,6 +16,7 @@ from shim.cni.config import NetworkConfigList, conflist_from_dict
 from shim.dockerview import DockerNetwork
 from shim.errors import ConfigError, InvalidRequest, Unsupported
 from shim.protocol import CreateNetworkRequest, EndpointInterface
+from shim.state import AddressVia, Ipam, Mode, NetworkRules
 from tests.fakelinks import FakeLinks
 
 pytestmark = pytest.mark.unit
@@ -176,8 +177,7 @@ def test_zero_config_is_a_gateway_bridge_with_static_ipam() -> None:
     }
     assert (resolved.mode, resolved.ipam, resolved.address_via) == ("zero-config", "docker",
                                                                     "config")
-    assert resolved.firewall == {"bridge": bridge, "internal": False,
-                                 "subnets": ["10.200.9.0/24", "fd00:200:9::/64"]}
+    assert resolved.firewall == NetworkRules(bridge, ("10.200.9.0/24", "fd00:200:9::/64"))
     assert resolved.bridges() == [bridge]
     assert resolved.config.source == f"pycni zero-config network {NET[:12]}"
 
@@ -186,7 +186,7 @@ def test_zero_config_takes_the_bridge_name_and_mtu_options() -> None:
     resolved = chains.zero_config(parsed(request(cni_bridge="br-test0", cni_mtu="1400")))
     main = resolved.config.plugins[0].raw
     assert (main["bridge"], main["mtu"]) == ("br-test0", 1400)
-    assert resolved.firewall["bridge"] == "br-test0"
+    assert resolved.firewall is not None and resolved.firewall.bridge == "br-test0"
     assert resolved.bridges() == ["br-test0"]
 
 
@@ -196,7 +196,7 @@ def test_an_internal_zero_config_network_has_a_gateway_bridge_but_no_ports() -> 
     resolved = chains.zero_config(parsed(request(internal=True)))
     assert resolved.config.plugin_types() == ["bridge"]
     assert resolved.config.plugins[0].raw["isGateway"] is True
-    assert resolved.firewall["internal"] is True
+    assert resolved.firewall is not None and resolved.firewall.internal
 
 
 def test_dockers_bridge_options_mean_what_they_mean_on_dockers_bridge() -> None:
@@ -209,8 +209,8 @@ def test_dockers_bridge_options_mean_what_they_mean_on_dockers_bridge() -> None:
     })))
     main = resolved.config.plugins[0].raw
     assert (main["bridge"], main["mtu"]) == ("mybr0", 1400)
-    assert resolved.firewall == {"bridge": "mybr0", "subnets": ["10.200.9.0/24"],
-                                 "internal": False, "icc": False, "masquerade": False}
+    assert resolved.firewall == NetworkRules("mybr0", ("10.200.9.0/24",), icc=False,
+                                             masquerade=False)
 
 
 def test_docker_options_at_their_defaults_change_nothing() -> None:
@@ -236,7 +236,7 @@ def test_with_null_ipam_the_chain_chooses() -> None:
     net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
     resolved = chains.from_conflist(parsed(request(ipv4=[NULL])), net)
     assert (resolved.mode, resolved.ipam, resolved.address_via) == ("conflist", "cni", "")
-    assert resolved.config is net and resolved.firewall == {}
+    assert resolved.config is net and resolved.firewall is None
 
 
 @pytest.mark.parametrize(("plugin", "via"), [
@@ -334,8 +334,8 @@ def test_the_bridges_a_chain_makes() -> None:
     net = conflist({"type": "bridge", "ipam": {"type": "static"}}, {"type": "bridge",
                                                                    "bridge": "br9"},
                    {"type": "portmap"})
-    assert chains.Resolved(config=net, mode="conflist", ipam="cni",
-                           address_via="").bridges() == ["cni0", "br9"]
+    assert chains.Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.CNI,
+                           address_via=AddressVia.NONE).bridges() == ["cni0", "br9"]
 
 
 # --- one endpoint's chain ------------------------------------------------------------------------

@@ -309,7 +309,8 @@ def test_dry_run_only_reports(world: World) -> None:
 
 def test_a_port_held_by_another_endpoint_names_its_holder() -> None:
     publisher = ports.Publisher()
-    publisher.load([("e" * 64, [{"hostPort": 48081, "containerPort": 80, "protocol": "tcp"}])])
+    publisher.load([("e" * 64, [ports.Mapping.from_cni(
+        {"hostPort": 48081, "containerPort": 80, "protocol": "tcp"})])])
     binding = ports.Binding("tcp", 80, "", 48081, 48081)
     with pytest.raises(ports.PortInUse, match="already in use") as exc, \
             publisher.reserve("f" * 64, [binding]):
@@ -321,7 +322,8 @@ def test_a_port_conflict_names_the_container_docker_lists_or_points_at_gc(world:
     world.create_network()
     world.create_endpoint()
     world.create_endpoint("f" * 64, address="10.200.9.8/24")
-    world.driver.ports.load([(EP, [{"hostPort": 48081, "containerPort": 80, "protocol": "tcp"}])])
+    world.driver.ports.load([(EP, [ports.Mapping.from_cni(
+        {"hostPort": 48081, "containerPort": 80, "protocol": "tcp"})])])
     req = EndpointRequest(NET, "f" * 64, {"com.docker.network.portmap": [
         {"Proto": 6, "Port": 80, "HostPort": 48081, "HostPortEnd": 48081}]})
     world.driver.docker_names = lambda: dockerview.Names(

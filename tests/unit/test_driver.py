@@ -30,7 +30,7 @@ from shim.errors import (
     Unsupported,
 )
 from shim.protocol import EndpointRequest
-from shim.state import EndpointRecord, Phase
+from shim.state import EndpointRecord, NetworkRules, Phase
 from tests.fakelinks import FakeMainPlugin
 from tests.world import EP, NET, NULL_IPAM, SANDBOX, World, docker_pool
 
@@ -70,8 +70,8 @@ def test_zero_config_network_is_a_bridge_chain_with_static_ipam(world: World) ->
     # Masquerade and forwarding are pycni's per-network rules (the chain's "firewall" part),
     # not ipMasq or a firewall plugin run per container.
     assert main["ipMasq"] is False
-    assert rec.firewall == {"bridge": bridge, "subnets": ["10.200.9.0/24"], "internal": False}
-    assert world.rules.networks[NET] == rec.firewall
+    assert rec.firewall == NetworkRules(bridge, ("10.200.9.0/24",))
+    assert rec.firewall is not None and world.rules.networks[NET] == rec.firewall.to_json()
     assert rec.owned_links == [bridge]  # not there yet: the chain will make it, we remove it
     assert world.records() == ([NET], [])
     # Every plugin was asked its versions before the config was settled.
@@ -84,7 +84,7 @@ def test_zero_config_options_and_internal(world: World) -> None:
     rec = world.driver.networks[NET]
     [main] = rec.config.raw["plugins"]  # internal: no portmap, no route out, no masquerade
     assert (main["bridge"], main["mtu"], main["isGateway"]) == ("br-mine", 1400, True)
-    assert rec.firewall["internal"] is True
+    assert rec.firewall is not None and rec.firewall.internal
 
 
 def test_create_network_twice_keeps_the_first(world: World) -> None:

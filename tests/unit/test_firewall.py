@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shim import dnat, firewall
 from shim import iptables as ipt
 from shim.errors import FirewallError
+from shim.state import NetworkRules
 
 pytestmark = pytest.mark.unit
 
@@ -104,6 +106,10 @@ def iptables(monkeypatch: pytest.MonkeyPatch) -> FakeIptables:
     return fake
 
 
+def spec(bridge: str, subnets: list[str], **rest: Any) -> NetworkRules:
+    return NetworkRules(bridge, tuple(subnets), **rest)
+
+
 def forward_rules(bridge: str, tag: list[str] = TAG, *, icc: str = "ACCEPT",
                   docker: bool = False) -> list[Rule]:
     """PYCNI-FORWARD for a network; ``docker``: with the jump to Docker's isolation chain."""
@@ -151,7 +157,7 @@ def docker_made_its_chains(iptables: FakeIptables, tool: str = "iptables") -> No
 
 def test_an_ipv4_network_forwards_masquerades_and_keeps_others_out(
         iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "pycni-br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("pycni-br0", ["10.200.9.0/24"], internal=False))
     assert iptables.own() == {
         ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("pycni-br0"),
@@ -164,7 +170,7 @@ def test_an_ipv4_network_forwards_masquerades_and_keeps_others_out(
 
 
 def test_an_ipv6_network_gets_the_same_rules_from_ip6tables(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "pycni-br0", ["fd00:200:9::/64"], internal=False)
+    firewall.add_network(NET, spec("pycni-br0", ["fd00:200:9::/64"], internal=False))
     assert iptables.own() == {
         ("ip6tables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("ip6tables", "filter", "PYCNI-FORWARD"): forward_rules("pycni-br0"),
@@ -181,13 +187,13 @@ def test_where_docker_isolates_its_bridges_they_are_kept_out_too(
     """Traffic out of the network into one of Docker's bridges meets Docker's own list of them
     first, before the rule that lets the network out."""
     docker_made_its_chains(iptables)
-    firewall.add_network(NET, "br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False))
     assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules(
         "br0", docker=True)
     # Docker's ip6tables are off by default: no chain of its to jump to there.
     assert iptables.chain("ip6tables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
     assert iptables.chain("iptables", "filter", DOCKER_STAGE_2) == [("-j", "RETURN")]
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False))
     assert not [k for k in iptables.own() if "PYCNI" in k[2]]
     assert iptables.chain("iptables", "filter", "FORWARD") == [
         ("-j", "DOCKER-ISOLATION-STAGE-1")]  # Docker's left as they were
@@ -197,17 +203,17 @@ def test_removal_copes_with_dockers_chain_gone_since(iptables: FakeIptables) -> 
     """dockerd rebuilds its chains when it starts; pycni's jump to one outlives that, and
     removal takes it whether or not Docker is still there."""
     docker_made_its_chains(iptables)
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert not [k for k in iptables.own() if "PYCNI" in k[2]]
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     del iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"][1]  # as if never made
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert not [k for k in iptables.own() if "PYCNI" in k[2]]
 
 
 def test_a_dual_stack_network_gets_both_families(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "pycni-br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False)
+    firewall.add_network(NET, spec("pycni-br0", ["10.200.9.0/24", "fd00:200:9::/64"], internal=False))
     for tool, subnet in (("iptables", "10.200.9.0/24"), ("ip6tables", "fd00:200:9::/64")):
         assert iptables.chain(tool, "filter", "PYCNI-FORWARD") == forward_rules("pycni-br0")
         assert iptables.chain(tool, "mangle", "PYCNI-ISOLATION") == keep_out("pycni-br0")
@@ -216,7 +222,7 @@ def test_a_dual_stack_network_gets_both_families(iptables: FakeIptables) -> None
 
 
 def test_every_subnet_of_a_family_is_masqueraded(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24", "10.200.10.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24", "10.200.10.0/24"], internal=False))
     assert iptables.chain("iptables", "nat", "PYCNI-POSTROUTING") == [
         masquerade("10.200.9.0/24", "br0"), masquerade("10.200.10.0/24", "br0")]
     assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
@@ -227,7 +233,7 @@ def test_every_subnet_of_a_family_is_masqueraded(iptables: FakeIptables) -> None
 def test_an_internal_network_only_lets_its_containers_talk(iptables: FakeIptables,
                                                            subnets: list[str]) -> None:
     docker_made_its_chains(iptables)
-    firewall.add_network(NET, "br0", subnets, internal=True)
+    firewall.add_network(NET, spec("br0", subnets, internal=True))
     tools = {"iptables" if ":" not in s else "ip6tables" for s in subnets}
     assert {k: v for k, v in iptables.own().items() if "DOCKER" not in k[2]} == {
         **{(tool, "filter", "FORWARD"): [JUMP_FORWARD] for tool in tools},
@@ -238,7 +244,7 @@ def test_an_internal_network_only_lets_its_containers_talk(iptables: FakeIptable
 
 
 def test_no_subnets_means_ipv4_forwarding_only(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", [], internal=False)
+    firewall.add_network(NET, spec("br0", [], internal=False))
     assert iptables.own() == {
         ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
         ("iptables", "filter", "PYCNI-FORWARD"): forward_rules("br0"),
@@ -253,28 +259,28 @@ def test_no_subnets_means_ipv4_forwarding_only(iptables: FakeIptables) -> None:
 @pytest.mark.parametrize("internal", [False, True])
 def test_without_icc_the_containers_are_kept_apart(iptables: FakeIptables,
                                                    internal: bool) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=internal, icc=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=internal, icc=False))
     assert iptables.chain("iptables", "filter", "PYCNI-FORWARD")[0] == (  # type: ignore[index]
         "-i", "br0", "-o", "br0", *TAG, "-j", "DROP")
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=internal, icc=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=internal, icc=False))
     assert iptables.own() == {}
 
 
 def test_without_icc_needs_bridged_frames_to_pass_iptables(
         iptables: FakeIptables, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(firewall, "bridged_frames_filtered", lambda version: version == 4)
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False, icc=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False, icc=False))
     with pytest.raises(FirewallError, match=r"enable_icc=false needs frames bridged between "
                        r"containers to pass ip6tables.*net.bridge.bridge-nf-call-ip6tables=1"):
-        firewall.add_network(NET2, "br1", ["fd00:200:9::/64"], internal=False, icc=False)
-    firewall.add_network(NET2, "br1", ["fd00:200:9::/64"], internal=False)  # icc on: fine
+        firewall.add_network(NET2, spec("br1", ["fd00:200:9::/64"], internal=False, icc=False))
+    firewall.add_network(NET2, spec("br1", ["fd00:200:9::/64"], internal=False))  # icc on: fine
 
 
 def test_without_masquerade_nothing_is_masqueraded(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False, masquerade=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False, masquerade=False))
     assert iptables.chain("iptables", "nat", "PYCNI-POSTROUTING") is None
     assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False, masquerade=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False, masquerade=False))
     assert iptables.own() == {}
 
 
@@ -286,16 +292,16 @@ def test_the_real_br_netfilter_probe_reads_proc() -> None:
 def test_the_jump_goes_first_and_adding_twice_changes_nothing(iptables: FakeIptables) -> None:
     docker = ("-j", "DOCKER-USER")
     iptables.tables[("iptables", "filter")]["FORWARD"].append(docker)
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     once, calls = copy.deepcopy(iptables.tables), len(iptables.calls)
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert iptables.tables == once
     assert iptables.chain("iptables", "filter", "FORWARD") == [JUMP_FORWARD, docker]
     assert {c[5] for c in iptables.calls[calls:]} == {"-n", "-C"}  # only looked
 
 
 def test_every_call_waits_for_the_xtables_lock(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert iptables.calls and all(c[1:3] == ["-w", "10"] for c in iptables.calls)
 
 
@@ -304,17 +310,17 @@ def test_every_call_waits_for_the_xtables_lock(iptables: FakeIptables) -> None:
 
 def test_removing_the_last_network_leaves_nothing_of_pycni(iptables: FakeIptables) -> None:
     subnets = ["10.200.9.0/24", "fd00:200:9::/64"]
-    firewall.add_network(NET, "br0", subnets, internal=False)
-    firewall.remove_network(NET, "br0", subnets, internal=False)
+    firewall.add_network(NET, spec("br0", subnets, internal=False))
+    firewall.remove_network(NET, spec("br0", subnets, internal=False))
     assert iptables.own() == {}
-    firewall.remove_network(NET, "br0", subnets, internal=False)  # repeat-safe
+    firewall.remove_network(NET, spec("br0", subnets, internal=False))  # repeat-safe
     assert iptables.own() == {}
 
 
 def test_removal_takes_only_its_own_rules(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
-    firewall.add_network(NET2, "br1", ["10.200.10.0/24"], internal=True)
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
+    firewall.add_network(NET2, spec("br1", ["10.200.10.0/24"], internal=True))
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     tag2 = ["-m", "comment", "--comment", f"pycni:{NET2[:12]}"]
     assert iptables.own() == {
         ("iptables", "filter", "FORWARD"): [JUMP_FORWARD],
@@ -325,23 +331,23 @@ def test_removal_takes_only_its_own_rules(iptables: FakeIptables) -> None:
 
 
 def test_a_duplicated_rule_is_removed_in_full(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"] += forward_rules("br0")
     iptables.tables[("iptables", "mangle")]["PYCNI-ISOLATION"] += keep_out("br0")
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert iptables.own() == {}
 
 
 def test_removing_a_network_never_added_is_fine(iptables: FakeIptables) -> None:
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert iptables.own() == {}
 
 
 def test_a_chain_someone_else_added_to_stays(iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=True)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=True))
     stranger = ("-i", "eth9", "-j", "ACCEPT")
     iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"].append(stranger)
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=True)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=True))
     assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == [stranger]
     assert iptables.chain("iptables", "filter", "FORWARD") == [JUMP_FORWARD]
 
@@ -352,7 +358,7 @@ def test_a_chain_someone_else_added_to_stays(iptables: FakeIptables) -> None:
 def test_a_refused_rule_is_a_firewall_error_naming_the_command(iptables: FakeIptables) -> None:
     iptables.refuse[("-t", "nat", "-A")] = "iptables: No chain/target/match by that name.\n"
     with pytest.raises(FirewallError) as caught:
-        firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+        firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     message = str(caught.value)
     assert message.startswith("iptables -t nat -A PYCNI-POSTROUTING -s 10.200.9.0/24 ")
     assert message.endswith(": iptables: No chain/target/match by that name.")
@@ -369,8 +375,8 @@ def test_the_real_runner_is_the_default() -> None:
 
 def test_an_overlay_network_lets_its_vtep_in_and_does_not_masquerade_the_overlay(
         iptables: FakeIptables) -> None:
-    firewall.add_network(NET, "pycni-br0", ["10.202.1.0/24"], internal=False,
-                         peers="pycni.42", peer_subnet="10.202.0.0/16")
+    firewall.add_network(NET, spec("pycni-br0", ["10.202.1.0/24"], internal=False,
+                                   peers="pycni.42", peer_subnet="10.202.0.0/16"))
     peers_in = ("-i", "pycni.42", "-o", "pycni-br0", *TAG, "-j", "ACCEPT")
     forward = forward_rules("pycni-br0")
     assert iptables.own() == {
@@ -385,8 +391,8 @@ def test_an_overlay_network_lets_its_vtep_in_and_does_not_masquerade_the_overlay
             ("-s", "10.202.1.0/24", "-d", "10.202.0.0/16", *TAG, "-j", "RETURN"),
             masquerade("10.202.1.0/24", "pycni-br0")],
     }
-    firewall.remove_network(NET, "pycni-br0", ["10.202.1.0/24"], internal=False,
-                            peers="pycni.42", peer_subnet="10.202.0.0/16")
+    firewall.remove_network(NET, spec("pycni-br0", ["10.202.1.0/24"], internal=False,
+                                      peers="pycni.42", peer_subnet="10.202.0.0/16"))
     assert iptables.own() == {}
 
 
@@ -498,10 +504,10 @@ def test_a_flushed_chain_is_made_again_and_rules_restored(iptables: FakeIptables
 
 def test_the_last_network_takes_the_empty_dnat_chain(iptables: FakeIptables,
                                                      fresh_dnat: None) -> None:
-    firewall.add_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     firewall.publish("ep1", PORTS[:1])
     firewall.unpublish("ep1", PORTS[:1])
-    firewall.remove_network(NET, "br0", ["10.200.9.0/24"], internal=False)
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert iptables.own() == {}
     firewall.publish("ep1", PORTS[:1])  # a later network makes it again
     assert len(iptables.tables[("iptables", "nat")]["PYCNI-DNAT"]) == 1

@@ -55,7 +55,8 @@ def test_dockers_bridge_options_reach_the_chain_and_the_rules(world: World) -> N
     main = rec.config.raw["plugins"][0]
     assert (main["bridge"], main["mtu"]) == ("mybr0", 1400)
     assert rec.owned_links == ["mybr0"]
-    assert world.rules.networks[NET] == rec.firewall == {
+    assert rec.firewall is not None
+    assert world.rules.networks[NET] == rec.firewall.to_json() == {
         "bridge": "mybr0", "subnets": ["10.200.9.0/24"], "internal": False,
         "icc": False, "masquerade": False}
     world.delete_network()

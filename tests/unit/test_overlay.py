@@ -320,8 +320,9 @@ def test_the_chain_is_a_bridge_with_host_local_on_the_lease(tmp_path: Path) -> N
     }
     assert resolved.config.plugin_types() == ["bridge", "portmap"]
     assert (resolved.ipam, resolved.address_via) == ("cni", "")
-    assert resolved.firewall["peers"] == joined.vtep
-    assert resolved.firewall["peer_subnet"] == "10.202.0.0/16"
+    assert resolved.firewall is not None
+    assert (resolved.firewall.peers, resolved.firewall.peer_subnet) == (joined.vtep,
+                                                                         "10.202.0.0/16")
 
 
 # --- through the driver --------------------------------------------------------------------------
@@ -345,7 +346,8 @@ def test_the_driver_creates_and_removes_an_overlay_network(tmp_path: Path) -> No
     record = world.driver.networks[NET_ID]
     assert record.config.raw["plugins"][0]["ipam"]["ranges"] == [
         [{"subnet": "10.202.1.0/24", "gateway": "10.202.1.1"}]]
-    assert world.rules.networks[NET_ID]["bridge"] == record.firewall["bridge"]
+    assert record.firewall is not None
+    assert world.rules.networks[NET_ID]["bridge"] == record.firewall.bridge
     assert list(vteps.links) == [f"pycni.{leases.default_vni('ov')}"]
     world.driver.delete_network(NET_ID)
     assert kv.data == {} and vteps.links == {} and world.rules.networks == {}
