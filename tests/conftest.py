@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
 REPO = Path(__file__).resolve().parent.parent
-CNI_BIN = "/usr/lib/cni"
+#: the CNI plugins the integration and e2e tiers run: Debian 12's 1.1.1 unless told otherwise
+#: (``PYCNI_TEST_CNI_BIN``: sid's 1.9.1, unpacked by scripts/sid.sh)
+CNI_BIN = os.environ.get("PYCNI_TEST_CNI_BIN") or "/usr/lib/cni"
 CNI_PATH = f"/opt/cni/bin:{CNI_BIN}"
 TEST_IMAGE = "pycni-test:busybox"
 
