@@ -36,7 +36,7 @@ from .cni import CNI, AddFailed, RuntimeConf
 from .cni.cache import CachedAttachment
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .cni.types import IPConfig, Result
-from .errors import PycniError
+from .errors import CNIError, PycniError
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Attacher:
         did succeed release their addresses and rules — and re-raised.
         """
         chain, rt = att.chain(), att.runtime()
+        self.ready(chain)
         try:
             att.result = self.cni.add(chain, rt)
         except AddFailed as exc:
@@ -151,6 +152,21 @@ class Attacher:
             raise
         undo.callback(quietly, self.delete, att)
         return att.result
+
+    def ready(self, chain: NetworkConfigList) -> None:
+        """STATUS before ADD (a 1.1.0 list), as the spec asks of runtimes: a plugin that says it
+        cannot serve ADD gets none, and the error names it and what it said."""
+        try:
+            self.cni.status(chain)
+        except CNIError as exc:
+            if exc.code in (CNIError.INCOMPATIBLE_VERSION, CNIError.INVALID_ENV):
+                # a plugin that does not speak STATUS (skel answers an unknown CNI_COMMAND
+                # with code 4): nothing it says keeps ADD from running
+                log.debug("%s", exc)
+                return
+            raise CNIError(f"{exc.msg}; {_STATUS_MEANS.get(exc.code, 'it is not ready')}, "
+                           "so ADD was not run", plugin=exc.plugin, verb="STATUS",
+                           code=exc.code, details=exc.details) from exc
 
     def delete(self, att: Attachment, *, result: Result | None = None) -> None:
         """DEL with ADD's config and arguments; the cached result unless ``result`` is given."""
@@ -183,6 +199,14 @@ class Attacher:
 
     def check(self, att: Attachment, result: Result) -> None:
         self.cni.check(att.config, att.runtime(), result=result)
+
+
+#: what the spec's STATUS error codes say
+_STATUS_MEANS = {
+    50: "the plugin cannot serve ADD now",
+    51: "the plugin cannot serve ADD now, and existing containers may have limited "
+        "connectivity",
+}
 
 
 def has_capability(config: NetworkConfigList, key: str) -> bool:

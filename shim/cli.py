@@ -218,7 +218,7 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
     Asks the running pycni serve to do it (it holds the locks); with no server running,
     does it in this process.
     """
-    settings = Settings.from_env(state_dir=state_dir, socket_path=socket_path)
+    settings = Settings.from_env(state_dir=state_dir, socket_path=socket_path, served=True)
     actions = _gc_via_server(settings.socket_path, dry_run)
     if actions is None:
         from . import reconcile
@@ -291,6 +291,7 @@ def check(
         state_dir=state_dir,
         cni_path=split_path(cni_path) if cni_path else None,
         cache_dir=cache_dir,
+        served=True,  # the plugins the server runs, unless told otherwise
     )
     _report("check", health.check(container, settings))
 
@@ -316,6 +317,7 @@ def doctor(
         conf_dir=conf_dir,
         cni_path=split_path(cni_path) if cni_path else None,
         socket_path=socket_path,
+        served=True,
     )
     _report("doctor", health.doctor(settings))
 

@@ -113,6 +113,7 @@ class Runtime:
         )
 
     def start(self, stack: contextlib.ExitStack) -> None:
+        self.settings.remember()  # what pycni check and doctor run plugins with
         if self.overlays is not None:
             self.overlays.load()
         self.driver.restore()

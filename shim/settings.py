@@ -6,9 +6,12 @@ an environment variable (the names cnitool and libcni use, where one exists) or 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from .files import atomic_write
 
 DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -16,6 +19,9 @@ DEFAULT_CACHE_DIR = "/var/lib/cni"
 DEFAULT_STATE_DIR = "/var/lib/pycni"
 DEFAULT_SOCKET = "/run/docker/plugins/pycni.sock"
 DEFAULT_DRIVER_NAME = "pycni"
+#: what ``pycni serve`` runs with, in its state dir, for the commands that run plugins beside it
+SERVED = "served.json"
+_SERVED_KEYS = ("cni_path", "conf_dir", "cache_dir", "plugin_timeout")
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,13 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from ``PYCNI_*`` / ``CNI_PATH`` / ``NETCONFPATH`` variables, then overrides."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, served: bool = False,
+                 **overrides: object) -> Settings:
+        """Settings from ``PYCNI_*`` / ``CNI_PATH`` / ``NETCONFPATH`` variables, then overrides.
+
+        ``served``: what neither sets of the plugin path, conf dir, cache dir and plugin timeout
+        is taken from the ``pycni serve`` of the same state dir (:meth:`remember`), so a check
+        runs the plugins the server runs."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         if "CNI_PATH" in env:
@@ -73,7 +84,28 @@ class Settings:
         if "PYCNI_OVERLAY_TTL" in env:
             values["overlay_ttl"] = int(env["PYCNI_OVERLAY_TTL"])
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if served:
+            state_dir = str(values.get("state_dir") or DEFAULT_STATE_DIR)
+            values = {**_served(state_dir), **values}
         return cls(**values)  # type: ignore[arg-type]
+
+    def remember(self) -> None:
+        """Write what the commands beside ``pycni serve`` must run plugins with."""
+        data = {"cni_path": list(self.cni_path), "conf_dir": self.conf_dir,
+                "cache_dir": self.cache_dir, "plugin_timeout": self.plugin_timeout}
+        atomic_write(os.path.join(self.state_dir, SERVED), json.dumps(data, indent=1).encode())
+
+
+def _served(state_dir: str) -> dict[str, object]:
+    try:
+        with open(os.path.join(state_dir, SERVED)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}  # no server ran here (yet): the defaults
+    found = {k: data[k] for k in _SERVED_KEYS if k in data}
+    if "cni_path" in found:
+        found["cni_path"] = tuple(found["cni_path"])
+    return found
 
 
 def split_path(value: str) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .. import plugins
 from ..cni import CNI, RuntimeConf
@@ -22,6 +22,32 @@ def missing_addresses(expected: Iterable[str], present: Iterable[str]) -> list[s
     have = {ipaddress.ip_interface(a) for a in present}
     return [a for a in expected if ipaddress.ip_interface(a) not in have]
 
+
+
+# --- CNI STATUS ----------------------------------------------------------------------------------
+
+
+def check_status(chains: Iterable[tuple[str, NetworkConfigList]],
+                 status: Callable[[NetworkConfigList], bool]) -> list[Finding]:
+    """STATUS of every 1.1.0 chain (``pycni doctor``): a plugin that says it cannot serve ADD
+    is a FAIL naming it and what it said; a plugin that does not speak STATUS is no finding."""
+    findings = []
+    for label, config in chains:
+        if not version_at_least(config.cni_version, "1.1.0"):
+            continue
+        try:
+            status(config)
+        except PluginNotFound:
+            continue  # check_binaries says so
+        except CNIError as exc:
+            if exc.code in (CNIError.INCOMPATIBLE_VERSION, CNIError.INVALID_ENV):
+                continue
+            findings.append(Finding(FAIL, label, f"not ready: {exc}",
+                                    "ADD is refused until the plugin answers STATUS without "
+                                    "an error: see its own logs"))
+            continue
+        findings.append(Finding(OK, label, "STATUS: every plugin is ready"))
+    return findings
 
 
 # --- CNI CHECK -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import collisions
 from ..client import PluginClient
+from ..cni import CNI
 from ..cni.config import NetworkConfigList, load_all, validate_plugin_type
 from ..cni.invoke import find_in_path
 from ..dockerstart import Stopped
@@ -24,6 +25,7 @@ from ..protocol import CreateNetworkRequest
 from ..revive import stranded
 from ..settings import Settings
 from ..store import Store
+from .cnicheck import check_status
 from .findings import FAIL, OK, SKIP, WARN, Finding, needs_root
 from .probes import Post, Probes
 
@@ -51,6 +53,10 @@ def doctor(settings: Settings, probes: Probes | None = None) -> list[Finding]:
         findings.append(Finding(SKIP, "pycni networks", NEEDS_ROOT))
     chains = net_chains + conf_chains
     findings += check_binaries(chains, settings.cni_path, probes.find)
+    findings += check_status(
+        [(c.label, c.config) for c in chains if c.config is not None and not c.problems],
+        probes.status or CNI(settings.cni_path, cache_dir=settings.cache_dir,
+                             timeout=settings.plugin_timeout).status)
     dockerd = check_dockerd(probes.docker_ping, as_root=as_root)
     findings.append(dockerd)
     if dockerd.status == OK:
@@ -116,6 +122,8 @@ class Chain:
     problems: tuple[str, ...] = ()
     #: pycni sets up this network's forwarding itself (a zero-config network, :mod:`shim.firewall`)
     own_forwarding: bool = False
+    #: the chain itself (STATUS asks its plugins)
+    config: NetworkConfigList | None = None
 
 
 def chain_of(label: str, config: NetworkConfigList, *, own_forwarding: bool = False) -> Chain:
@@ -140,6 +148,7 @@ def chain_of(label: str, config: NetworkConfigList, *, own_forwarding: bool = Fa
         tuple(dict.fromkeys(binaries)),
         tuple(problems),
         own_forwarding,
+        config,
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import dockerstart, dockerview
+from ..cni.config import NetworkConfigList
 from ..cni.invoke import find_in_path
 
 #: (status, parsed JSON answer) of a POST to the plugin socket, as :meth:`PluginClient.post
@@ -81,3 +82,5 @@ class Probes:
     find: Callable[[str, Sequence[str]], str] = find_in_path
     #: the --network none mode's gc dry run (None: that of the settings doctor runs with)
     none_mode_gc: Callable[[], list[str]] | None = None
+    #: CNI STATUS of a chain (None: the plugins on the settings' CNI_PATH)
+    status: Callable[[NetworkConfigList], bool] | None = None

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from shim import dockerview
 from shim.cli import DEFAULT_THREADS, main
 from shim.dockerview import Container, Names
+from shim.settings import Settings
 from shim.store import Store
 from tests.unit.test_health import CONFIG, EID, MAC, RESULT, stored
 
@@ -132,3 +133,19 @@ def test_inspect_names_the_network_and_each_endpoints_container(
     docker_knows(monkeypatch, Names())
     data = json.loads(CliRunner().invoke(main, ["inspect", NID[:5]]).output)
     assert data["name"] == "" and data["endpoints"][0]["container"] is None
+
+
+def test_check_and_doctor_run_the_plugins_pycni_serve_runs(tmp_path: Path) -> None:
+    """pycni serve writes what it runs plugins with; the commands beside it take that unless
+    told otherwise (the environment or a flag)."""
+    served = Settings(state_dir=str(tmp_path), cni_path=("/opt/sid/cni",), conf_dir="/etc/sid",
+                      cache_dir=str(tmp_path / "cache"), plugin_timeout=7.0)
+    served.remember()
+    found = Settings.from_env({}, served=True, state_dir=str(tmp_path))
+    assert (found.cni_path, found.conf_dir, found.cache_dir, found.plugin_timeout) == (
+        ("/opt/sid/cni",), "/etc/sid", str(tmp_path / "cache"), 7.0)
+    told = Settings.from_env({"CNI_PATH": "/usr/lib/cni"}, served=True, state_dir=str(tmp_path),
+                             conf_dir="/etc/mine")
+    assert (told.cni_path, told.conf_dir) == (("/usr/lib/cni",), "/etc/mine")
+    alone = Settings.from_env({}, served=True, state_dir=str(tmp_path / "never-served"))
+    assert alone.cni_path == Settings().cni_path

@@ -318,3 +318,46 @@ def test_the_pinned_place_finds_what_an_unfinished_add_left() -> None:
     assert found is not None
     assert json.loads(json.dumps(found.to_json()))["ips"][0]["address"] == "10.201.210.7/24"
     assert found.interfaces[0].sandbox == PIN
+
+
+# --- STATUS before ADD ---------------------------------------------------------------------------
+
+def v110(**conf: Any) -> Attachment:
+    return attachment(**{**conflist(), "cniVersion": "1.1.0", **conf})
+
+
+def test_a_1_1_0_chain_asks_status_before_add(rig: Rig) -> None:
+    journal = Journal()
+    with rig.lifecycle.attaching(v110(), journal, journal):
+        pass
+    assert [f"{c.command} {c.plugin}" for c in rig.fake.calls][:4] == [
+        "STATUS bridge", "STATUS firewall", "ADD bridge", "ADD firewall"]
+
+
+@pytest.mark.parametrize("code", [50, 51])
+def test_a_plugin_that_is_not_ready_gets_no_add(rig: Rig, code: int) -> None:
+    rig.fake.on("firewall", "STATUS", CNIError("no iptables backend yet", code=code))
+    journal = Journal()
+    with pytest.raises(CNIError) as info, rig.lifecycle.attaching(v110(), journal, journal):
+        pytest.fail("no ADD")
+    assert str(info.value).startswith(
+        f'CNI plugin "firewall" failed (STATUS): [code {code}] no iptables backend yet; the '
+        "plugin cannot serve ADD now")
+    assert str(info.value).endswith("so ADD was not run")
+    assert rig.verbs() == [] and rig.cached() == []
+    assert journal.steps == ["claim", "open", "close", "drop"]
+
+
+def test_a_plugin_that_does_not_speak_status_is_no_reason_to_refuse(rig: Rig) -> None:
+    rig.fake.on("firewall", "STATUS", CNIError("unknown CNI_COMMAND: STATUS", code=4))
+    journal = Journal()
+    with rig.lifecycle.attaching(v110(), journal, journal):
+        pass
+    assert rig.verbs() == ["ADD bridge", "ADD firewall"]
+
+
+def test_a_1_0_0_chain_is_not_asked_status(rig: Rig) -> None:
+    journal = Journal()
+    with rig.lifecycle.attaching(attachment(), journal, journal):
+        pass
+    assert "STATUS" not in {c.command for c in rig.fake.calls}
