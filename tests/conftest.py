@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: the CNI plugins the integration and e2e tiers run: Debian 12's 1.1.1 unless told otherwise
 #: (``PYCNI_TEST_CNI_BIN``: sid's 1.9.1, unpacked by scripts/sid.sh)
 CNI_BIN = os.environ.get("PYCNI_TEST_CNI_BIN") or "/usr/lib/cni"
+#: whether those plugins speak CNI 1.1.0 (STATUS, GC): 1.6 and later do, Debian 12's 1.1.1 doesn't
+PLUGINS_SPEAK_1_1 = os.path.exists(os.path.join(CNI_BIN, "dummy"))  # dummy arrived with 1.6
 CNI_PATH = f"/opt/cni/bin:{CNI_BIN}"
 TEST_IMAGE = "pycni-test:busybox"
 

@@ -18,6 +18,7 @@ import pytest
 from shim.cni import CNI, RuntimeConf
 from shim.cni.config import conflist_from_dict
 from shim.errors import CNIError, ConfigError
+from tests.conftest import PLUGINS_SPEAK_1_1
 
 from .helpers import FakePlugin, RecordingExec, assert_private_dirs_clean, cache_files, links_in
 
@@ -155,12 +156,14 @@ def test_gc_deletes_stale_attachments_first_then_tells_plugins_what_is_valid(
     assert_private_dirs_clean(cni_root)
 
 
-def test_reference_plugins_answer_version_up_to_1_0_0(cni: CNI, recorder: RecordingExec) -> None:
+def test_reference_plugins_answer_the_versions_they_speak(cni: CNI,
+                                                         recorder: RecordingExec) -> None:
+    newer = ["1.1.0"] if PLUGINS_SPEAK_1_1 else []  # 1.6 and later (sid's 1.9.1)
     for plugin in ("bridge", "host-local", "macvlan", "portmap", "tuning"):
         info = cni.version_info(plugin)
-        assert list(info.supported_versions) == REFERENCE_VERSIONS, plugin
+        assert list(info.supported_versions) == REFERENCE_VERSIONS + newer, plugin
     # firewall never spoke the pre-0.4.0 versions
-    assert list(cni.version_info("firewall").supported_versions) == ["0.4.0", "1.0.0"]
+    assert list(cni.version_info("firewall").supported_versions) == ["0.4.0", "1.0.0", *newer]
     # pycni asks in the newest version it speaks
     assert {c.stdin["cniVersion"] for c in recorder.calls} == {"1.1.0"}
 
