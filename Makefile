@@ -4,10 +4,11 @@
 #   make test PYTEST_ARGS='-k foo -x'  extra pytest arguments
 #   make unit                          the unit tier only (no root, no engine)
 #   make test-compat                   the e2e tier against Docker 20.10 (Debian 12's engine)
+#   make test-cni19                    the integration and e2e tiers against CNI plugins 1.9.1
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test test-compat unit soak lint demo demo-multihost bench clean plugin plugin-rm \
+.PHONY: deps engine test test-compat test-cni19 unit soak lint demo demo-multihost bench clean plugin plugin-rm \
         test-plugin
 
 deps:
@@ -26,6 +27,16 @@ test: engine
 # scripts/compat.sh swaps the engines under the e2e lock and always puts 26.1 back.
 test-compat: deps
 	bash scripts/compat.sh $(PYTEST_ARGS)
+
+# The integration and e2e tiers again, against the CNI reference plugins 1.9.1 from Debian sid
+# (unpacked by scripts/sid.sh into a directory of their own, given through CNI_PATH); chains of
+# reference plugins are written at cniVersion 1.1.0 (STATUS before ADD, 1.1.0 results).
+CNI19_DIR := /opt/pycni-sid/cni
+test-cni19: engine
+	bash scripts/sid.sh $(CNI19_DIR) containernetworking-plugins
+	PYCNI_TEST_CNI_BIN=$(CNI19_DIR)/usr/lib/cni $(PYTHON) -m pytest -m "integration or e2e" \
+	    $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-cni19: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The long forms of the load, fault and fuzz tests (issue-sized counts; minutes, not seconds).
 soak: engine

@@ -195,23 +195,26 @@ class Containers:
         return in_use
 
     def _claim_ports(self, rec: ContainerRecord, bindings: Sequence[ports.Binding]) -> None:
-        """Choose the host ports and hold them: the record is written under the lock of the
-        records' directory, which every choice of ports takes."""
+        """Choose the host ports (under the lock of the records' directory, held by the caller:
+        the record that holds them is written under it too)."""
         config = rec.attachment.config
-        if bindings and not plugins_with(config, "portMappings"):
+        if not plugins_with(config, "portMappings"):
             raise InvalidRequest(f"-p: no plugin of network {rec.network!r} declares the "
                                  "portMappings capability (add portmap)")
-        with none_io.dir_lock(self.store.containers_dir()):
-            in_use = self._ports_in_use()
-            try:
-                chosen = ports.allocate(list(bindings), in_use)
-            except ports.PortInUse as exc:
-                holder = in_use.get(exc.key, "") if exc.key else ""
-                if not holder:
-                    raise
-                raise ports.PortInUse(f"{exc}: {self._holder(holder)}", exc.key) from None
-            rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
-            self.store.save_container(rec)
+        in_use = self._ports_in_use()
+        try:
+            chosen = ports.allocate(list(bindings), in_use)
+        except ports.PortInUse as exc:
+            holder = in_use.get(exc.key, "") if exc.key else ""
+            if not holder:
+                raise
+            raise ports.PortInUse(f"{exc}: {self._holder(holder)}", exc.key) from None
+        rec.attachment.capability_args["portMappings"] = [m.to_cni() for m in chosen]
+
+    def _network_in_use(self, rec: ContainerRecord) -> bool:
+        """Whether another attachment of ``rec``'s network is recorded (under the lock of the
+        records' directory): then its loopback guard is in place."""
+        return any(r.network == rec.network for r in self.store.containers() if r.id != rec.id)
 
     def _ports_in_use(self) -> dict[tuple[str, str, int], str]:
         """Every host port pycni holds, in this mode and the driver's, each → its holder: a
@@ -277,13 +280,6 @@ class Containers:
         running = found is not None and found.running and found.pid == rec.pid
         source = os.path.join(self.proc, str(rec.pid), "ns", "net") if running else ""
         self.lifecycle.detach(rec.attachment, self._place(rec, source), _Ledger(self, rec))
-
-    def _unguard(self, rec: ContainerRecord) -> None:
-        """Remove the attachment's loopback guard; the last attachment of its network closes
-        route_localnet on the network's bridges again."""
-        self.rules.remove_guard(_guard_tag(rec))
-        if not any(r.network == rec.network for r in self.store.containers() if r.id != rec.id):
-            self.rules.close_localnet(plugins.bridges(rec.attachment.config))
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
         """Attachments whose container Docker no longer has: DEL them. Nothing when Docker
@@ -363,15 +359,17 @@ class Containers:
         return here if found.running and entry.netns == here and os.path.exists(here) else ""
 
 
-
 def _guard_tag(rec: ContainerRecord) -> str:
-    return f"none:{rec.container_id[:12]}.{rec.network}.{rec.ifname}"
+    return f"none:{rec.network}"
 
 
 class _Ledger:
     """One attachment's record in the none mode (:class:`shim.lifecycle.Ledger`): written
-    before ADD with the host ports it holds; its loopback guard from before ADD (portmap opens
-    route_localnet during it: :mod:`shim.firewall`) to after DEL."""
+    before ADD with the host ports it holds. Its network's loopback guard is in place from
+    before its first attachment's ADD (portmap opens route_localnet during it:
+    :mod:`shim.firewall`) to after its last one's DEL, which closes route_localnet on its
+    bridges again. Records, ports and the guard change under the lock of the records'
+    directory, so whether another attachment of the network exists is always the truth."""
 
     def __init__(self, mode: Containers, rec: ContainerRecord,
                  bindings: Sequence[ports.Binding] = ()) -> None:
@@ -380,16 +378,21 @@ class _Ledger:
         self.bindings = bindings
 
     def claim(self) -> None:
-        if plugins.opens_loopback(self.rec.attachment.config):
-            self.mode.rules.add_guard(_guard_tag(self.rec))
-        if self.bindings:
-            self.mode._claim_ports(self.rec, self.bindings)
-        else:
+        mode, rec = self.mode, self.rec
+        with none_io.dir_lock(mode.store.containers_dir()):
+            if plugins.opens_loopback(rec.attachment.config) and not mode._network_in_use(rec):
+                mode.rules.add_guard(_guard_tag(rec))
+            if self.bindings:
+                mode._claim_ports(rec, self.bindings)
             self.save()
 
     def save(self) -> None:
         self.mode.store.save_container(self.rec)
 
     def drop(self) -> None:
-        self.mode.store.delete_container(self.rec.id)
-        self.mode._unguard(self.rec)
+        mode, rec = self.mode, self.rec
+        with none_io.dir_lock(mode.store.containers_dir()):
+            mode.store.delete_container(rec.id)
+            if not mode._network_in_use(rec):
+                mode.rules.remove_guard(_guard_tag(rec))
+                mode.rules.close_localnet(plugins.bridges(rec.attachment.config))

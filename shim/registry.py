@@ -43,8 +43,10 @@ order  lock                                        guards
 5      ``containers`` flock, per container         one container's --network none
        (``<state>/containers/<id>.lock``)          attachments, across processes (the CLI,
                                                    the controller); across plugin runs
-6      ``containers`` ports flock (on the          choosing and recording a none-mode host
-       ``<state>/containers`` directory)           port, across processes
+6      ``containers`` directory flock (on the      writing and removing none-mode records,
+       ``<state>/containers`` directory)           with their host ports and their
+                                                   network's loopback guard (iptables runs),
+                                                   across processes
 leaf   ``Publisher._lock``                         choosing a driver host port (with the
                                                    kernel's view: a bind() probe each, µs);
                                                    the other mode's ports are read before it

@@ -13,12 +13,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shim.client import PluginClient
 from shim.errors import PycniError
-from tests.conftest import CNI_PATH, REPO, docker, unmet
+from tests.conftest import CNI_BIN, CNI_PATH, PLUGINS_SPEAK_1_1, REPO, docker, unmet
 
 SOCKET = "/run/docker/plugins/pycni.sock"
 #: ``PYCNI_E2E_PLUGIN=1`` (``make test-plugin``): the tests drive the enabled managed plugin
@@ -165,8 +166,20 @@ class PycniServer:
         import json
 
         path = self.conf_dir / f"50-{name}.conflist"
-        path.write_text(json.dumps({"name": name, **conf}, indent=1))
+        path.write_text(json.dumps({"name": name, **at_plugins_version(conf)}, indent=1))
         return path
+
+
+def at_plugins_version(conf: dict[str, Any]) -> dict[str, Any]:
+    """A chain of reference plugins at CNI 1.1.0 where the plugins under test speak it (sid's
+    1.9.1: STATUS before ADD, 1.1.0 results), as users of today's plugins write it; as written
+    otherwise (Debian 12's 1.1.1 stops at 1.0.0, and the tests' own plugins answer 1.0.0)."""
+    plugins = conf.get("plugins")
+    if not PLUGINS_SPEAK_1_1 or conf.get("cniVersion") != "1.0.0" or not isinstance(plugins, list):
+        return conf
+    if not all(os.access(os.path.join(CNI_BIN, str(p.get("type"))), os.X_OK) for p in plugins):
+        return conf
+    return {**conf, "cniVersion": "1.1.0"}
 
 
 class ManagedPlugin(PycniServer):
