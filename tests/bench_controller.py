@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -107,6 +108,7 @@ class Controller:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _parallel(clients: int, work: Callable[[str], object], names: list[str]) -> None:
