@@ -5,10 +5,11 @@
 #   make unit                          the unit tier only (no root, no engine)
 #   make test-compat                   the e2e tier against Docker 20.10 (Debian 12's engine)
 #   make test-cni19                    the integration and e2e tiers against CNI plugins 1.9.1
+#   make test-engine28                 the e2e tier against Docker 28.5 (Debian sid's engine)
 PYTHON      := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps engine test test-compat test-cni19 unit soak lint demo demo-multihost bench clean plugin plugin-rm \
+.PHONY: deps engine test test-compat test-cni19 test-engine28 unit soak lint demo demo-multihost bench clean plugin plugin-rm \
         test-plugin
 
 deps:
@@ -27,6 +28,11 @@ test: engine
 # scripts/compat.sh swaps the engines under the e2e lock and always puts 26.1 back.
 test-compat: deps
 	bash scripts/compat.sh $(PYTEST_ARGS)
+
+# The e2e tier against Debian sid's Docker 28.5 (containerd 2.1, the system's runc), swapped in
+# the same way.
+test-engine28: deps
+	PYCNI_COMPAT_ENGINE=28.5 bash scripts/compat.sh $(PYTEST_ARGS)
 
 # The integration and e2e tiers again, against the CNI reference plugins 1.9.1 from Debian sid
 # (unpacked by scripts/sid.sh into a directory of their own, given through CNI_PATH); chains of

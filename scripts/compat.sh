@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# make test-compat: the e2e tier against Debian 12's own Docker, 20.10.
+# make test-compat / test-engine28: the e2e tier against another engine than the system's 26.1:
+# Debian 12's own Docker 20.10, or Debian sid's Docker 28.5 (PYCNI_COMPAT_ENGINE=28.5).
 #
-#   scripts/compat.sh [PYTEST_ARGS...]      pytest -m e2e PYTEST_ARGS against dockerd 20.10
-#   scripts/compat.sh --run CMD [ARGS...]   any command instead, with 20.10 serving (debugging)
+#   scripts/compat.sh [PYTEST_ARGS...]      pytest -m e2e PYTEST_ARGS against that dockerd
+#   scripts/compat.sh --run CMD [ARGS...]   any command instead, with that engine serving
 #
-# dockerd, containerd, runc and tini come from the bookworm packages, fetched with `apt-get
-# download` and unpacked with `dpkg -x` into a directory of their own (never installed over the
-# 26.1 engine). The swap holds the machine-wide e2e lock from before 26.1 stops until after it
-# answers again: 26.1 is stopped; 20.10 runs with data and exec roots of its own, empty every run
+# 20.10: dockerd, containerd, runc and tini come from the bookworm packages, fetched with
+# `apt-get download` and unpacked with `dpkg -x` into a directory of their own (never installed
+# over the 26.1 engine). 28.5: dockerd, containerd and tini from sid (scripts/sid.sh), with the
+# system's runc (sid's needs a newer glibc) and the machine's docker client.
+#
+# The swap holds the machine-wide e2e lock from before 26.1 stops until after it answers again:
+# 26.1 is stopped; the other engine runs with data and exec roots of its own, empty every run
 # (26.1's images, containers and runtime state are not touched) and gets the test image as
-# engine.sh imports it; the tests run; 20.10 stops, and 26.1 is started again by
-# scripts/engine.sh — from an EXIT trap, so a failure or Ctrl-C puts it back too.
+# engine.sh imports it; the tests run; it stops, and 26.1 is started again by scripts/engine.sh
+# — from an EXIT trap, so a failure or Ctrl-C puts it back too.
 #
 # The tests restart the engine themselves through engine.sh (`dockerd` from PATH): a `dockerd`
-# wrapper first on PATH makes those restarts start 20.10 with its own roots as well.
+# wrapper first on PATH makes those restarts start the same engine with its own roots as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COMPAT_DIR=${PYCNI_COMPAT_DIR:-/opt/pycni-compat/20.10}   # the unpacked packages
-DATA_ROOT=/var/lib/pycni-compat/docker
-EXEC_ROOT=/run/pycni-compat/docker
-RELEASE=bookworm
-PACKAGES=(docker.io containerd runc tini)
+ENGINE=${PYCNI_COMPAT_ENGINE:-20.10}
+case "$ENGINE" in
+    20.10)
+        COMPAT_DIR=${PYCNI_COMPAT_DIR:-/opt/pycni-compat/20.10}   # the unpacked packages
+        DATA_ROOT=/var/lib/pycni-compat/docker
+        EXEC_ROOT=/run/pycni-compat/docker
+        RELEASE=bookworm
+        PACKAGES=(docker.io containerd runc tini) ;;
+    28.5)
+        COMPAT_DIR=${PYCNI_COMPAT_DIR:-/opt/pycni-compat/28.5}
+        DATA_ROOT=/var/lib/pycni-compat28/docker
+        EXEC_ROOT=/run/pycni-compat28/docker
+        RELEASE=sid
+        PACKAGES=(docker.io containerd tini) ;;
+    *) echo "compat: PYCNI_COMPAT_ENGINE is 20.10 or 28.5, not $ENGINE" >&2; exit 2 ;;
+esac
 LOCK=/run/lock/pycni-e2e.lock
 LOCK_WAIT=${PYCNI_COMPAT_LOCK_WAIT:-3600}
 PIDFILE=/var/run/docker.pid
@@ -36,6 +51,10 @@ die() { printf 'compat: %s\n' "$*" >&2; exit 1; }
 # --- the bookworm engine, unpacked in a directory of its own -----------------------------------
 
 fetch() {
+    if [ "$RELEASE" = sid ]; then
+        bash scripts/sid.sh "$COMPAT_DIR" "${PACKAGES[@]}"
+        return
+    fi
     local stamp=$COMPAT_DIR/.pycni-packages
     [ -f "$stamp" ] && [ -x "$COMPAT_DIR/usr/sbin/dockerd" ] && return 0
     local tmp
@@ -59,7 +78,7 @@ fetch() {
 
 fetch
 # Shared libraries the 20.10 binaries link that the 26.1 packages don't pull in.
-missing=$(ldd "$COMPAT_DIR/usr/sbin/dockerd" "$COMPAT_DIR/usr/sbin/runc" | awk '/not found/ {print $1}')
+missing=$(ldd "$COMPAT_DIR/usr/sbin/dockerd" $( [ -x "$COMPAT_DIR/usr/sbin/runc" ] && echo "$COMPAT_DIR/usr/sbin/runc") | awk '/not found/ {print $1}')
 if [ -n "$missing" ]; then
     say "installing libraries for ${missing//$'\n'/ }"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -128,7 +147,7 @@ restore() {
     local rc=$?
     trap - EXIT INT TERM
     if [ -n "$swapped" ]; then
-        say "putting Docker 26.1 back"
+        say "putting Docker 26.1 back (after $ENGINE)"
         stop_engine
         unmount_roots   # 20.10 leaves its data root bind-mounted onto itself
         if [ -n "$SYSTEM_LOG" ]; then export PYCNI_DOCKERD_LOG=$SYSTEM_LOG; else unset PYCNI_DOCKERD_LOG; fi
@@ -156,12 +175,12 @@ trap 'exit 143' TERM
 swapped=yes
 stop_engine
 fresh_roots
-export PATH=$COMPAT_PATH PYCNI_DOCKERD_LOG=/var/log/pycni-dockerd-compat.log
+export PATH=$COMPAT_PATH PYCNI_DOCKERD_LOG=/var/log/pycni-dockerd-compat$ENGINE.log
 bash scripts/engine.sh
 server=$(docker version --format '{{.Server.Version}}')
 case "$server" in
-    20.10.*) say "Docker $server serving (client $(docker version --format '{{.Client.Version}}'))" ;;
-    *) die "expected dockerd 20.10 after the swap, got $server" ;;
+    "$ENGINE".*) say "Docker $server serving (client $(docker version --format '{{.Client.Version}}'))" ;;
+    *) die "expected dockerd $ENGINE after the swap, got $server" ;;
 esac
 
 set +e
