@@ -77,6 +77,8 @@ class FakeHost:
         self.pins: dict[str, str] = {}  # name → the source it holds
         self.links: dict[tuple[str, str], netlink.LinkInfo] = {}  # (ns, name) → link
         self.announced: list[tuple[str, str, list[str]]] = []
+        #: (ns, ifname) → the MAC and addresses on it (what an unfinished ADD left)
+        self.addrs: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
     def pin_netns(self, source: str, name: str) -> str:
         self.pins.setdefault(name, source)
@@ -95,7 +97,7 @@ class FakeHost:
         self.announced.append((ns, ifname, list(addresses)))
 
     def addresses(self, ns: str, ifname: str) -> tuple[str, list[str]]:
-        return "", []
+        return self.addrs.get((ns, ifname), ("", []))
 
 
 def conflist(name: str = "pcn", ips_cap: bool = False) -> dict[str, Any]:

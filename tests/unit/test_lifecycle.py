@@ -24,6 +24,7 @@ from shim.pinned import PinnedPlace, pin_path
 from shim.staging import Staging, StagingPlace
 from tests.fakelinks import FakeLinks
 from tests.fakes import FakeExec, add_interface
+from tests.unit.test_containers import FakeHost
 
 CID = "c0ffee" * 10 + "abcd"
 PIN = f"{netlink.NETNS_DIR}/pycni-pin-{CID[:12]}-4026532000"
@@ -247,31 +248,6 @@ def test_the_staging_place_finds_what_an_unfinished_add_left() -> None:
 
 
 # --- the pinned place ----------------------------------------------------------------------------
-
-class FakeHost:
-    def __init__(self) -> None:
-        self.pins: dict[str, str] = {}
-        self.addrs: dict[tuple[str, str], tuple[str, list[str]]] = {}
-
-    def pin_netns(self, source: str, name: str) -> str:
-        self.pins.setdefault(name, source)
-        return f"{netlink.NETNS_DIR}/{name}"
-
-    def remove_netns(self, name: str) -> None:
-        self.pins.pop(name, None)
-
-    def is_netns(self, path: str) -> bool:
-        return os.path.basename(path) in self.pins
-
-    def link_info(self, name: str, ns: str | None = None) -> netlink.LinkInfo | None:
-        return None
-
-    def announce(self, ns: str, ifname: str, addresses: Iterable[str]) -> None:
-        pass
-
-    def addresses(self, ns: str, ifname: str) -> tuple[str, list[str]]:
-        return self.addrs.get((ns, ifname), ("", []))
-
 
 def test_the_pin_is_named_after_the_container_and_its_namespace(tmp_path: Path) -> None:
     source = tmp_path / "ns"
