@@ -831,3 +831,25 @@ def test_two_networks_two_endpoints_are_independent(world: World) -> None:
     world.consistent()
     world.delete_network(NET2)
     assert world.leftovers() == {} and world.links.host_links("pycni-") == []
+
+
+def test_a_sweep_of_an_undo_that_failed_makes_no_record_even_when_del_fails_again(
+        world: World) -> None:
+    """What an undo could not undo lives in libcni's cache alone: a sweep that DELs it again
+    and fails leaves it there, as it was - no endpoint record, no staging namespace - and the
+    next sweep, once the plugin works, takes it."""
+    world.conflist("fd", {"type": "bridge", "bridge": "br-fd", "ipam": host_local()},
+                   {"type": "faildel"})
+    world.create_network(cni_network="fd", ipv4=NULL_IPAM)
+    world.exec.on("faildel", "ADD", CNIError("no", code=11))
+    world.exec.on("faildel", "DEL", CNIError("not now either", code=11))
+    with pytest.raises(CNIError, match="undoing it failed too"):
+        world.create_endpoint(address="")
+    assert world.records() == ([NET], []) and len(world.cache_files()) == 1
+    [failed] = reconcile.gc(world.driver)
+    assert "failed" in failed and "not now either" in failed
+    assert world.records() == ([NET], []) and len(world.cache_files()) == 1
+    assert world.links.list_netns("pycni-") == []
+    world.exec.on("faildel", "DEL", b"")
+    assert [a for a in reconcile.gc(world.driver) if "DEL run" in a]
+    assert world.cache_files() == [] and world.leftovers() == {}
