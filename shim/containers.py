@@ -338,15 +338,15 @@ class Containers:
                 continue
             with self.locked(entry.container_id):
                 try:
+                    att = Attachment.from_cache(entry, entry.netns)
                     where = ((entry.netns if self.host.is_netns(entry.netns) else "")
                              if pinned else self._live(entry))
-                    self.attacher.delete(Attachment.from_cache(entry, where))
+                    self.attacher.delete(att.elsewhere(where))
                 except PycniError as exc:
                     done.append(f"{what}: {why}; failed: {exc}")
                 else:
                     done.append(f"{what}: {why}; DEL run")
-                    leftover = Attachment.from_cache(entry, entry.netns)
-                    PinnedPlace(self.host, self._pin_in_use(entry.container_id)).close(leftover)
+                    PinnedPlace(self.host, self._pin_in_use(entry.container_id)).close(att)
         return done
 
     def _live(self, entry: CachedAttachment) -> str:

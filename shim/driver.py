@@ -341,16 +341,26 @@ class Driver:
                                f"on network {req.network_id[:12]}")
             yield net, rec
 
-    def teardown(self, rec: EndpointRecord, net: Network | None) -> None:
+    def teardown(self, rec: EndpointRecord, net: Network | None, *,
+                 recorded: bool = True) -> None:
         """Undo an endpoint completely (under ``net``'s lock; ``net`` is None for a leftover no
-        network owns). Safe to repeat; keeps the record if DEL fails."""
-        rec.phase = Phase.DELETING
-        self.store.save_endpoint(rec)
+        network owns). Safe to repeat; keeps the record if DEL fails. Not ``recorded``: an
+        attachment libcni's cache alone knows (an undo that failed part-way): no record is made
+        for it, and the staging namespace DEL needed goes whatever DEL says - what DEL could not
+        undo stays in the cache, for the next sweep or ``pycni gc``."""
+        if recorded:
+            rec.phase = Phase.DELETING
+            self.store.save_endpoint(rec)
         # the proxy and every connection through it; pycni's own port rules
         self.publishing.teardown(net.record if net is not None else None, rec)
-        self.store.save_endpoint(rec)
-        self.lifecycle.detach(rec.attachment, staging.StagingPlace(self.staging, rec),
-                              self._ledger(net, rec))
+        if recorded:
+            self.store.save_endpoint(rec)
+        place = staging.StagingPlace(self.staging, rec)
+        try:
+            self.lifecycle.detach(rec.attachment, place, self._ledger(net, rec))
+        finally:
+            if not recorded:
+                place.close(rec.attachment)
         log.info("endpoint %s deleted", rec.id[:12])
 
     def _ledger(self, net: Network | None, rec: EndpointRecord) -> EndpointLedger:

@@ -40,7 +40,6 @@ from .attach import Attachment
 from .cni.cache import CachedAttachment
 from .dockerview import DockerView
 from .errors import CNIError, PycniError
-from .registry import EndpointLedger
 from .seams import Links
 from .state import EndpointRecord, Phase
 
@@ -277,18 +276,10 @@ def _reap(sweep: Sweep, rec: EndpointRecord) -> bool:
 
 
 def _reap_orphan(driver: Driver, rec: EndpointRecord) -> bool:
-    """DEL an attachment libcni's cache alone knows (its undo failed part-way): no record is
-    made for it, and the staging namespace DEL needed goes whatever DEL says; what DEL could not
-    undo stays in libcni's cache, for the next sweep or ``pycni gc``."""
+    """DEL an attachment libcni's cache alone knows (its undo failed part-way)."""
     with driver.registry.sweeping(rec.id[:12]) as claimed:
         if claimed:
-            driver.publishing.teardown(None, rec)
-            place = staging.StagingPlace(driver.staging, rec)
-            try:
-                driver.lifecycle.detach(rec.attachment, place, EndpointLedger(
-                    driver.registry, None, rec, driver.publishing.release))
-            finally:
-                place.close(rec.attachment)
+            driver.teardown(rec, None, recorded=False)
         return claimed
 
 

@@ -10,26 +10,15 @@ Leave and DeleteEndpoint come. The request bodies keep 28's shape.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask.testing import FlaskClient
 
-from shim.api import MEDIA_TYPE
+from tests.unit.test_api import ok as call
 from tests.world import EP, NET, World
 
-DOCKER_TYPE = "application/vnd.docker.plugins.v1+json"
 PORTMAP = "com.docker.network.portmap"
 EXPOSED = "com.docker.network.endpoint.exposedports"
-
-
-def call(client: FlaskClient, verb: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post(f"/NetworkDriver.{verb}", data=json.dumps(body).encode(),
-                           content_type=DOCKER_TYPE)
-    assert response.mimetype == MEDIA_TYPE
-    assert response.status_code == 200, (verb, response.get_json())
-    answer: dict[str, Any] = response.get_json()
-    return answer
 
 
 def program_body(port: int = 80, **options: Any) -> dict[str, Any]:
