@@ -352,8 +352,9 @@ class Driver:
             rec.phase = Phase.DELETING
             self.store.save_endpoint(rec)
         # the proxy and every connection through it; pycni's own port rules
+        published = PORTS in rec.capability_args
         self.publishing.teardown(net.record if net is not None else None, rec)
-        if recorded:
+        if recorded and published:
             self.store.save_endpoint(rec)
         place = staging.StagingPlace(self.staging, rec)
         try:

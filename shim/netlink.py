@@ -21,9 +21,10 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -50,7 +51,7 @@ __all__ = [
     "NETNS_DIR", "LinkInfo", "LiveLink", "addresses", "bridge_ports", "create_netns",
     "delete_by_mac", "delete_link", "is_netns", "link_info", "link_names", "links_in",
     "list_netns", "move_to_host", "netns_exists", "netns_path", "netns_socket", "pin_netns",
-    "remove_netns", "restore_for_delete", "routes",
+    "remove_netns", "restore_for_delete",
 ]
 
 
@@ -90,12 +91,26 @@ def _ipr(ns: str | None = None, what: str = "netlink") -> Iterator[IPRoute]:
 
 
 def _lookup(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
+    link = _get(ipr, name)
+    return None if link is None else int(link["index"])
+
+
+def _get(ipr: IPRoute, name: str) -> Any | None:
+    """The link called ``name``, asked for by name (one request, whatever the link count)."""
+    try:
+        found = ipr.link("get", ifname=name)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
     return found[0] if found else None
 
 
 def _info(ipr: IPRoute, index: int) -> LinkInfo:
-    link = ipr.get_links(index)[0]
+    return _as_info(ipr.get_links(index)[0])
+
+
+def _as_info(link: Any) -> LinkInfo:
     return LinkInfo(
         name=str(link.get("ifname")), mac=str(link.get("address")), mtu=int(link.get("mtu") or 0),
         kind=str(link.get(("linkinfo", "kind")) or ""),
@@ -104,33 +119,36 @@ def _info(ipr: IPRoute, index: int) -> LinkInfo:
 
 def link_info(name: str, ns: str | None = None) -> LinkInfo | None:
     with _ipr(ns, f"cannot look up link {name}") as ipr:
-        index = _lookup(ipr, name)
-        return _info(ipr, index) if index is not None else None
+        link = _get(ipr, name)
+        return None if link is None else _as_info(link)
 
 
-def move_to_host(ns_name: str, ifname: str, host_name: str) -> LinkInfo:
-    """Take ``ifname`` out of the staging netns into ours, renamed ``host_name`` (and down)."""
+def move_to_host(ns_name: str, ifname: str, host_name: str) -> tuple[LinkInfo, list[Route]]:
+    """Take ``ifname`` out of the staging netns into ours, renamed ``host_name`` (and down), with
+    the routes the chain set through it there (moving the link loses them)."""
     with _ipr(ns_name, f"cannot move {ifname} out of {ns_name}") as ipr:
-        index = _lookup(ipr, ifname)
-        if index is None:
+        link = _get(ipr, ifname)
+        if link is None:
             raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns_name}")
-        info = _info(ipr, index)
-        ipr.link("set", index=index, state="down")
-        ipr.link("set", index=index, ifname=host_name)
-        ipr.link("set", index=index, net_ns_pid=os.getpid())
-    return LinkInfo(name=host_name, mac=info.mac, mtu=info.mtu)
+        index = int(link["index"])
+        found = _routes(ipr, index)
+        # One request: the kernel takes the link down to move it, and names it on arrival.
+        ipr.link("set", index=index, net_ns_pid=os.getpid(), ifname=host_name)
+    info = _as_info(link)
+    return LinkInfo(name=host_name, mac=info.mac, mtu=info.mtu, kind=info.kind), found
 
 
-def delete_link(name: str, ns: str | None = None) -> bool:
-    """Delete a link by name; ``False`` if there was none (or its netns is gone)."""
+def delete_link(name: str, ns: str | None = None, *, macs: Collection[str] = ()) -> bool:
+    """Delete a link by name - only if its MAC is one of ``macs``, when given; ``False`` if there
+    was none (or another, or its netns is gone)."""
     if ns and not is_netns(ns_file(ns)):
         return False
     with _ipr(ns, f"cannot delete link {name}") as ipr:
-        index = _lookup(ipr, name)
-        if index is None:
+        link = _get(ipr, name)
+        if link is None or (macs and str(link.get("address", "")).lower() not in macs):
             return False
         try:
-            ipr.link("del", index=index)
+            ipr.link("del", index=int(link["index"]))
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return False  # gone meanwhile
@@ -222,36 +240,24 @@ def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
     if not is_netns(ns_file(ns)):
         return "", []
     with _ipr(ns, f"cannot read addresses of {ifname}") as ipr:
-        index = _lookup(ipr, ifname)
-        if index is None:
+        link = _get(ipr, ifname)
+        if link is None:
             return "", []
-        mac = _info(ipr, index).mac
-        found = []
-        for addr in ipr.get_addr(index=index):
-            ip = ipaddress.ip_interface(f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}")
-            if not ip.is_link_local:
-                found.append(str(ip))
-        return mac, found
+        return _as_info(link).mac, _global_addresses(ipr, int(link["index"]))
 
 
-def routes(ns: str, ifname: str) -> list[Route]:
-    """The main-table unicast routes through ``ifname`` in netns ``ns`` (destination and
-    gateway); IPv6 link-local and multicast routes are left out."""
+def _routes(ipr: IPRoute, index: int) -> list[Route]:
     found: list[Route] = []
-    with _ipr(ns, f"cannot read routes of {ifname}") as ipr:
-        index = _lookup(ipr, ifname)
-        if index is None:
-            return found
-        for route in ipr.get_routes(family=socket.AF_UNSPEC, oif=index, table=254):
-            if route.get("type") != 1:  # RTN_UNICAST
-                continue
-            width = route["dst_len"]
-            default = "0.0.0.0" if route["family"] == socket.AF_INET else "::"
-            net = ipaddress.ip_network(f"{route.get('RTA_DST') or default}/{width}", strict=False)
-            if net.is_link_local or net.is_multicast:
-                continue
-            gw = route.get("RTA_GATEWAY")
-            found.append(Route(dst=net, gw=ipaddress.ip_address(gw) if gw else None))
+    for route in ipr.get_routes(family=socket.AF_UNSPEC, oif=index, table=254):
+        if route.get("type") != 1:  # RTN_UNICAST
+            continue
+        width = route["dst_len"]
+        default = "0.0.0.0" if route["family"] == socket.AF_INET else "::"
+        net = ipaddress.ip_network(f"{route.get('RTA_DST') or default}/{width}", strict=False)
+        if net.is_link_local or net.is_multicast:
+            continue
+        gw = route.get("RTA_GATEWAY")
+        found.append(Route(dst=net, gw=ipaddress.ip_address(gw) if gw else None))
     return found
 
 

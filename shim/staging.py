@@ -82,9 +82,9 @@ class Staging:
         self.links.create_netns(rec.netns)
 
     def take_out(self, rec: EndpointRecord) -> LinkInfo:
-        """Record the routes the chain set on ``eth0``, then move it to the host."""
-        rec.routes = self.links.routes(rec.netns, rec.ifname)
-        return self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
+        """Move ``eth0`` to the host, recording the routes the chain set through it."""
+        moved, rec.routes = self.links.move_to_host(rec.netns, rec.ifname, rec.host_ifname)
+        return moved
 
     def put_back(self, rec: EndpointRecord) -> str:
         """The link back in the staging netns as ``eth0`` with its addresses; where it was."""
@@ -110,10 +110,9 @@ class Staging:
         wherever Docker left it. Safe to repeat."""
         self.links.delete_link(rec.ifname, rec.netns)
         self.links.remove_netns(rec.netns)
-        info = self.links.link_info(rec.host_ifname)
-        if info is not None and (not rec.mac or info.mac.lower() in _macs(rec)):
-            self.links.delete_link(rec.host_ifname)
-        elif rec.mac and rec.sandbox_key:
+        if self.links.delete_link(rec.host_ifname, macs=_macs(rec)):
+            return
+        if rec.mac and rec.sandbox_key:
             self.links.delete_by_mac(rec.sandbox_key, rec.mac)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ class Link:
     mac: str
     kind: str = "veth"  # veth | bridge | macvlan
     addresses: list[str] = field(default_factory=list)
-    #: the main-table routes through this link, as :func:`shim.netlink.routes` reports them
+    #: the main-table routes through this link, as :func:`shim.netlink.move_to_host` reports them
     routes: list[dict[str, str]] = field(default_factory=list)
     #: the bridge (in the same namespace) this link is a port of
     master: str = ""
@@ -267,20 +267,23 @@ class FakeLinks:
         self._enter("link_names", ns)
         return list(self._space(ns, "cannot list links"))
 
-    def move_to_host(self, ns_name: str, ifname: str, host_name: str) -> netlink.LinkInfo:
+    def move_to_host(self, ns_name: str, ifname: str, host_name: str
+                     ) -> tuple[netlink.LinkInfo, list[Route]]:
         self._enter("move_to_host", ns_name, ifname, host_name)
         link = self._space(ns_name, f"cannot move {ifname} out of {ns_name}").get(ifname)
         if link is None:
             raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns_name}")
+        routes = [Route.from_json(r) for r in link.routes]
         self._move(link, None, host_name)
-        return netlink.LinkInfo(name=host_name, mac=link.mac, mtu=1500)
+        return netlink.LinkInfo(name=host_name, mac=link.mac, mtu=1500), routes
 
-    def delete_link(self, name: str, ns: str | None = None) -> bool:
+    def delete_link(self, name: str, ns: str | None = None, *,
+                    macs: Collection[str] = ()) -> bool:
         self._enter("delete_link", name, ns)
         if ns and self._key(ns) not in self.spaces:
             return False
         link = self._space(ns, f"cannot delete link {name}").get(name)
-        if link is None:
+        if link is None or (macs and link.mac.lower() not in macs):
             return False
         self._destroy(link)
         return True
@@ -330,10 +333,6 @@ class FakeLinks:
         link = self.find(ns, ifname)
         return ("", []) if link is None else (link.mac, list(link.addresses))
 
-    def routes(self, ns: str, ifname: str) -> list[Route]:
-        self._enter("routes", ns, ifname)
-        link = self._space(ns, f"cannot read routes of {ifname}").get(ifname)
-        return [] if link is None else [Route.from_json(r) for r in link.routes]
 
 
 @dataclass

@@ -9,6 +9,7 @@ version expects, which is how ``prevResult`` is converted to the version of the 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.
 CURRENT_VERSION = "1.1.0"
 
 
+@functools.lru_cache(maxsize=64)  # a handful of versions, asked about on every result
 def parse_version(version: str) -> tuple[int, int, int]:
     """``"0.3.1"`` → ``(0, 3, 1)``. Raises ValueError for anything that isn't x.y.z."""
     parts = version.split(".")

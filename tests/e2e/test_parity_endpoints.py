@@ -169,9 +169,14 @@ def test_a_restarted_container_is_reachable_at_once(e2e: Tracker, pycni: PycniSe
                     and seen["peer"] is not None and seen["peer"] < 1.5
                     and seen["host holds"] == seen["peer holds"] == seen["mac"])}
     assert late == {}, f"not reachable within 1.5 s of the restart: {late}"
-    # Docker's own MAC, 02:42 + the address, on the bridge and on the zero-config network.
-    assert got["bridge"]["mac"] == "02:42:0a:c9:64:02"
+    # Docker's own MAC, 02:42 + the address, on the zero-config network; on the bridge too
+    # before 28, whose bridge gives a random MAC (and announces it, as pycni does): pycni keeps
+    # the one that survives a restart (README, "Differences from Docker's bridge").
     assert got["zero-config"]["mac"] == "02:42:0a:c9:65:02"
+    if engine_version() < (28, 0):
+        assert got["bridge"]["mac"] == "02:42:0a:c9:64:02"
+    else:
+        assert not got["bridge"]["mac"].startswith("02:42:0a:c9:64:")
 
 
 # --- 4. no hidden docker_gwbridge leg ------------------------------------------------------------
