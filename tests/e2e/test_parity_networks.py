@@ -109,6 +109,9 @@ class Outside:
 def outside(e2e: Tracker, netns: Callable[[], str]) -> Iterator[Outside]:
     """Set up after ``e2e``, so it is gone (its veth with it) before the leak audit."""
     yield Outside(netns())
+    # A connection left half-open in the namespace (Docker 28's bridge drops the answers to a
+    # container's own address) keeps it alive a while after it is deleted: the veth goes now.
+    run("ip", "link", "del", "p164out0", check=False)
 
 
 # --- isolation -------------------------------------------------------------------------------------
@@ -180,11 +183,17 @@ def test_dockers_bridge_options(e2e: Tracker, outside: Outside) -> None:
             "port on 127.0.0.1": http_get("127.0.0.1", port),
             "port on the gateway": http_get(gateway, port),
         }
-    assert found["bridge"] == {
+    expected = {
         "bridge": True, "mtu": "1400", "icc": False, "peer seen outside as": "itself",
         "port on 127.0.0.1": "hello-web", "port on the gateway": "",
     }
-    assert found["pycni"] == found["bridge"]
+    assert found["pycni"] == expected
+    if engine_version() >= (28, 0):
+        # 28's bridge drops what comes to a container's own address from outside its network,
+        # answers too: without masquerading it reaches nothing outside. pycni keeps 26.1's
+        # shape (README, "Engines tested").
+        expected["peer seen outside as"] = ""
+    assert found["bridge"] == expected
 
 
 def test_bridge_options_pycni_cannot_honour_are_refused(e2e: Tracker,
@@ -335,12 +344,16 @@ def test_a_docker_network_made_after_a_pycni_network_is_kept_out_too(e2e: Tracke
     cb = e2e.run("pycni-e2e-late-bc", "--network", b, "--hostname", "web", "-p", "18147:80",
                  TEST_IMAGE, "sh", "-c", WEB)
     forward = run("iptables", "-S", "FORWARD").stdout
-    assert forward.index(bridge_of(b)) < forward.index("PYCNI-FORWARD")  # the order in question
+    # the order in question (28 keeps its networks' rules in DOCKER-FORWARD, jumped to first)
+    dockers = bridge_of(b) if engine_version() < (28, 0) else "-j DOCKER-FORWARD"
+    assert forward.index(dockers) < forward.index("PYCNI-FORWARD")
     assert not reaches(cb, ip_of(cp, p))
     assert not reaches(cp, ip_of(cb, b))
     wait_http("127.0.0.1", 18147, "hello-web")
     got = sh(cp, f"printf 'GET /i HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip_of(cb, b)} 80", check=False)
-    assert "hello-web" in got  # the documented exception
+    # the documented exception; 28 drops what comes to its containers' own addresses from
+    # outside their network, published ports included (its raw table)
+    assert ("hello-web" in got) is (engine_version() < (28, 0))
 
 
 def test_docker_user_opens_dockers_networks_but_not_pycnis(e2e: Tracker) -> None:
@@ -356,8 +369,11 @@ def test_docker_user_opens_dockers_networks_but_not_pycnis(e2e: Tracker) -> None
     try:
         for i, o in opened:
             run("iptables", "-I", "DOCKER-USER", "-i", i, "-o", o, "-j", "ACCEPT")
-        assert reaches(c[b1], ip_of(c[b2], b2))
-        assert reaches(c[p1], ip_of(c[b1], b1))
+        # 28 drops what comes to its containers from outside their network before DOCKER-USER
+        # is asked (its raw table): DOCKER-USER opens no Docker network there
+        opens_dockers = engine_version() < (28, 0)
+        assert reaches(c[b1], ip_of(c[b2], b2)) is opens_dockers
+        assert reaches(c[p1], ip_of(c[b1], b1)) is opens_dockers
         assert not reaches(c[b1], ip_of(c[p1], p1))
     finally:
         for i, o in opened:
@@ -388,7 +404,8 @@ def test_a_conflist_network_is_what_its_firewall_plugin_makes_it(e2e: Tracker,
         "conflist to zero-config": reaches(c[x], ip_of(c[z], z)),
         "zero-config to conflist": reaches(c[z], ip_of(c[x], x)),
     } == {
-        "conflist to docker": True,
+        # 28 drops what comes to its containers from outside their network (its raw table)
+        "conflist to docker": engine_version() < (28, 0),
         "docker to conflist": True,
         "conflist to zero-config": False,
         "zero-config to conflist": True,
