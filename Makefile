@@ -36,11 +36,13 @@ test-engine28: deps
 
 # The integration and e2e tiers again, against the CNI reference plugins 1.9.1 from Debian sid
 # (unpacked by scripts/sid.sh into a directory of their own, given through CNI_PATH); chains of
-# reference plugins are written at cniVersion 1.1.0 (STATUS before ADD, 1.1.0 results).
+# reference plugins are written at cniVersion 1.1.0 (STATUS before ADD, 1.1.0 results). The dhcp
+# lease test (minutes) runs on each engine with the 1.1.1 plugins, not again here.
 CNI19_DIR := /opt/pycni-sid/cni
 test-cni19: engine
 	bash scripts/sid.sh $(CNI19_DIR) containernetworking-plugins
-	PYCNI_TEST_CNI_BIN=$(CNI19_DIR)/usr/lib/cni $(PYTHON) -m pytest -m "integration or e2e" \
+	PYCNI_TEST_CNI_BIN=$(CNI19_DIR)/usr/lib/cni $(PYTHON) -m pytest \
+	    -m "(integration or e2e) and not lease" \
 	    $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-cni19: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -296,6 +296,7 @@ def host_local_subnets(ipam: dict[str, Any]) -> list[ipaddress.IPv4Network | ipa
 def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved:
     """Settle how a named conflist gets its addresses; refuse what can't work."""
     _conflist_decides(req.driver_options, net)
+    _no_lease_to_strand(net)
     if not docker_ipam(req):
         return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.CNI, address_via=AddressVia.NONE)
     found = ipam_plugin(net)
@@ -335,6 +336,25 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
                     field=f"plugins[{index}].ipam",
                 )
     return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.DOCKER, address_via=via)
+
+
+def _no_lease_to_strand(net: NetworkConfigList) -> None:
+    """Refuse the dhcp IPAM: its daemon renews a lease from the namespace ADD ran in, and in
+    driver mode that is pycni's staging namespace, which the link leaves for the container - every
+    renewal would fail and the lease lapse while the container keeps the address."""
+    found = ipam_plugin(net)
+    if found is None or found[1].get("type") != "dhcp":
+        return
+    raise ConfigError(
+        "the dhcp IPAM cannot keep its lease in driver mode: its daemon renews the lease from "
+        "the namespace ADD ran in, and pycni runs the chain in a staging namespace whose link "
+        "moves into the container, so every renewal would fail and the DHCP server would hand "
+        "the address to someone else; attach such containers in the --network none mode "
+        "(`pycni run`, or the pycni.network label with `pycni watch`), where the chain runs in "
+        "the container's own namespace and the lease is renewed",
+        source=net.source,
+        field=f"plugins[{found[0]}].ipam",
+    )
 
 
 def _conflist_decides(options: Mapping[str, str], net: NetworkConfigList) -> None:

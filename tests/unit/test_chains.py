@@ -233,7 +233,7 @@ def test_zero_config_needs_dockers_ipam() -> None:
 
 
 def test_with_null_ipam_the_chain_chooses() -> None:
-    net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
+    net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "host-local"}})
     resolved = chains.from_conflist(parsed(request(ipv4=[NULL])), net)
     assert (resolved.mode, resolved.ipam, resolved.address_via) == ("conflist", "cni", "")
     assert resolved.config is net and resolved.firewall is None
@@ -259,11 +259,22 @@ def test_a_chain_with_no_ipam_cannot_take_dockers_address() -> None:
 
 
 def test_an_ipam_that_reads_neither_ips_nor_args_is_refused() -> None:
-    net = conflist({"type": "tuning"}, {"type": "macvlan", "ipam": {"type": "dhcp"}})
+    net = conflist({"type": "tuning"}, {"type": "macvlan", "ipam": {"type": "some-ipam"}})
     with pytest.raises(ConfigError) as caught:
         chains.from_conflist(parsed(request()), net)
     assert caught.value.field == "plugins[1].ipam"
-    assert "IPAM 'dhcp' cannot be given Docker's address" in str(caught.value)
+    assert "IPAM 'some-ipam' cannot be given Docker's address" in str(caught.value)
+
+
+@pytest.mark.parametrize("ipv4", [None, [NULL]])
+def test_the_dhcp_ipam_is_refused_in_driver_mode_naming_the_none_mode(ipv4: Any) -> None:
+    """Its daemon renews from the namespace ADD ran in: the staging one, which the link leaves."""
+    net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
+    with pytest.raises(ConfigError) as caught:
+        chains.from_conflist(parsed(request(ipv4=ipv4)), net)
+    assert caught.value.field == "plugins[0].ipam"
+    assert "the dhcp IPAM cannot keep its lease in driver mode" in str(caught.value)
+    assert "--network none mode (`pycni run`" in str(caught.value)
 
 
 @pytest.mark.parametrize(("ipv4", "ipv6", "ipam"), [

@@ -130,13 +130,13 @@ def test_host_local_outside_dockers_subnet_points_at_null_ipam(world: World) -> 
     assert world.driver.networks == {} and world.records() == ([], [])
 
 
-def test_dhcp_ipam_cannot_take_dockers_address(world: World) -> None:
+def test_a_dhcp_chain_is_refused_with_the_mode_that_keeps_its_lease(world: World) -> None:
     world.conflist("dh", {"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
-    with pytest.raises(ConfigError, match="IPAM 'dhcp' cannot be given Docker's address") as exc:
-        world.create_network(cni_network="dh")
-    assert "--ipam-driver null" in str(exc.value)
-    world.create_network(cni_network="dh", ipv4=NULL_IPAM)  # the chain's IPAM may choose
-    assert world.driver.networks[NET].ipam == "cni"
+    for ipv4 in (None, NULL_IPAM):
+        with pytest.raises(ConfigError, match="cannot keep its lease in driver mode") as exc:
+            world.create_network(cni_network="dh", ipv4=ipv4)
+        assert "--network none mode" in str(exc.value)
+    assert world.driver.networks == {} and world.leftovers() == {}
 
 
 def test_unknown_conflist_is_not_found(world: World) -> None:
