@@ -350,7 +350,7 @@ def _no_lease_to_strand(net: NetworkConfigList) -> None:
         "the namespace ADD ran in, and pycni runs the chain in a staging namespace whose link "
         "moves into the container, so every renewal would fail and the DHCP server would hand "
         "the address to someone else; attach such containers in the --network none mode "
-        "(`pycni run`, or the pycni.network label with `pycni watch`), where the chain runs in "
+        "(`pycni run`, or the pycni.networks label with `pycni watch`), where the chain runs in "
         "the container's own namespace and the lease is renewed",
         source=net.source,
         field=f"plugins[{found[0]}].ipam",
