@@ -62,12 +62,14 @@ def run_check(
     hint: str,
     *,
     add_ifname: str = "eth0",
+    moved: bool = False,
     host_addresses: Sequence[str] = (),
 ) -> list[Finding]:
     """CNI CHECK of the whole chain against ``result``.
 
     A known limitation (:func:`shim.plugins.known_check_limitation`) is a warning, not a failure,
-    and the plugins after the one that hit it are still checked.
+    and the plugins after the one that hit it are still checked. ``moved``: ADD ran in a
+    namespace the link has left since (the driver's staging one).
 
     ``host_addresses`` are addresses of the result the container carries as host addresses, on
     purpose (:func:`host_addresses`). A plugin that compares the interface's addresses with the
@@ -114,7 +116,8 @@ def run_check(
                 findings.append(Finding(OK, subject, message))
                 remaining = _part(remaining, failed_at + 1)
                 continue
-            why = plugins.known_check_limitation(exc, add_ifname=add_ifname, ifname=rt.ifname)
+            why = plugins.known_check_limitation(exc, add_ifname=add_ifname, ifname=rt.ifname,
+                                                 moved=moved)
             if why is None:
                 fix = hint
                 if isinstance(exc, PluginNotFound):

@@ -199,6 +199,7 @@ def check_endpoint(
         subject,
         restart,
         add_ifname=added.ifname,
+        moved=True,  # the driver's chain ran in its staging namespace
         host_addresses=host_addresses(live, ep.addresses),
     )
 

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO, TEST_IMAGE, docker, run
 from tests.e2e.conftest import DRIVER, PycniServer, Tracker
 from tests.e2e.test_driver import inspect_net, sh
+from tests.e2e.test_health import pycni_cli, report
 
 pytestmark = pytest.mark.e2e
 
@@ -248,6 +249,12 @@ def test_bandwidth_and_tuning(e2e: Tracker, pycni: PycniServer) -> None:
     # A per-interface sysctl is reset by the kernel when the link changes namespace: the
     # documented limit (README, "Limits"), pinned here so a change in behaviour is noticed.
     assert sh("pycni-e2e-bw1", "cat /proc/sys/net/ipv4/conf/eth0/arp_ignore").strip() == "0"
+    # ... and pycni check says so as that limit, with what helps, rather than as a fault whose
+    # advice (a restart) can't
+    proc = pycni_cli(pycni, "check", "pycni-e2e-bw1")
+    assert proc.returncode == 0 and "FAIL" not in proc.stdout, report(proc)
+    assert "1 warning(s)" in proc.stdout and "tuning's sysctls are not the container's" in proc.stdout
+    assert "--network none mode" in proc.stdout, report(proc)
     qdiscs = run("tc", "qdisc", "show").stdout
     assert "tbf" in qdiscs, qdiscs
     docker("rm", "-f", "pycni-e2e-bw1")

@@ -217,6 +217,14 @@ def test_known_limitations() -> None:
     lookup = CNIError("host-local: Failed to find address added by container 1234", plugin="bridge")
     assert "(eth0), not the one Docker gave it (eth1)" in (why(lookup, "eth1") or "")
     assert why(lookup, "eth0") is None  # same name as ADD's: the reservation really is gone
+    for words in ("Error: Tuning configured value of /proc/sys/net/ipv4/conf/eth0/arp_ignore is 2",
+                  "tuning configured value of /proc/sys/x is 2, current value is 0"):
+        sysctl = CNIError(words, plugin="tuning", verb="CHECK")
+        # the driver's staging namespace: a known limit, with what helps instead of a restart
+        moved = plugins.known_check_limitation(sysctl, add_ifname="eth0", ifname="eth0",
+                                               moved=True)
+        assert moved is not None and "--network none mode" in moved
+        assert why(sysctl) is None  # where the chain ran in the container's namespace: a fault
 
 
 # --- CNI CHECK -----------------------------------------------------------------------------------
