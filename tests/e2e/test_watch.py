@@ -126,8 +126,11 @@ def test_watch_attaches_reattaches_after_restart_and_detaches_on_destroy(
         wait_for("a attached again", lambda: ip_of(a, prefix) == "10.201.220.50")
         assert records(pycni, cid(a))[0].read_text() != old  # a new pid, a new record
         # b still held a's old MAC: the announcement after ADD corrects it, so b reaches a at
-        # once (not after its neighbour entry times out, 20-50 s)
-        exec_out(b, "ping", "-c", "1", "-W", "1", "10.201.220.50")
+        # once (not after its neighbour entry times out, 20-50 s). The address shows in a a
+        # moment before the chain's ADD is done and the MAC announced: a few seconds' grace.
+        wait_for("b reaches a", lambda: docker("exec", b, "ping", "-c", "1", "-W", "1",
+                                               "10.201.220.50", check=False).returncode == 0,
+                 timeout=3)
         exec_out(a, "ping", "-c", "1", "-W", "3", ip_of(b, prefix))
 
         # its main process killed: detached, in the pinned namespace (ipMasq's chain goes too)
