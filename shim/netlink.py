@@ -106,10 +106,6 @@ def _get(ipr: IPRoute, name: str) -> Any | None:
     return found[0] if found else None
 
 
-def _info(ipr: IPRoute, index: int) -> LinkInfo:
-    return _as_info(ipr.get_links(index)[0])
-
-
 def _as_info(link: Any) -> LinkInfo:
     return LinkInfo(
         name=str(link.get("ifname")), mac=str(link.get("address")), mtu=int(link.get("mtu") or 0),
@@ -198,12 +194,12 @@ def restore_for_delete(
             return "staging"
     found = "stand-in"
     with _ipr(None, what) as host:
-        index = _lookup(host, host_name)
-        if index is not None and mac and _info(host, index).mac.lower() != mac.lower():
-            index = None  # same name, not our link: leave it alone
-        if index is not None:
-            host.link("set", index=index, state="down")
-            host.link("set", index=index, net_ns_fd=ns_name)
+        link = _get(host, host_name)
+        if link is not None and mac and _as_info(link).mac.lower() != mac.lower():
+            link = None  # same name, not our link: leave it alone
+        if link is not None:
+            host.link("set", index=link["index"], state="down")
+            host.link("set", index=link["index"], net_ns_fd=ns_name)
             found = "host"
     if found == "stand-in" and sandbox and mac and is_netns(sandbox):
         try:

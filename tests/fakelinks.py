@@ -334,7 +334,6 @@ class FakeLinks:
         return ("", []) if link is None else (link.mac, list(link.addresses))
 
 
-
 @dataclass
 class DelSeen:
     """What a fake plugin's DEL found in the namespace: the link and its addresses, or nothing."""

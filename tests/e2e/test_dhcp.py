@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +98,7 @@ def dhcp(e2e: Tracker, netns: Callable[[], str], tmp_path: Path
     """Set up after ``e2e``, so both are gone (the veth with them) before the leak audit."""
     if not os.access(os.path.join(CNI_BIN, "dhcp"), os.X_OK):
         unmet(f"needs the CNI dhcp plugin in {CNI_BIN} (make deps)")
-    if run("sh", "-c", "command -v dnsmasq", check=False).returncode != 0:
+    if shutil.which("dnsmasq") is None:
         unmet("needs dnsmasq (make deps)")
     server = DhcpServer(netns(), tmp_path)
     try:
