@@ -6,9 +6,12 @@ without ``ipMasq`` and without the firewall plugin, which saves several iptables
 ADD and DEL. The rules live in chains of pycni's own, each jumped to from the top of its
 built-in chain::
 
-    filter PYCNI-FORWARD    -i BR -o BR -j ACCEPT                  (containers talk; DROP with
+    filter PYCNI-FORWARD    -i BR ! -o BR -j DOCKER-ISOLATION-STAGE-1   (into Docker's networks
+                            -i BR ! -o BR -j DOCKER-ISOLATION-STAGE-2    only as Docker lets
+                            -i BR ! -o BR -j DOCKER-INTERNAL             what comes from
+                            -i BR ! -o BR -j DOCKER-BRIDGE               elsewhere: those there)
+                            -i BR -o BR -j ACCEPT                  (containers talk; DROP with
                                                                     enable_icc=false)
-                            -i BR ! -o BR -j DOCKER-ISOLATION-STAGE-2   (not into Docker's bridges)
                             -i BR ! -o BR -j ACCEPT                 (they go out)
                             -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
                             -o BR -m conntrack --ctstate DNAT -j ACCEPT  (published ports)
@@ -38,13 +41,19 @@ stops each direction where Docker can't get in the way:
   and Docker leaves alone: nothing from another interface unless it answers the network's own
   traffic or was sent to a published port (what the network's filter rules accept anyway). That
   keeps out other pycni networks, Docker's networks, and whatever else forwards to it;
-* *out of* a pycni network into Docker's bridges, in PYCNI-FORWARD, before the rule that lets
-  the network out: a jump to Docker's own DOCKER-ISOLATION-STAGE-2, which drops ``-o`` each of
-  Docker's bridges and returns otherwise — Docker keeps that list, as networks come and go.
-  Where Docker made no such chain (no Docker, or Docker's iptables off) there is nothing of
-  Docker's to keep out, and the rule is left out. (A Docker network created after the pycni
-  network has its rules above pycni's, so a container port that network publishes stays
-  reachable by the container's address, as it is through the host's port anyway.)
+* *out of* a pycni network into Docker's networks, in PYCNI-FORWARD, above the rule that lets
+  the network out (inserted at the chain's top, so they stay above it whenever they come):
+  jumps to the chains in which Docker judges what comes into its networks from elsewhere
+  (:data:`DOCKER_ISOLATION`): an ``--internal`` network's drops, the drop ``-o`` each of its
+  other bridges, and from 28 the published-port ACCEPTs and default DROP per bridge. Each
+  returns what it has no word on, and Docker keeps them as networks come and go. pycni's
+  ACCEPT must not stand in for Docker's drops: whether pycni's jump in FORWARD sits above
+  Docker's depends on who started last (Docker 28 puts DOCKER-FORWARD at the top when dockerd
+  starts; pycni its jump when its first network is made, right below DOCKER-USER, whose rules
+  the admin means to come first, for pycni's networks as for Docker's). Where Docker made no such chain (no
+  Docker, an older or newer Docker, or Docker's iptables off) its rule is left out. (A Docker network created after the pycni network has its rules above
+  pycni's on engines ≤ 27, so a container port that network publishes stays reachable by the
+  container's address, as it is through the host's port anyway.)
 
 A container attached to two networks reaches both: its traffic to each leaves by that
 network's own interface.
@@ -106,8 +115,16 @@ FORWARD_CHAIN = "PYCNI-FORWARD"
 NAT_CHAIN = "PYCNI-POSTROUTING"
 ISOLATION_CHAIN = "PYCNI-ISOLATION"
 LOCALNET_CHAIN = "PYCNI-LOCALNET"
-#: Docker's list of its bridges to keep out (moby ``IsolationChain2``): ``-o BR -j DROP`` each
-DOCKER_ISOLATION = "DOCKER-ISOLATION-STAGE-2"
+#: The admin's rules that Docker asks before its own (moby's ``userChain``): pycni's jump in
+#: filter FORWARD goes below it
+DOCKER_USER = "DOCKER-USER"
+#: Docker's chains that judge what comes into its networks from elsewhere, in the order Docker
+#: asks them: ``-o BR -j DROP`` for an ``--internal`` network's bridge when the sender is outside
+#: its range (STAGE-1 up to 28, DOCKER-INTERNAL from 29), for each other bridge (STAGE-2, up to
+#: 28), and from 28 the per-bridge published-port ACCEPTs and default DROP (DOCKER-BRIDGE, then
+#: DOCKER). Each returns what it has no word on.
+DOCKER_ISOLATION = ("DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-INTERNAL",
+                    "DOCKER-BRIDGE")
 #: (table, chain) → the built-in chain that jumps to it
 _PARENTS = {
     ("filter", FORWARD_CHAIN): "FORWARD",
@@ -134,11 +151,11 @@ Rule = tuple[int, str, str, list[str]]
 
 
 def _rules(spec: NetworkRules, tag: str, *,
-           docker_isolation: Callable[[int], bool] = lambda v: True) -> list[Rule]:
+           docker_isolation: Callable[[int, str], bool] = lambda v, c: True) -> list[Rule]:
     """(ip version, table, chain, rule args) for one network, in the order they go in.
 
-    ``docker_isolation(version)`` says whether the jump to Docker's isolation chain belongs
-    (whether Docker made that chain); removal takes it whenever it is there.
+    ``docker_isolation(version, chain)`` says whether the jump to that isolation chain of
+    Docker's belongs (whether Docker made it); removal takes it whenever it is there.
 
     An overlay network (:mod:`shim.overlay`) names its VTEP as ``peers`` and the whole overlay
     as ``peer_subnet``: what comes in on the VTEP is its own network's traffic (let through,
@@ -171,9 +188,9 @@ def _rules(spec: NetworkRules, tag: str, *,
                                                 "-j", "DROP"]),
             ]
             continue
-        if docker_isolation(v):
-            rules.append((v, "filter", FORWARD_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
-                                                       "-j", DOCKER_ISOLATION]))
+        rules += [(v, "filter", FORWARD_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
+                                                "-j", docker])
+                  for docker in DOCKER_ISOLATION if docker_isolation(v, docker)]
         rules += [
             (v, "filter", FORWARD_CHAIN, ["-i", bridge, "!", "-o", bridge, *comment,
                                           "-j", "ACCEPT"]),
@@ -202,10 +219,16 @@ def add_network(network_id: str, spec: NetworkRules) -> None:
         if not spec.icc:
             _require_bridged_frames_filtered(list(spec.subnets))
         rules = _rules(spec, network_id[:12],
-                       docker_isolation=lambda v: iptables.has_chain(v, "filter", DOCKER_ISOLATION))
+                       docker_isolation=lambda v, c: iptables.has_chain(v, "filter", c))
         for v, table, chain, rule in rules:
-            iptables.ensure_chain(v, table, chain, _PARENTS[(table, chain)])
-            iptables.ensure_rule(v, table, chain, rule)
+            iptables.ensure_chain(v, table, chain, _PARENTS[(table, chain)],
+                                  below=DOCKER_USER if chain == FORWARD_CHAIN else None)
+            if rule[-1] not in DOCKER_ISOLATION:
+                iptables.ensure_rule(v, table, chain, rule)
+        # Docker's judges above anything of the network's own that accepts, in Docker's order
+        for v, table, chain, rule in reversed(rules):
+            if rule[-1] in DOCKER_ISOLATION:
+                iptables.ensure_rule(v, table, chain, rule, first=True)
 
 
 def remove_network(network_id: str, spec: NetworkRules) -> None:

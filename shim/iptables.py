@@ -51,10 +51,12 @@ def has_chain(version: int, table: str, chain: str) -> bool:
     return run(version, "-t", table, "-n", "-L", chain, check=False)
 
 
-def ensure_rule(version: int, table: str, chain: str, rule: list[str]) -> None:
-    """Append ``rule`` to ``chain`` unless it is there already."""
+def ensure_rule(version: int, table: str, chain: str, rule: list[str], *,
+                first: bool = False) -> None:
+    """Append ``rule`` to ``chain`` (insert it at the top if ``first``) unless it is there
+    already."""
     if not run(version, "-t", table, "-C", chain, *rule, check=False):
-        run(version, "-t", table, "-A", chain, *rule)
+        run(version, "-t", table, *(("-I", chain, "1") if first else ("-A", chain)), *rule)
 
 
 def delete_rule(version: int, table: str, chain: str, rule: list[str]) -> None:
@@ -63,11 +65,21 @@ def delete_rule(version: int, table: str, chain: str, rule: list[str]) -> None:
         pass
 
 
-def ensure_chain(version: int, table: str, chain: str, parent: str) -> None:
+def ensure_chain(version: int, table: str, chain: str, parent: str, *,
+                 below: str | None = None) -> None:
+    """Make ``chain`` and its jump from ``parent``: at the top, or right below the jump to
+    ``below`` where ``parent`` has one."""
     if not has_chain(version, table, chain):
         run(version, "-t", table, "-N", chain)
-    if not run(version, "-t", table, "-C", parent, "-j", chain, check=False):
-        run(version, "-t", table, "-I", parent, "1", "-j", chain)
+    if run(version, "-t", table, "-C", parent, "-j", chain, check=False):
+        return
+    position = 1
+    if below is not None:
+        _status, out, _err = call(version, "-t", table, "-S", parent)
+        rules = [line for line in out.splitlines() if line.startswith("-A ")]
+        position += next((i + 1 for i, line in enumerate(rules)
+                          if line == f"-A {parent} -j {below}"), 0)
+    run(version, "-t", table, "-I", parent, str(position), "-j", chain)
 
 
 def drop_chain_if_empty(version: int, table: str, chain: str, parent: str) -> None:

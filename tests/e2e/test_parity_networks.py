@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytest
@@ -54,6 +55,36 @@ def reaches(container: str, address: str) -> bool:
 
 def ip_of(container: str, network: str) -> str:
     return str(inspect_net(container, network)["IPAddress"])
+
+
+#: Where pycni's jump in FORWARD stands against Docker's: who started last decides (pycni puts
+#: it right below DOCKER-USER with its first network; Docker ≤ 27 puts each new network's rules
+#: at the top, 28 its DOCKER-FORWARD when dockerd starts). Isolation must hold either way.
+JUMP_ORDERS = ["pycni-above-docker", "docker-above-pycni"]
+
+
+@contextmanager
+def pycni_jump(order: str) -> Iterator[None]:
+    """pycni's FORWARD jump moved right below DOCKER-USER (``pycni-above-docker``: where pycni
+    puts it when it comes last) or to the bottom, and put back where it was afterwards."""
+    jump = ["FORWARD", "-j", "PYCNI-FORWARD"]
+
+    def rules() -> list[str]:
+        out = run("iptables", "-S", "FORWARD").stdout.splitlines()
+        return [r for r in out if r.startswith("-A")]
+
+    was = rules().index("-A FORWARD -j PYCNI-FORWARD") + 1
+    run("iptables", "-D", *jump)
+    if order == "pycni-above-docker":
+        user = [i for i, r in enumerate(rules()) if r == "-A FORWARD -j DOCKER-USER"]
+        run("iptables", "-I", jump[0], str(user[0] + 2 if user else 1), *jump[1:])
+    else:
+        run("iptables", "-A", *jump)
+    try:
+        yield
+    finally:
+        run("iptables", "-D", *jump)
+        run("iptables", "-I", jump[0], str(was), *jump[1:])
 
 
 class Outside:
@@ -232,10 +263,12 @@ def test_bridge_options_pycni_cannot_honour_are_refused(e2e: Tracker,
 # --- --internal ----------------------------------------------------------------------------------------
 
 
-def test_internal_network_reaches_the_host_and_nothing_else(e2e: Tracker,
-                                                            outside: Outside) -> None:
+@pytest.mark.parametrize("order", JUMP_ORDERS)
+def test_internal_network_reaches_the_host_and_nothing_else(e2e: Tracker, outside: Outside,
+                                                            order: str) -> None:
     """The host reaches containers on an --internal network through its bridge; they have no
-    default route, and no other network reaches them."""
+    default route, and no other network reaches them: pycni's nor Docker's, whichever of the
+    two has its rules first."""
     found: dict[str, dict[str, Any]] = {}
     others = {
         "bridge": e2e.network("pycni-e2e-int-bo", "-d", "bridge", "--subnet", "10.201.138.0/24"),
@@ -256,8 +289,10 @@ def test_internal_network_reaches_the_host_and_nothing_else(e2e: Tracker,
             "gateway": inspect_net(c, net)["Gateway"],
             "default route": "default" in sh(c, "ip route"),
             "reaches outside": reaches(c, Outside.ADDRESS),
-            "reached from other networks": [reaches(s, address) for s in strangers.values()],
         }
+        with pycni_jump(order):
+            found[driver]["reached from other networks"] = [
+                reaches(s, address) for s in strangers.values()]
     assert found["pycni"] == {
         "host reaches it": True, "gateway": "", "default route": False,
         "reaches outside": False, "reached from other networks": [False, False],
@@ -343,17 +378,25 @@ def test_a_docker_network_made_after_a_pycni_network_is_kept_out_too(e2e: Tracke
     b = e2e.network("pycni-e2e-late-b", "-d", "bridge", "--subnet", "10.201.147.0/24")
     cb = e2e.run("pycni-e2e-late-bc", "--network", b, "--hostname", "web", "-p", "18147:80",
                  TEST_IMAGE, "sh", "-c", WEB)
-    forward = run("iptables", "-S", "FORWARD").stdout
-    # the order in question (28 keeps its networks' rules in DOCKER-FORWARD, jumped to first)
-    dockers = bridge_of(b) if engine_version() < (28, 0) else "-j DOCKER-FORWARD"
-    assert forward.index(dockers) < forward.index("PYCNI-FORWARD")
-    assert not reaches(cb, ip_of(cp, p))
-    assert not reaches(cp, ip_of(cb, b))
     wait_http("127.0.0.1", 18147, "hello-web")
-    got = sh(cp, f"printf 'GET /i HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip_of(cb, b)} 80", check=False)
-    # the documented exception; 28 drops what comes to its containers' own addresses from
-    # outside their network, published ports included (its raw table)
-    assert ("hello-web" in got) is (engine_version() < (28, 0))
+    if engine_version() < (28, 0):
+        # the order in question: the new network's rules above pycni's
+        forward = run("iptables", "-S", "FORWARD").stdout
+        assert forward.index(bridge_of(b)) < forward.index("PYCNI-FORWARD")
+        orders: list[str | None] = [None]
+    else:
+        # 28 keeps its networks' rules in DOCKER-FORWARD, whose place was settled when dockerd
+        # started, not by the network: both orders
+        orders = [*JUMP_ORDERS]
+    for order in orders:
+        with pycni_jump(order) if order else nullcontext():
+            assert not reaches(cb, ip_of(cp, p)), order
+            assert not reaches(cp, ip_of(cb, b)), order
+            got = sh(cp, f"printf 'GET /i HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip_of(cb, b)} 80",
+                     check=False)
+            # the documented exception; 28 drops what comes to its containers' own addresses
+            # from outside their network, published ports included (its raw table)
+            assert ("hello-web" in got) is (engine_version() < (28, 0)), order
 
 
 def test_docker_user_opens_dockers_networks_but_not_pycnis(e2e: Tracker) -> None:

@@ -112,11 +112,13 @@ def spec(bridge: str, subnets: list[str], **rest: Any) -> NetworkRules:
 
 def forward_rules(bridge: str, tag: list[str] = TAG, *, icc: str = "ACCEPT",
                   docker: bool = False) -> list[Rule]:
-    """PYCNI-FORWARD for a network; ``docker``: with the jump to Docker's isolation chain."""
-    out: list[Rule] = [("-i", bridge, "!", "-o", bridge, *tag, "-j", DOCKER_STAGE_2)]
+    """PYCNI-FORWARD for a network; ``docker``: with the jumps to Docker's isolation chains,
+    at the top."""
+    out: list[Rule] = [("-i", bridge, "!", "-o", bridge, *tag, "-j", docker)
+                       for docker in (DOCKER_STAGE_1, DOCKER_STAGE_2)]
     return [
-        ("-i", bridge, "-o", bridge, *tag, "-j", icc),
         *(out if docker else []),
+        ("-i", bridge, "-o", bridge, *tag, "-j", icc),
         ("-i", bridge, "!", "-o", bridge, *tag, "-j", "ACCEPT"),
         ("-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"),
         ("-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", *tag, "-j", "ACCEPT"),
@@ -141,6 +143,7 @@ def masquerade(subnet: str, bridge: str, tag: list[str] = TAG) -> Rule:
 JUMP_FORWARD = ("-j", "PYCNI-FORWARD")
 JUMP_NAT = ("-j", "PYCNI-POSTROUTING")
 JUMP_ISOLATION = ("-j", "PYCNI-ISOLATION")
+DOCKER_STAGE_1 = "DOCKER-ISOLATION-STAGE-1"
 DOCKER_STAGE_2 = "DOCKER-ISOLATION-STAGE-2"
 
 
@@ -199,6 +202,39 @@ def test_where_docker_isolates_its_bridges_they_are_kept_out_too(
         ("-j", "DOCKER-ISOLATION-STAGE-1")]  # Docker's left as they were
 
 
+def test_dockers_drops_stand_above_the_networks_accept_whenever_they_come(
+        iptables: FakeIptables) -> None:
+    """Docker 28 keeps an --internal network's drops in DOCKER-ISOLATION-STAGE-1, and pycni's
+    jump in FORWARD may sit above Docker's (who started last decides): the network's ACCEPT
+    must not let it into Docker's networks. A network made before Docker's chains were there
+    (or by a pycni without the jumps) gets them above its ACCEPT when its rules go in again."""
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules("br0")
+    docker_made_its_chains(iptables)
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))  # pycni's start
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == forward_rules(
+        "br0", docker=True)
+
+
+def test_on_docker_29_its_internal_and_bridge_chains_judge(iptables: FakeIptables) -> None:
+    """Docker 29 has no DOCKER-ISOLATION-STAGE-* chains: an --internal network's drops are in
+    DOCKER-INTERNAL, and each bridge's published ports and default DROP are reached through
+    DOCKER-BRIDGE (moby 29's iptabler). pycni asks both, in Docker's order, before its ACCEPT."""
+    filt = iptables.tables[("iptables", "filter")]
+    filt["DOCKER-INTERNAL"] = []
+    filt["DOCKER-BRIDGE"] = []
+    filt["DOCKER-FORWARD"] = [("-j", "DOCKER-INTERNAL"), ("-j", "DOCKER-BRIDGE")]
+    filt["FORWARD"].insert(0, ("-j", "DOCKER-FORWARD"))
+    firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
+    judges = [("-i", "br0", "!", "-o", "br0", *TAG, "-j", c)
+              for c in ("DOCKER-INTERNAL", "DOCKER-BRIDGE")]
+    assert iptables.chain("iptables", "filter", "PYCNI-FORWARD") == [
+        *judges, *forward_rules("br0")]
+    firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
+    assert not [k for k in iptables.own() if "PYCNI" in k[2]]
+    assert filt["DOCKER-FORWARD"] == [("-j", "DOCKER-INTERNAL"), ("-j", "DOCKER-BRIDGE")]
+
+
 def test_removal_copes_with_dockers_chain_gone_since(iptables: FakeIptables) -> None:
     """dockerd rebuilds its chains when it starts; pycni's jump to one outlives that, and
     removal takes it whether or not Docker is still there."""
@@ -207,7 +243,7 @@ def test_removal_copes_with_dockers_chain_gone_since(iptables: FakeIptables) -> 
     firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert not [k for k in iptables.own() if "PYCNI" in k[2]]
     firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
-    del iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"][1]  # as if never made
+    del iptables.tables[("iptables", "filter")]["PYCNI-FORWARD"][0]  # as if never made
     firewall.remove_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert not [k for k in iptables.own() if "PYCNI" in k[2]]
 
@@ -289,14 +325,19 @@ def test_the_real_br_netfilter_probe_reads_proc() -> None:
     assert isinstance(firewall.bridge_nf_call(4), bool)
 
 
-def test_the_jump_goes_first_and_adding_twice_changes_nothing(iptables: FakeIptables) -> None:
-    docker = ("-j", "DOCKER-USER")
-    iptables.tables[("iptables", "filter")]["FORWARD"].append(docker)
+def test_the_jump_goes_first_below_docker_user_and_adding_twice_changes_nothing(
+        iptables: FakeIptables) -> None:
+    """The admin's DOCKER-USER comes first for pycni's networks as for Docker's; pycni's jump
+    goes right below it, above everything else Docker has in FORWARD."""
+    user, forward = ("-j", "DOCKER-USER"), ("-j", "DOCKER-FORWARD")
+    iptables.tables[("iptables", "filter")]["FORWARD"] += [user, forward]
+    iptables.tables[("iptables", "filter")]["DOCKER-USER"] = [("-j", "RETURN")]
+    iptables.tables[("iptables", "filter")]["DOCKER-FORWARD"] = []
     firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     once, calls = copy.deepcopy(iptables.tables), len(iptables.calls)
     firewall.add_network(NET, spec("br0", ["10.200.9.0/24"], internal=False))
     assert iptables.tables == once
-    assert iptables.chain("iptables", "filter", "FORWARD") == [JUMP_FORWARD, docker]
+    assert iptables.chain("iptables", "filter", "FORWARD") == [user, JUMP_FORWARD, forward]
     assert {c[5] for c in iptables.calls[calls:]} == {"-n", "-C"}  # only looked
 
 
