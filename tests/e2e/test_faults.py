@@ -187,7 +187,7 @@ def test_a_container_removed_while_pycni_was_down_frees_its_port(
     leftover is reconciled within seconds of Docker dropping its sandbox (no `pycni gc`), and
     until then the port's error names the leftover and `pycni gc`."""
     net = e2e.network("pycni-e2e-gone", "-d", DRIVER, "--subnet", "10.201.77.0/24")
-    e2e.run("pycni-e2e-gone1", "--network", net, "-p", "127.0.0.1:48090:80",
+    e2e.run("pycni-e2e-gone1", "--network", net, "-p", "127.0.0.1:28090:80",
             TEST_IMAGE, "sleep", "600")
     started = time.monotonic()
     pycni.stop(signal.SIGKILL)
@@ -199,11 +199,11 @@ def test_a_container_removed_while_pycni_was_down_frees_its_port(
     deadline = time.monotonic() + 90
     while True:
         proc = docker("run", "-d", "--name", "pycni-e2e-gone2", "--network", net,
-                      "-p", "127.0.0.1:48090:80", TEST_IMAGE, "sleep", "600", check=False)
+                      "-p", "127.0.0.1:28090:80", TEST_IMAGE, "sleep", "600", check=False)
         if proc.returncode == 0:
             break
         docker("rm", "-f", "pycni-e2e-gone2", check=False)
-        assert "48090" in proc.stderr and "pycni gc" in proc.stderr, proc.stderr
+        assert "28090" in proc.stderr and "pycni gc" in proc.stderr, proc.stderr
         assert time.monotonic() < deadline, "the leftover kept its port for 90 s"
         time.sleep(2)
     took = time.monotonic() - started

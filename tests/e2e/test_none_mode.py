@@ -104,7 +104,7 @@ def test_two_containers_reach_each_other_and_a_published_port(
     with bridge_removed("pycni-nm0"):
         web = e2e.run("pycni-e2e-nm-web", "--network", "none", TEST_IMAGE, "sh", "-c", WEB)
         client = e2e.run("pycni-e2e-nm-cl", "--network", "none", TEST_IMAGE, "sleep", "600")
-        port = 48201
+        port = 28201
         proc = cli(pycni, "attach", web, "e2e-nm", "-p", f"{port}:80")
         assert proc.returncode == 0, report(proc)
         web_ip = address(proc.stdout)
@@ -153,7 +153,7 @@ def test_detach_and_gc_after_the_container_is_gone(e2e: Tracker, pycni: PycniSer
         a = e2e.run("pycni-e2e-nmg-a", "--network", "none", TEST_IMAGE, "sleep", "600")
         b = e2e.run("pycni-e2e-nmg-b", "--network", "none", TEST_IMAGE, "sleep", "600")
         for c in (a, b):
-            proc = cli(pycni, "attach", c, "e2e-nmg", "-p", f"{48210 if c == a else 48211}:80")
+            proc = cli(pycni, "attach", c, "e2e-nmg", "-p", f"{28210 if c == a else 28211}:80")
             assert proc.returncode == 0, report(proc)
         docker("rm", "-f", a, b)
         proc = cli(pycni, "detach", a, "e2e-nmg")  # by the name it had
@@ -202,7 +202,7 @@ def test_run_with_a_failing_chain_removes_the_container_and_names_the_plugin(
                                            {"type": "pycni-test-fail"}))
     with bridge_removed("pycni-nm4"), bridge_removed("pycni-nm5"):
         e2e.containers.append("pycni-e2e-nmf")
-        proc = cli(pycni, "run", "--cni-net", "e2e-nmf,e2e-nmf2", "-p", "48220:80", "--",
+        proc = cli(pycni, "run", "--cni-net", "e2e-nmf,e2e-nmf2", "-p", "28220:80", "--",
                    "-d", "--name", "pycni-e2e-nmf", TEST_IMAGE, "sleep", "600")
         assert proc.returncode == 4, report(proc)
         assert "pycni run: removed the container" in proc.stderr, report(proc)
@@ -256,17 +256,17 @@ def test_host_ports_are_one_space_across_both_modes(e2e: Tracker, pycni: PycniSe
     net = e2e.network("pycni-e2e-nmx", "-d", DRIVER,
                       "--subnet", "10.201.210.0/24")
     with bridge_removed("pycni-nmx0"):
-        web = e2e.run("pycni-e2e-nmx-web", "--network", net, "-p", "48260:80", TEST_IMAGE,
+        web = e2e.run("pycni-e2e-nmx-web", "--network", net, "-p", "28260:80", TEST_IMAGE,
                       "sleep", "600")
         held = e2e.run("pycni-e2e-nmx-held", "--network", "none", TEST_IMAGE, "sleep", "600")
-        proc = cli(pycni, "attach", held, "e2e-nmx", "-p", "48260:80")
+        proc = cli(pycni, "attach", held, "e2e-nmx", "-p", "28260:80")
         assert proc.returncode == 2, report(proc)
-        assert f"port 48260 on all addresses is already in use: container {web} publishes it" \
+        assert f"port 28260 on all addresses is already in use: container {web} publishes it" \
             in proc.stderr, report(proc)
-        proc = cli(pycni, "attach", held, "e2e-nmx", "-p", "48261:80")
+        proc = cli(pycni, "attach", held, "e2e-nmx", "-p", "28261:80")
         assert proc.returncode == 0, report(proc)
         taken = docker("run", "-d", "--name", "pycni-e2e-nmx-2", "--network", net, "-p",
-                       "48261:80", TEST_IMAGE, "sleep", "600", check=False)
+                       "28261:80", TEST_IMAGE, "sleep", "600", check=False)
         e2e.containers.append("pycni-e2e-nmx-2")
         assert taken.returncode != 0
         assert f"container {held} publishes it (pycni attach, on e2e-nmx)" in taken.stderr, \

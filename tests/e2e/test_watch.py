@@ -112,7 +112,7 @@ def test_watch_attaches_reattaches_after_restart_and_detaches_on_destroy(
     with bridge_removed("pycni-w0"):
         proc = watcher()
         a = labelled(e2e, "pycni-e2e-w-a", "e2e-w", "pycni.ip=10.201.220.50")
-        b = labelled(e2e, "pycni-e2e-w-b", "e2e-w", "pycni.ports=48230:80")
+        b = labelled(e2e, "pycni-e2e-w-b", "e2e-w", "pycni.ports=28230:80")
         wait_for("both attached", lambda: bool(ip_of(a, prefix) and ip_of(b, prefix)))
         assert ip_of(a, prefix) == "10.201.220.50"
         exec_out(a, "ping", "-c", "1", "-W", "3", ip_of(b, prefix))
