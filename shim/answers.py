@@ -84,6 +84,21 @@ def join_response(rec: EndpointRecord) -> JoinResponse:
     )
 
 
+def sandbox_join_response(rec: EndpointRecord) -> JoinResponse:
+    """Join's answer for a chain that ran in Docker's sandbox (:mod:`shim.sandbox`): no
+    interface to move, and the chain's default gateways, whose routes Docker adds back; the
+    other routes are the chain's, in place already."""
+    result = rec.result
+    assert result is not None
+    gateways, _ = _routes(rec, result)
+    return JoinResponse(
+        src_name="",
+        gateway=gateways.get(4, ""),
+        gateway_ipv6=gateways.get(6, ""),
+        disable_gateway_service=True,
+    )
+
+
 def way_out(rec: EndpointRecord) -> str:
     """How a container leaves its network through this endpoint, for ``pycni inspect``:
     ``via <gateway>`` per family the chain gave a default route, else ``none`` (pycni never

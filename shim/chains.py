@@ -42,9 +42,12 @@ from .state import AddressVia, Ipam, Mode, NetworkRules
 OPT_NETWORK = "cni.network"
 OPT_BRIDGE = "cni.bridge"
 OPT_MTU = "cni.mtu"
+#: where a container's chain runs: ``staging`` (the default) or ``sandbox`` (shim.sandbox)
+OPT_PLACE = "cni.place"
+PLACES = ("staging", "sandbox")
 #: an overlay network's (shim.overlay.chain): cni.overlay=NAME, .subnet, .prefix, .vni
 OVERLAY_OPTIONS = ("cni.overlay", "cni.overlay.subnet", "cni.overlay.prefix", "cni.overlay.vni")
-KNOWN_OPTIONS = (OPT_NETWORK, OPT_BRIDGE, OPT_MTU, *OVERLAY_OPTIONS)
+KNOWN_OPTIONS = (OPT_NETWORK, OPT_BRIDGE, OPT_MTU, OPT_PLACE, *OVERLAY_OPTIONS)
 
 #: Docker's bridge driver options (moby ``netlabel.DriverMTU`` and ``drivers/bridge``), which
 #: compose files set; each means on a zero-config network what it means on Docker's bridge.
@@ -101,6 +104,15 @@ def check_options(options: Mapping[str, str]) -> None:
                 f"unknown option {key!r}; pycni knows {', '.join(KNOWN_OPTIONS)}"
             )
     bridge_options(options)
+    place_of(options)
+
+
+def place_of(options: Mapping[str, str]) -> str:
+    """Where the network's chains run (``cni.place``): ``staging`` unless asked otherwise."""
+    place = options.get(OPT_PLACE, "staging")
+    if place not in PLACES:
+        raise InvalidRequest(f"option {OPT_PLACE}={place!r}: pycni knows {' and '.join(PLACES)}")
+    return place
 
 
 @dataclass(frozen=True)

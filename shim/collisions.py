@@ -12,6 +12,7 @@ for ``pycni doctor`` and the reconciler's log.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _DOCKER_BRIDGE = re.compile(r"docker0|br-[0-9a-f]{12}")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -148,3 +151,21 @@ def refuse_collisions(req: CreateNetworkRequest, resolved: Resolved, config: Net
                     "addresses would be handed out twice; choose a range no other network uses")
 
 
+
+
+class ClashLog:
+    """Logs, once each, where a pycni network's addresses overlap a network Docker created
+    later inside a range only the chain's IPAM knew (``pycni doctor`` FAILs on it too). A remote
+    driver never hears of other drivers' networks: the reconciler asks."""
+
+    def __init__(self) -> None:
+        self.told: set[tuple[str, str]] = set()
+
+    def tell(self, pycni: Iterable[tuple[str, CreateNetworkRequest, NetworkConfigList, str]],
+             docker: Iterable[DockerNetwork] | None) -> None:
+        if docker is None:
+            return  # Docker can't be asked
+        found = set(clashes_with_docker(pycni, docker))
+        for name, what in sorted(found - self.told):
+            log.warning("%s: %s; their addresses are handed out twice (pycni doctor)", name, what)
+        self.told = found

@@ -8,9 +8,9 @@ then works through the one attachment lifecycle (:mod:`shim.lifecycle`) in the s
 * **CreateNetwork** settles the chain (:mod:`shim.chains`), negotiates its version with the
   plugins, refuses collisions (:mod:`shim.collisions`) and installs the network's rules.
 * **CreateEndpoint** attaches the endpoint in its staging place (record, netns, ADD, the link out
-  to the host) and tells Docker the address/MAC the chain chose where Docker had not chosen
-  them. A failure part-way unwinds exactly what was done, and the error names the plugin that
-  failed.
+  to the host) and tells Docker the address/MAC the chain chose where Docker had not. A failure
+  part-way unwinds exactly what was done, naming the plugin that failed. On a
+  ``cni.place=sandbox`` network Join runs the chain in Docker's sandbox instead, and Leave DEL.
 * **Join** hands Docker that link, the gateway and the routes.
 * **DeleteEndpoint** puts the link back where DEL needs it, runs DEL, removes what is left.
 
@@ -40,12 +40,13 @@ from . import (
     ports,
     proxy,
     publishing,
+    sandbox,
     staging,
 )
 from .attach import PORTS, Attacher
 from .cni import CNI, find
 from .errors import InvalidRequest, NotFound, PycniError, Unsupported
-from .lifecycle import Lifecycle
+from .lifecycle import Ledger, Lifecycle, Place
 from .overlay import chain as overlay_chain
 from .overlay.manager import Overlays, leave_locally
 from .protocol import (
@@ -62,7 +63,6 @@ from .state import EndpointRecord, NetworkRecord, Phase
 from .store import Store
 
 log = logging.getLogger(__name__)
-
 
 
 class Driver:
@@ -105,9 +105,12 @@ class Driver:
             lambda: self.docker_names(), self.registry.network_of)
         #: one space of host ports, with the --network none mode's (shim.publishing)
         self.ports = self.publishing.publisher
+        #: endpoints whose chains run in Docker's sandbox (``-o cni.place=sandbox``)
+        self.sandbox = sandbox.SandboxEndpoints(self.links, self.lifecycle, self.registry,
+                                                self._ledger)
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
-        self._clashes_told: set[tuple[str, str]] = set()
+        self._clashes = collisions.ClashLog()
         # Nothing is read or touched here: restoring is the runtime's step (restore).
 
     def load_records(self) -> tuple[int, int]:
@@ -124,7 +127,7 @@ class Driver:
         for net in self.registry.networks():
             # idempotent: what a reboot or a flush took, and a guard an older pycni never put in
             try:
-                self._add_rules(net)
+                netrules.add(self.rules, net)
             except PycniError as exc:
                 log.error("network %s: cannot restore its iptables rules: %s", net.id[:12], exc)
         records = {n.id: n for n in self.registry.networks()}
@@ -200,7 +203,7 @@ class Driver:
             # Record first: a crash after the rules are in leaves something gc can undo.
             self.store.save_network(record)
             try:
-                self._add_rules(record)
+                netrules.add(self.rules, record)
             except BaseException:
                 self._remove_rules(record)
                 self.store.delete_network(record.id)
@@ -211,20 +214,9 @@ class Driver:
                  record.ipam, "+".join(config.plugin_types()))
 
     def warn_range_clashes(self) -> None:
-        """Log, once each, where a pycni network's addresses overlap a network Docker created
-        later inside a range only the chain's IPAM knew (``pycni doctor`` FAILs on it too).
-        A remote driver never hears of other drivers' networks: the reconciler asks."""
-        docker = self.docker_networks()
-        if docker is None:
-            return
-        found = set(collisions.clashes_with_docker(
-            [(n.id, n.docker, n.config, str(n.ipam)) for n in self.registry.networks()], docker))
-        for name, what in sorted(found - self._clashes_told):
-            log.warning("%s: %s; their addresses are handed out twice (pycni doctor)", name, what)
-        self._clashes_told = found
-
-    def _add_rules(self, record: NetworkRecord) -> None:
-        netrules.add(self.rules, record)
+        """Log where a pycni network's range overlaps a Docker network made later."""
+        self._clashes.tell([(n.id, n.docker, n.config, str(n.ipam))
+                            for n in self.registry.networks()], self.docker_networks())
 
     def _remove_rules(self, record: NetworkRecord) -> None:
         netrules.remove(self.rules, record, [n for n in self.registry.networks()
@@ -272,22 +264,14 @@ class Driver:
                 log.warning("endpoint %s exists already; recreating it", req.endpoint_id[:12])
                 self.teardown(stale, net)
             rec = self._new_endpoint(net.record, req, raw)
-            place = staging.StagingPlace(self.staging, rec)
-            with self.lifecycle.attaching(rec.attachment, place, self._ledger(net, rec)):
-                assert place.moved is not None
-                # A plugin that replaced the on-link route of its subnet (ptp routes it via its
-                # gateway) means a host address: Docker would re-add the on-link route with the
-                # prefix, so it gets the address as /32 (/128) and the routes as StaticRoutes.
-                rec.addresses = [answers.as_host_if_not_on_link(a, rec.routes)
-                                 for a in rec.addresses]
-                # Docker puts its own MAC (--mac-address) on the link at Join.
-                rec.link_mac = place.moved.mac
-                rec.mac = req.interface.mac_address or place.moved.mac
-                answer = answers.answer(req.interface, rec)
-                rec.phase = Phase.READY
-        log.info("endpoint %s on %s: %s mac %s", rec.id[:12], net.id[:12],
-                 ",".join(rec.addresses) or "no address", rec.mac)
-        return answer
+            if sandbox.chosen(net.record):
+                self.sandbox.create(net, rec)  # the chain runs at Join
+                return answers.answer(req.interface, rec)
+            answer = staging.attach(self.lifecycle, self.staging, self._ledger(net, rec), rec,
+                                    req.interface)
+            log.info("endpoint %s on %s: %s mac %s", rec.id[:12], net.id[:12],
+                     ",".join(rec.addresses) or "no address", rec.mac)
+            return answer
 
     def _new_endpoint(
         self, net: NetworkRecord, req: CreateEndpointRequest, raw: dict[str, Any]
@@ -300,6 +284,8 @@ class Driver:
 
     def join(self, req: JoinRequest) -> JoinResponse:
         with self._endpoint(req) as (net, rec):
+            if rec.phase == Phase.CREATED:
+                return self.sandbox.join(net, rec, req.sandbox_key)
             if rec.result is None:
                 raise InvalidRequest(f"endpoint {rec.id[:12]} was never wired; cannot join")
             rec.sandbox_key = req.sandbox_key
@@ -308,11 +294,16 @@ class Driver:
             return answers.join_response(rec)
 
     def leave(self, req: EndpointRequest) -> None:
-        """Nothing to undo: Docker takes the link out of the container itself, and
-        DeleteEndpoint finds it wherever it is. Kept in memory only; the record still names
-        the sandbox, which tells reconciliation whether the container lives."""
+        """Staging: nothing to undo (Docker takes the link out itself; DeleteEndpoint finds it
+        wherever it is); kept in memory only, the record naming the sandbox for reconciliation.
+        Sandbox: DEL against the live interface (Docker ≥ 28 leaves before it clears the
+        sandbox); the endpoint and its IPAM's address wait for a Join, or DeleteEndpoint."""
         with self.registry.endpoint_locked(self._network_of(req), req.endpoint_id) as net:
             rec = net.endpoint(req.endpoint_id) if net else None
+            if net is not None and rec is not None and rec.place == "sandbox":
+                self.teardown(rec, net, release=False)
+                self.registry.add_endpoint(net, sandbox.unjoined(rec))
+                return
             if rec is not None and rec.phase == Phase.JOINED:
                 rec.phase = Phase.READY
 
@@ -342,12 +333,20 @@ class Driver:
             yield net, rec
 
     def teardown(self, rec: EndpointRecord, net: Network | None, *,
-                 recorded: bool = True) -> None:
+                 recorded: bool = True, release: bool = True) -> None:
         """Undo an endpoint completely (under ``net``'s lock; ``net`` is None for a leftover no
         network owns). Safe to repeat; keeps the record if DEL fails. Not ``recorded``: an
         attachment libcni's cache alone knows (an undo that failed part-way): no record is made
         for it, and the staging namespace DEL needed goes whatever DEL says - what DEL could not
-        undo stays in the cache, for the next sweep or ``pycni gc``."""
+        undo stays in the cache, for the next sweep or ``pycni gc``. ``release``: what the
+        chain's IPAM handed out on its own (:mod:`shim.sandbox`) goes with the record."""
+        ledger: Ledger = self._ledger(net, rec)
+        if release:
+            ledger = sandbox.Releasing(self.attacher, ledger, rec)
+        if rec.phase == Phase.CREATED:
+            ledger.drop()  # its chain has not run (or ran and was DELeted at Leave)
+            log.info("endpoint %s deleted", rec.id[:12])
+            return
         if recorded:
             rec.phase = Phase.DELETING
             self.store.save_endpoint(rec)
@@ -356,9 +355,10 @@ class Driver:
         self.publishing.teardown(net.record if net is not None else None, rec)
         if recorded and published:
             self.store.save_endpoint(rec)
-        place = staging.StagingPlace(self.staging, rec)
+        place: Place = (sandbox.SandboxPlace(self.links, rec) if rec.place == "sandbox"
+                        else staging.StagingPlace(self.staging, rec))
         try:
-            self.lifecycle.detach(rec.attachment, place, self._ledger(net, rec))
+            self.lifecycle.detach(rec.attachment, place, ledger)
         finally:
             if not recorded:
                 place.close(rec.attachment)

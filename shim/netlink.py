@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # This module is the Links seam (shim.seams); its namespace half is shim.netns.
 __all__ = [
     "NETNS_DIR", "LinkInfo", "LiveLink", "addresses", "bridge_ports", "create_netns",
-    "delete_by_mac", "delete_link", "is_netns", "link_info", "link_names", "links_in",
+    "delete_by_mac", "delete_link", "hand_over_default_routes", "is_netns", "link_info", "link_names", "links_in",
     "list_netns", "move_to_host", "netns_exists", "netns_path", "netns_socket", "pin_netns",
     "remove_netns", "restore_for_delete",
 ]
@@ -240,6 +240,26 @@ def addresses(ns: str, ifname: str) -> tuple[str, list[str]]:
         if link is None:
             return "", []
         return _as_info(link).mac, _global_addresses(ipr, int(link["index"]))
+
+
+def hand_over_default_routes(ns: str, ifname: str) -> list[Route]:
+    """The routes through ``ifname`` in netns ``ns`` (a path), its default routes removed: Docker
+    adds them back from Join's ``Gateway``/``GatewayIPv6``, and fails where one exists."""
+    with _ipr(ns, f"cannot read routes of {ifname} in {ns}") as ipr:
+        link = _get(ipr, ifname)
+        if link is None:
+            raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns}")
+        index = int(link["index"])
+        found = _routes(ipr, index)
+        for route in found:
+            if route.is_default:
+                family = socket.AF_INET if route.dst.version == 4 else socket.AF_INET6
+                try:
+                    ipr.route("del", family=family, dst=str(route.dst), oif=index, table=254)
+                except NetlinkError as exc:
+                    if exc.code != errno.ESRCH:
+                        raise
+    return found
 
 
 def _routes(ipr: IPRoute, index: int) -> list[Route]:

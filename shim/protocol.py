@@ -340,10 +340,11 @@ class JoinResponse:
     disable_gateway_service: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "InterfaceName": {"SrcName": self.src_name, "DstPrefix": self.dst_prefix},
-            "DisableGatewayService": self.disable_gateway_service,
-        }
+        """Without a ``src_name``, no ``InterfaceName``: Docker then moves and configures no
+        interface of its own (the chain made it in the sandbox, :mod:`shim.sandbox`)."""
+        out: dict[str, Any] = {"DisableGatewayService": self.disable_gateway_service}
+        if self.src_name:
+            out["InterfaceName"] = {"SrcName": self.src_name, "DstPrefix": self.dst_prefix}
         if self.gateway:
             out["Gateway"] = self.gateway
         if self.gateway_ipv6:

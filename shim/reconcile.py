@@ -302,6 +302,8 @@ def _gc_network(driver: Driver, network_id: str) -> bool:
         if net is None:
             return False
         valid = {(e.id, e.ifname) for e in net.snapshot()}
+        # what a sandbox-path chain's IPAM handed out on its own (shim.sandbox.reservation)
+        valid |= {(e.id, e.reserved.ifname) for e in net.snapshot() if e.reserved is not None}
         try:
             driver.cni.gc(net.record.config, valid)
         except CNIError as exc:

@@ -24,14 +24,15 @@ import contextlib
 import re
 from typing import Any
 
-from . import plugins
+from . import answers, plugins
 from .attach import Attachment, quietly
 from .cni.types import Result
 from .endpoint_chain import EndpointChain
-from .lifecycle import result_found
+from .lifecycle import Ledger, Lifecycle, result_found
 from .netlink import LinkInfo
+from .protocol import EndpointInterface
 from .seams import Links
-from .state import EndpointRecord
+from .state import EndpointRecord, Phase
 
 IFNAME = "eth0"
 NETNS_PREFIX = "pycni-"
@@ -159,3 +160,21 @@ def _findable_mac(rec: EndpointRecord) -> str:
     if rec.sandbox_key or not rec.link_mac:
         return rec.mac
     return rec.link_mac
+
+
+def attach(lifecycle: Lifecycle, staging: Staging, ledger: Ledger, rec: EndpointRecord,
+           asked: EndpointInterface) -> answers.EndpointAnswer:
+    """A driver endpoint's ADD in its staging place; Docker's answer from the result."""
+    place = StagingPlace(staging, rec)
+    with lifecycle.attaching(rec.attachment, place, ledger):
+        assert place.moved is not None
+        # A plugin that replaced the on-link route of its subnet (ptp routes it via its
+        # gateway) means a host address: Docker would re-add the on-link route with the
+        # prefix, so it gets the address as /32 (/128) and the routes as StaticRoutes.
+        rec.addresses = [answers.as_host_if_not_on_link(a, rec.routes) for a in rec.addresses]
+        # Docker puts its own MAC (--mac-address) on the link at Join.
+        rec.link_mac = place.moved.mac
+        rec.mac = asked.mac_address or place.moved.mac
+        answer = answers.answer(asked, rec)
+        rec.phase = Phase.READY
+    return answer

@@ -60,6 +60,8 @@ class AddressVia(enum.StrEnum):
 class Phase(enum.StrEnum):
     """An endpoint's life; a crash leaves the phase it died in, which tells gc what to undo."""
 
+    #: made, its chain not run yet: it runs at Join (see :meth:`shim.driver.Driver.join`)
+    CREATED = "created"
     CREATING = "creating"
     READY = "ready"
     JOINED = "joined"
@@ -177,6 +179,13 @@ class EndpointRecord:
     routes: list[Route] = field(default_factory=list)
     sandbox_key: str = ""
     created: float = field(default_factory=time.time)
+    #: where the chain runs: ``staging`` (pycni's namespace, the link moved out) or ``sandbox``
+    #: (Docker's own, engines ≥ 28; :mod:`shim.sandbox`)
+    place: str = "staging"
+    #: the address the chain's IPAM handed out on its own at CreateEndpoint, for a chain that
+    #: runs in Docker's sandbox at Join (:func:`shim.sandbox.reservation`); DeleteEndpoint
+    #: releases it
+    reserved: Attachment | None = None
 
     def __post_init__(self) -> None:
         #: Docker's CreateEndpoint request, parsed once (None for a leftover rebuilt from
@@ -228,6 +237,8 @@ class EndpointRecord:
             "routes": [r.to_json(att.config.cni_version) for r in self.routes],
             "sandbox_key": self.sandbox_key,
             "created": self.created,
+            "place": self.place,
+            "reserved": None if self.reserved is None else _reserved_json(self.reserved),
         }
 
     @classmethod
@@ -257,7 +268,25 @@ class EndpointRecord:
             routes=[Route.from_json(r) for r in data.get("routes") or []],
             sandbox_key=data.get("sandbox_key") or "",
             created=float(data.get("created") or time.time()),
+            place=data.get("place") or "staging",
+            reserved=_reserved_from_json(data["id"], data.get("reserved")),
         )
+
+
+def _reserved_json(att: Attachment) -> dict[str, Any]:
+    return {"netns_path": att.netns, "ifname": att.ifname, "config": att.config.raw,
+            "result": None if att.result is None else att.result.to_json()}
+
+
+def _reserved_from_json(endpoint_id: str, data: Any) -> Attachment | None:
+    if not data:
+        return None
+    config = conflist_from_dict(data["config"], source=f"endpoint {endpoint_id[:12]}'s IPAM")
+    result = data.get("result")
+    return Attachment(
+        container_id=endpoint_id, netns=data["netns_path"], ifname=data["ifname"],
+        config=config,
+        result=None if result is None else Result.from_json(result, config.cni_version))
 
 
 @dataclass

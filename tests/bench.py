@@ -46,7 +46,12 @@ Traffic stays on this machine; the subnets are in 10.202.0.0/16.
 
 Usage: python -m tests.bench [--only P1,P1p,P2,P3,P3p,P4,P5,P6] [--runs N] [--quick]
                              [--containers N] [--clients N] [--rounds N] [--endpoints N]
-                             [--labelled N] [--keep-log]
+                             [--labelled N] [--place staging|sandbox] [--keep-log]
+
+``--place sandbox`` makes P1's, P2's and P3's pycni networks with ``-o cni.place=sandbox``: the
+chain runs straight in the container's namespace (Docker ≥ 28 for P1 and P3; P2 makes a
+namespace per endpoint itself, untimed, as Docker makes it before Join, and one per raw round
+for the raw chain, which then runs in a namespace as young as pycni's).
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ from tests import leaks
 from tests.conftest import CNI_PATH, REPO, TEST_IMAGE
 from tests.e2e.conftest import SOCKET, PycniServer, call, exclusive_engine
 
+#: ``-o cni.place=sandbox`` on every pycni network the run makes (``--place sandbox``)
+PLACE: tuple[str, ...] = ()
 P1_PYCNI_NET = "pycni-bench-p1"
 P1_BRIDGE_NET = "pycni-bench-p1-bridge"
 P1_PYCNI_SUBNET = "10.202.1.0/24"
@@ -368,7 +375,8 @@ def p1(runs: int, warmup: int, publish: tuple[str, ...] = ()) -> Pair:
     (P1p: with ``publish``)."""
     made: list[str] = []
     try:
-        sh("docker", "network", "create", "-d", "pycni", "--subnet", P1_PYCNI_SUBNET, P1_PYCNI_NET)
+        sh("docker", "network", "create", "-d", "pycni", *PLACE, "--subnet", P1_PYCNI_SUBNET,
+           P1_PYCNI_NET)
         made.append(P1_PYCNI_NET)
         sh("docker", "network", "create", "--subnet", P1_BRIDGE_SUBNET, P1_BRIDGE_NET)
         made.append(P1_BRIDGE_NET)
@@ -418,13 +426,19 @@ def _network_request(network_id: str, pool: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def pycni_network(name: str, subnet: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def pycni_network(name: str, subnet: str, *, place: bool = True
+                  ) -> Iterator[tuple[str, dict[str, Any]]]:
     """A zero-config pycni network made through Docker, which sends CreateNetwork (and, when
-    it is removed, DeleteNetwork) to the socket; its id and that CreateNetwork request."""
-    network_id = sh("docker", "network", "create", "-d", "pycni", "--subnet", subnet,
+    it is removed, DeleteNetwork) to the socket; its id and that CreateNetwork request.
+    ``place``: with the run's ``--place``."""
+    options = PLACE if place else ()
+    network_id = sh("docker", "network", "create", "-d", "pycni", *options, "--subnet", subnet,
                     name).strip()
+    request = _network_request(network_id, subnet)
+    if options:
+        request["Options"]["com.docker.network.generic"]["cni.place"] = "sandbox"
     try:
-        yield network_id, _network_request(network_id, subnet)
+        yield network_id, request
     finally:
         quiet("docker", "network", "rm", name)
 
@@ -509,11 +523,16 @@ def _p2(server: Server, runs: int, warmup: int, network_id: str,
             raw_addr = f"{P2_SUBNET}.{130 + n % 120}/24"
             eid = secrets.token_hex(32)
             endpoint = {"NetworkID": network_id, "EndpointID": eid}
+            sandbox_key = f"/var/run/docker/netns/{eid[:12]}"
+            if PLACE:
+                # the container's namespace, which Docker (≥ 28) makes before Join: not timed
+                sandbox_key = f"/run/netns/{netns}-{n}"
+                sh("ip", "netns", "add", f"{netns}-{n}")
             calls: list[tuple[str, dict[str, Any]]] = [
                 ("CreateEndpoint", {**endpoint, "Interface": {
                     "Address": ours_addr, "AddressIPv6": "", "MacAddress": ""},
                     "Options": DOCKER_ENDPOINT_OPTIONS}),
-                ("Join", {**endpoint, "SandboxKey": f"/var/run/docker/netns/{eid[:12]}",
+                ("Join", {**endpoint, "SandboxKey": sandbox_key,
                           "Options": DOCKER_ENDPOINT_OPTIONS}),
                 ("Leave", endpoint),
                 ("DeleteEndpoint", endpoint),
@@ -531,13 +550,23 @@ def _p2(server: Server, runs: int, warmup: int, network_id: str,
                 post(f"NetworkDriver.{method}", body)
                 per_call[method] = time.perf_counter() - began
             t_ours = time.perf_counter() - start
+            if PLACE:
+                sh("ip", "netns", "delete", f"{netns}-{n}")
 
             execs: dict[str, float] = {}
+            raw_netns = netns_path
+            if PLACE:
+                # a fresh namespace for the raw chain too, as pycni's has (a young namespace
+                # makes the bridge plugin's DEL several ms slower): not timed
+                sh("ip", "netns", "add", f"{netns}-raw")
+                raw_netns = f"/run/netns/{netns}-raw"
             start = time.perf_counter()
             cid = secrets.token_hex(32)
-            added = raw_chain(chain.config.raw, cni_args, caps, netns_path, cid, "ADD", None, execs)
-            raw_chain(chain.config.raw, cni_args, caps, netns_path, cid, "DEL", added, execs)
+            added = raw_chain(chain.config.raw, cni_args, caps, raw_netns, cid, "ADD", None, execs)
+            raw_chain(chain.config.raw, cni_args, caps, raw_netns, cid, "DEL", added, execs)
             t_raw = time.perf_counter() - start
+            if PLACE:
+                sh("ip", "netns", "delete", f"{netns}-raw")
 
             start = time.perf_counter()
             post("Plugin.Activate", {})
@@ -655,7 +684,8 @@ def p3(containers: int, clients: int, rounds: int, publish: tuple[str, ...] = ()
     out = P3Result(containers=containers, clients=clients)
     made: list[str] = []
     try:
-        sh("docker", "network", "create", "-d", "pycni", "--subnet", P3_PYCNI_SUBNET, P3_PYCNI_NET)
+        sh("docker", "network", "create", "-d", "pycni", *PLACE, "--subnet", P3_PYCNI_SUBNET,
+           P3_PYCNI_NET)
         made.append(P3_PYCNI_NET)
         sh("docker", "network", "create", "--subnet", P3_BRIDGE_SUBNET, P3_BRIDGE_NET)
         made.append(P3_BRIDGE_NET)
@@ -848,7 +878,7 @@ def p4(server: Server, n: int) -> P4Result:
     """N endpoints on one network through the socket, and N of the raw chain, interleaved."""
     sh("ip", "netns", "add", P4_SANDBOX)
     try:
-        with pycni_network(P4_NET, P4_SUBNET) as (network_id, request):
+        with pycni_network(P4_NET, P4_SUBNET, place=False) as (network_id, request):
             return _p4(server, n, network_id, request)
     finally:
         quiet("ip", "netns", "delete", P4_SANDBOX)
@@ -1235,6 +1265,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="P6: labelled containers per side and round (default 50)")
     parser.add_argument("--endpoints", type=_bounded(2, MAX_ENDPOINTS), default=None,
                         help="P4: endpoints kept on one network, and raw ones (default 1000)")
+    parser.add_argument("--place", choices=("staging", "sandbox"), default="staging",
+                        help="where pycni's networks run their chains (-o cni.place; sandbox "
+                        "needs Docker 28 for P1 and P3, P2 makes the sandboxes itself)")
     parser.add_argument("--keep-log", action="store_true",
                         help="keep pycni's debug log (of a server this run starts) in /tmp")
     args = parser.parse_args(argv)
@@ -1296,6 +1329,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: needs root (dockerd, namespaces, CNI plugins)", file=sys.stderr)
         return 2
 
+    global PLACE
+    PLACE = ("-o", "cni.place=sandbox") if args.place == "sandbox" else ()
     lock = exclusive_engine()
     rows: list[Row] = []
     p2_result: P2Result | None = None

@@ -333,6 +333,20 @@ class FakeLinks:
         link = self.find(ns, ifname)
         return ("", []) if link is None else (link.mac, list(link.addresses))
 
+    def is_netns(self, path: str) -> bool:
+        self._enter("is_netns", path)
+        return bool(path) and self._key(path) in self.spaces
+
+    def hand_over_default_routes(self, ns: str, ifname: str) -> list[Route]:
+        self._enter("hand_over_default_routes", ns, ifname)
+        link = self._space(ns, f"cannot read routes of {ifname} in {ns}").get(ifname)
+        if link is None:
+            raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns}")
+        routes = [Route.from_json(r) for r in link.routes]
+        link.routes = [r for r, parsed in zip(link.routes, routes, strict=True)
+                       if not parsed.is_default]
+        return routes
+
 
 @dataclass
 class DelSeen:

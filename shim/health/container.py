@@ -117,6 +117,9 @@ class Recorded:
     netns: str
     mac: str
     addresses: tuple[str, ...]
+    #: where the chain ran: ``staging`` (pycni's namespace, the link moved out since) or
+    #: ``sandbox`` (the container's own)
+    place: str = "staging"
 
 
 def recorded(rec: EndpointRecord) -> Recorded:
@@ -124,7 +127,8 @@ def recorded(rec: EndpointRecord) -> Recorded:
     the record (but for its phase, which :func:`check_endpoint` reports even then)."""
     if rec.result is None:
         raise StateError("pycni never recorded a CNI result for it")
-    return Recorded(rec.attachment, rec.result, rec.netns, rec.mac, tuple(rec.addresses))
+    return Recorded(rec.attachment, rec.result, rec.netns, rec.mac, tuple(rec.addresses),
+                    rec.place)
 
 
 # --- one endpoint --------------------------------------------------------------------------------
@@ -199,7 +203,7 @@ def check_endpoint(
         subject,
         restart,
         add_ifname=added.ifname,
-        moved=True,  # the driver's chain ran in its staging namespace
+        moved=ep.place == "staging",  # the chain ran in pycni's staging namespace
         host_addresses=host_addresses(live, ep.addresses),
     )
 
@@ -213,7 +217,8 @@ def _host_side(
 ) -> list[Finding]:
     """What DeleteEndpoint will need: the staging netns and libcni's cached result."""
     problems = []
-    if not netns_exists(ep.netns):
+    staged = ep.place == "staging"
+    if staged and not netns_exists(ep.netns):
         problems.append(f"staging netns {netlink.netns_path(ep.netns)} is missing")
     added = ep.attachment
     cache_file = ResultCache(settings.cache_dir).path(
@@ -225,6 +230,9 @@ def _host_side(
         )
     if problems:
         return [Finding(FAIL, subject, p, hint) for p in problems]
+    if not staged:
+        return [Finding(OK, subject, "libcni's cache file is there (the chain ran in the "
+                                     "container's own namespace)")]
     return [Finding(OK, subject, f"staging netns {ep.netns} and libcni's cache file are there")]
 
 
