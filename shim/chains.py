@@ -361,7 +361,9 @@ def _no_lease_to_strand(net: NetworkConfigList) -> None:
         "the dhcp IPAM cannot keep its lease in driver mode: its daemon renews the lease from "
         "the namespace ADD ran in, and pycni runs the chain in a staging namespace whose link "
         "moves into the container, so every renewal would fail and the DHCP server would hand "
-        "the address to someone else; attach such containers in the --network none mode "
+        "the address to someone else (with -o cni.place=sandbox the chain runs in the "
+        "container's namespace, but Docker must be told the address before the interface "
+        "dhcp asks from exists); attach such containers in the --network none mode "
         "(`pycni run`, or the pycni.networks label with `pycni watch`), where the chain runs in "
         "the container's own namespace and the lease is renewed",
         source=net.source,
