@@ -68,6 +68,33 @@ class Attachment:
             capability_args=self.capability_args,
         )
 
+    def to_json(self) -> dict[str, Any]:
+        """The attachment as records keep it, flat (the layout of libcni's cache entry)."""
+        return {
+            "container_id": self.container_id,
+            "netns_path": self.netns,
+            "ifname": self.ifname,
+            "config": self.config.raw,
+            "cni_args": [list(a) for a in self.cni_args],
+            "capability_args": self.capability_args,
+            "result": None if self.result is None else self.result.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> Attachment:
+        """An attachment as :meth:`to_json` wrote it; ``source`` names the record in errors."""
+        config = conflist_from_dict(data["config"], source=source)
+        result = data.get("result")
+        return cls(
+            container_id=str(data["container_id"]),
+            netns=str(data.get("netns_path") or ""),
+            ifname=str(data["ifname"]),
+            config=config,
+            cni_args=tuple((str(k), str(v)) for k, v in data.get("cni_args") or []),
+            capability_args=dict(data.get("capability_args") or {}),
+            result=None if result is None else Result.from_json(result, config.cni_version),
+        )
+
     @classmethod
     def from_cache(cls, entry: CachedAttachment, netns: str) -> Attachment:
         """An attachment rebuilt from libcni's cache entry (one nobody has a record of), for a

@@ -42,9 +42,8 @@ from .state import AddressVia, Ipam, Mode, NetworkRules
 OPT_NETWORK = "cni.network"
 OPT_BRIDGE = "cni.bridge"
 OPT_MTU = "cni.mtu"
-#: where a container's chain runs: ``staging`` (the default) or ``sandbox`` (shim.sandbox)
-OPT_PLACE = "cni.place"
-PLACES = ("staging", "sandbox")
+#: where a container's chain runs (shim.sandbox), the default first
+OPT_PLACE, PLACES = "cni.place", ("staging", "sandbox")
 #: an overlay network's (shim.overlay.chain): cni.overlay=NAME, .subnet, .prefix, .vni
 OVERLAY_OPTIONS = ("cni.overlay", "cni.overlay.subnet", "cni.overlay.prefix", "cni.overlay.vni")
 KNOWN_OPTIONS = (OPT_NETWORK, OPT_BRIDGE, OPT_MTU, OPT_PLACE, *OVERLAY_OPTIONS)
@@ -96,7 +95,6 @@ class Resolved:
         return plugins.bridges(self.config)
 
 
-
 def check_options(options: Mapping[str, str]) -> None:
     for key in options:
         if key.startswith("cni.") and key not in KNOWN_OPTIONS:
@@ -109,7 +107,7 @@ def check_options(options: Mapping[str, str]) -> None:
 
 def place_of(options: Mapping[str, str]) -> str:
     """Where the network's chains run (``cni.place``): ``staging`` unless asked otherwise."""
-    place = options.get(OPT_PLACE, "staging")
+    place = options.get(OPT_PLACE, PLACES[0])
     if place not in PLACES:
         raise InvalidRequest(f"option {OPT_PLACE}={place!r}: pycni knows {' and '.join(PLACES)}")
     return place
@@ -358,14 +356,14 @@ def _no_lease_to_strand(net: NetworkConfigList) -> None:
     if found is None or found[1].get("type") != "dhcp":
         return
     raise ConfigError(
-        "the dhcp IPAM cannot keep its lease in driver mode: its daemon renews the lease from "
-        "the namespace ADD ran in, and pycni runs the chain in a staging namespace whose link "
-        "moves into the container, so every renewal would fail and the DHCP server would hand "
-        "the address to someone else (with -o cni.place=sandbox the chain runs in the "
-        "container's namespace, but Docker must be told the address before the interface "
-        "dhcp asks from exists); attach such containers in the --network none mode "
-        "(`pycni run`, or the pycni.networks label with `pycni watch`), where the chain runs in "
-        "the container's own namespace and the lease is renewed",
+        "the dhcp IPAM cannot keep its lease in driver mode: its daemon renews the lease from the "
+        "namespace ADD ran in, and pycni runs the chain in a staging namespace whose link moves "
+        "into the container, so every renewal would fail and the DHCP server would hand the "
+        "address to someone else (with -o cni.place=sandbox the chain runs in the container's "
+        "namespace, but Docker must be told the address before the interface dhcp asks from "
+        "exists); attach such containers in the --network none mode (`pycni run`, or the "
+        "pycni.networks label with `pycni watch`), where the chain runs in the container's own "
+        "namespace and the lease is renewed",
         source=net.source,
         field=f"plugins[{found[0]}].ipam",
     )

@@ -142,3 +142,13 @@ def result_found(att: Attachment, mac: str, cidrs: list[str]) -> Result | None:
             "ips": [{"address": c, "interface": 0} for c in cidrs],
         }
     ).convert(version)
+
+
+def result_in_namespace(att: Attachment, addresses: Callable[[str, str], tuple[str, list[str]]]
+                        ) -> Result | None:
+    """:func:`result_found` from the interface in ``att``'s namespace as ``addresses(ns,
+    ifname)`` reads it (MAC, CIDRs); None when DEL runs without a namespace."""
+    if not att.netns:
+        return None
+    mac, cidrs = addresses(att.netns, att.ifname)
+    return result_found(att, mac, cidrs)

@@ -119,15 +119,21 @@ def link_info(name: str, ns: str | None = None) -> LinkInfo | None:
         return None if link is None else _as_info(link)
 
 
+def _made_by_chain(ipr: IPRoute, ifname: str, ns: str) -> tuple[Any, int, list[Route]]:
+    """The link the chain made as ``ifname`` in ``ns`` (the socket's namespace), its index and
+    the routes through it; NetlinkFailure if the chain made none."""
+    link = _get(ipr, ifname)
+    if link is None:
+        raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns}")
+    index = int(link["index"])
+    return link, index, _routes(ipr, index)
+
+
 def move_to_host(ns_name: str, ifname: str, host_name: str) -> tuple[LinkInfo, list[Route]]:
     """Take ``ifname`` out of the staging netns into ours, renamed ``host_name`` (and down), with
     the routes the chain set through it there (moving the link loses them)."""
     with _ipr(ns_name, f"cannot move {ifname} out of {ns_name}") as ipr:
-        link = _get(ipr, ifname)
-        if link is None:
-            raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns_name}")
-        index = int(link["index"])
-        found = _routes(ipr, index)
+        link, index, found = _made_by_chain(ipr, ifname, ns_name)
         # One request: the kernel takes the link down to move it, and names it on arrival.
         ipr.link("set", index=index, net_ns_pid=os.getpid(), ifname=host_name)
     info = _as_info(link)
@@ -246,11 +252,7 @@ def hand_over_default_routes(ns: str, ifname: str) -> list[Route]:
     """The routes through ``ifname`` in netns ``ns`` (a path), its default routes removed: Docker
     adds them back from Join's ``Gateway``/``GatewayIPv6``, and fails where one exists."""
     with _ipr(ns, f"cannot read routes of {ifname} in {ns}") as ipr:
-        link = _get(ipr, ifname)
-        if link is None:
-            raise NetlinkFailure(f"the CNI chain created no interface {ifname} in {ns}")
-        index = int(link["index"])
-        found = _routes(ipr, index)
+        _link, index, found = _made_by_chain(ipr, ifname, ns)
         for route in found:
             if route.is_default:
                 family = socket.AF_INET if route.dst.version == 4 else socket.AF_INET6

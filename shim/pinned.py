@@ -18,7 +18,7 @@ from collections.abc import Callable
 from . import netlink
 from .attach import Attachment
 from .cni.types import Result
-from .lifecycle import result_found
+from .lifecycle import result_in_namespace
 from .none_io import Host
 
 #: the names of the namespaces this mode pins: ``pycni-pin-<container 12>-<namespace inode>``
@@ -66,10 +66,7 @@ class PinnedPlace:
         return att
 
     def found_result(self, att: Attachment) -> Result | None:
-        if not att.netns:
-            return None
-        mac, cidrs = self.host.addresses(att.netns, att.ifname)
-        return result_found(att, mac, cidrs)
+        return result_in_namespace(att, self.host.addresses)
 
     def close(self, att: Attachment) -> None:
         if is_pin(att.netns) and not self.in_use(att.netns):

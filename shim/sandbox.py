@@ -41,7 +41,7 @@ from .chains import ipam_plugin
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .cni.types import Result
 from .errors import ConfigError, NetlinkFailure, Unsupported
-from .lifecycle import Ledger, Lifecycle, result_found
+from .lifecycle import Ledger, Lifecycle, result_in_namespace
 from .protocol import JoinResponse
 from .registry import Network, Registry
 from .seams import Links
@@ -122,10 +122,7 @@ class SandboxPlace:
         return replace(att, netns="")
 
     def found_result(self, att: Attachment) -> Result | None:
-        if not att.netns:
-            return None
-        mac, cidrs = self.links.addresses(att.netns, att.ifname)
-        return result_found(att, mac, cidrs)
+        return result_in_namespace(att, self.links.addresses)
 
     def close(self, att: Attachment) -> None:
         """What DEL left of the chain's interface goes (the namespace is Docker's)."""
@@ -185,9 +182,9 @@ class SandboxEndpoints:
     def create(self, net: Network, rec: EndpointRecord) -> None:
         """Record the endpoint for Join: with the address Docker's IPAM chose, or the one the
         chain's IPAM hands out on its own now (:func:`reservation`)."""
-        asked = rec.docker.interface if rec.docker is not None else None
-        rec.mac = (asked.mac_address if asked else "") or str(rec.capability_args.get("mac")
-                                                             or "")
+        # Docker's --mac-address, or on a zero-config network the one derived from the address
+        # (shim.endpoint_chain gives the chain either as its ``mac`` capability)
+        rec.mac = str(rec.capability_args.get("mac") or "")
         if net.record.address_via:
             rec.phase = Phase.CREATED
             self.registry.add_endpoint(net, rec)
@@ -231,9 +228,7 @@ class SandboxEndpoints:
             rec.link_mac = rec.attachment.mac() or rec.mac
             rec.mac = rec.mac or rec.link_mac
             answers.answer(rec.docker.interface, rec)  # the chain took Docker's address
-            rec.phase = Phase.READY
+            rec.phase = Phase.JOINED  # saved as the lifecycle saves the record once more
         log.info("endpoint %s on %s: %s mac %s, in the sandbox as %s", rec.id[:12], net.id[:12],
                  ",".join(rec.addresses) or "no address", rec.mac, rec.ifname)
-        rec.phase = Phase.JOINED
-        self.registry.save_endpoint(net, rec)
         return answers.sandbox_join_response(rec)

@@ -238,7 +238,7 @@ class EndpointRecord:
             "sandbox_key": self.sandbox_key,
             "created": self.created,
             "place": self.place,
-            "reserved": None if self.reserved is None else _reserved_json(self.reserved),
+            "reserved": None if self.reserved is None else self.reserved.to_json(),
         }
 
     @classmethod
@@ -269,24 +269,9 @@ class EndpointRecord:
             sandbox_key=data.get("sandbox_key") or "",
             created=float(data.get("created") or time.time()),
             place=data.get("place") or "staging",
-            reserved=_reserved_from_json(data["id"], data.get("reserved")),
+            reserved=Attachment.from_json(data["reserved"], f"endpoint {data['id'][:12]}'s IPAM")
+            if data.get("reserved") else None,
         )
-
-
-def _reserved_json(att: Attachment) -> dict[str, Any]:
-    return {"netns_path": att.netns, "ifname": att.ifname, "config": att.config.raw,
-            "result": None if att.result is None else att.result.to_json()}
-
-
-def _reserved_from_json(endpoint_id: str, data: Any) -> Attachment | None:
-    if not data:
-        return None
-    config = conflist_from_dict(data["config"], source=f"endpoint {endpoint_id[:12]}'s IPAM")
-    result = data.get("result")
-    return Attachment(
-        container_id=endpoint_id, netns=data["netns_path"], ifname=data["ifname"],
-        config=config,
-        result=None if result is None else Result.from_json(result, config.cni_version))
 
 
 @dataclass
@@ -322,21 +307,14 @@ class ContainerRecord:
         return self.attachment.ifname
 
     def to_json(self) -> dict[str, Any]:
-        att = self.attachment
         return {
             "version": VERSION,
             "kind": "container",
             "id": self.id,
             "network": self.network,
-            "container_id": att.container_id,
             "name": self.name,
             "pid": self.pid,
-            "netns_path": att.netns,
-            "ifname": att.ifname,
-            "config": att.config.raw,
-            "cni_args": [list(a) for a in att.cni_args],
-            "capability_args": att.capability_args,
-            "result": None if att.result is None else att.result.to_json(),
+            **self.attachment.to_json(),
             "created": self.created,
             "app_id": self.app_id,
             "app_name": self.app_name,
@@ -344,19 +322,9 @@ class ContainerRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
-        config = conflist_from_dict(data["config"], source=f"container record {data['id']}")
-        result = data.get("result")
         return cls(
             network=str(data["network"]),
-            attachment=Attachment(
-                container_id=str(data["container_id"]),
-                netns=str(data.get("netns_path") or ""),
-                ifname=str(data["ifname"]),
-                config=config,
-                cni_args=tuple((str(k), str(v)) for k, v in data.get("cni_args") or []),
-                capability_args=dict(data.get("capability_args") or {}),
-                result=None if result is None else Result.from_json(result, config.cni_version),
-            ),
+            attachment=Attachment.from_json(data, f"container record {data['id']}"),
             name=str(data.get("name") or ""),
             pid=int(data.get("pid") or 0),
             created=float(data.get("created") or time.time()),

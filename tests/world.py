@@ -151,15 +151,6 @@ class World:
             CreateEndpointRequest.from_json(body), body).to_json()
         return answer
 
-    def wire(self, endpoint_id: str = EP, network_id: str = NET, **kwargs: str
-             ) -> dict[str, Any]:
-        """CreateEndpoint, then Join (without Docker's move) when the chain waits for it: the
-        chain has run, as when Docker starts a container. CreateEndpoint's answer."""
-        answer = self.create_endpoint(endpoint_id, network_id, **kwargs)
-        if self.driver.endpoints[endpoint_id].phase == "created":
-            self.join(endpoint_id, network_id, move=False)
-        return answer
-
     def join(self, endpoint_id: str = EP, network_id: str = NET, *,
              sandbox: str = SANDBOX, move: bool = True) -> dict[str, Any]:
         """Join, then (``move``) do what Docker does next: move the link into the sandbox."""
