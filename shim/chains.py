@@ -306,7 +306,8 @@ def host_local_subnets(ipam: dict[str, Any]) -> list[ipaddress.IPv4Network | ipa
 def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved:
     """Settle how a named conflist gets its addresses; refuse what can't work."""
     _conflist_decides(req.driver_options, net)
-    _no_lease_to_strand(net)
+    _no_lease_to_strand(net, sandbox=place_of(req.driver_options) == "sandbox",
+                        docker_ipam=docker_ipam(req))
     if not docker_ipam(req):
         return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.CNI, address_via=AddressVia.NONE)
     found = ipam_plugin(net)
@@ -348,25 +349,24 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.DOCKER, address_via=via)
 
 
-def _no_lease_to_strand(net: NetworkConfigList) -> None:
-    """Refuse the dhcp IPAM: its daemon renews a lease from the namespace ADD ran in, and in
-    driver mode that is pycni's staging namespace, which the link leaves for the container - every
-    renewal would fail and the lease lapse while the container keeps the address."""
+def _no_lease_to_strand(net: NetworkConfigList, *, sandbox: bool, docker_ipam: bool) -> None:
+    """Refuse the dhcp IPAM where it would lose its lease: its daemon renews from the namespace
+    ADD ran in, which on the staging path the link leaves. In Docker's sandbox it keeps it, if
+    Docker hands out no address of its own."""
     found = ipam_plugin(net)
-    if found is None or found[1].get("type") != "dhcp":
+    if found is None or found[1].get("type") != "dhcp" or (sandbox and not docker_ipam):
         return
     raise ConfigError(
-        "the dhcp IPAM cannot keep its lease in driver mode: its daemon renews the lease from the "
-        "namespace ADD ran in, and pycni runs the chain in a staging namespace whose link moves "
-        "into the container, so every renewal would fail and the DHCP server would hand the "
-        "address to someone else (with -o cni.place=sandbox the chain runs in the container's "
-        "namespace, but Docker must be told the address before the interface dhcp asks from "
-        "exists); attach such containers in the --network none mode (`pycni run`, or the "
-        "pycni.networks label with `pycni watch`), where the chain runs in the container's own "
-        "namespace and the lease is renewed",
-        source=net.source,
-        field=f"plugins[{found[0]}].ipam",
-    )
+        "the dhcp IPAM hands out the address itself, when the chain runs in the container's "
+        "namespace at Join: create the network with --ipam-driver null" if sandbox else
+        "the dhcp IPAM cannot keep its lease on the staging path: its daemon renews the lease "
+        "from the namespace ADD ran in, and pycni runs the chain in a staging namespace whose "
+        "link moves into the container, so every renewal would fail and the DHCP server would "
+        "hand the address to someone else; on Docker 28 or later create the network with "
+        f"-o {OPT_PLACE}=sandbox --ipam-driver null (the chain then runs in the container's "
+        "namespace and renews; Docker is told no address), or attach such containers in the "
+        "--network none mode (`pycni run`, or the pycni.networks label with `pycni watch`)",
+        source=net.source, field=f"plugins[{found[0]}].ipam")
 
 
 def _conflist_decides(options: Mapping[str, str], net: NetworkConfigList) -> None:

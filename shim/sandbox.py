@@ -22,8 +22,12 @@ address at CreateEndpoint, before its sandbox is there. So the chain's IPAM runs
 (:func:`reservation`: the IPAM plugin as a one-plugin list of the network's name, attachment
 ``ipam0`` of the endpoint), and the chain runs at Join with what it handed out as static IPAM
 (:func:`given`). DEL of the chain at Leave leaves the reservation; DeleteEndpoint releases it
-with the IPAM's own DEL, so the IPAM's books stay exact. An IPAM that needs the interface to hand
-out an address (dhcp) can't run before it exists: such a chain is refused at create.
+with the IPAM's own DEL, so the IPAM's books stay exact.
+
+**An IPAM that asks on the interface** (dhcp) can't run before the interface exists, and can't
+keep its lease anywhere but in the namespace it asked from: its daemon renews from there. The
+whole chain runs at Join, Docker is told no address (inspect shows none, and Docker's DNS does not
+know the name), and the lease is renewed for the container's life, released at Leave.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ PREFIX = "eth"
 IPAM_IFNAME = "ipam0"
 #: CNI_NETNS of the reservation's ADD: the spec wants one; an IPAM plugin never enters it
 HOST_NETNS = "/proc/self/ns/net"
+#: the IPAMs that hand out an address by asking on the interface, which exists only at Join
+ASK_ON_THE_LINK = frozenset({"dhcp"})
+
+
+def asks_on_the_link(config: NetworkConfigList) -> bool:
+    found = ipam_plugin(config)
+    return found is not None and found[1].get("type") in ASK_ON_THE_LINK
 
 
 def reservation(endpoint_id: str, config: NetworkConfigList) -> Attachment:
@@ -185,14 +196,16 @@ class SandboxEndpoints:
         # Docker's --mac-address, or on a zero-config network the one derived from the address
         # (shim.endpoint_chain gives the chain either as its ``mac`` capability)
         rec.mac = str(rec.capability_args.get("mac") or "")
-        if net.record.address_via:
+        if net.record.address_via or asks_on_the_link(rec.config):
             rec.phase = Phase.CREATED
             self.registry.add_endpoint(net, rec)
         else:
             self._reserve(net, rec)
         log.info("endpoint %s on %s: its chain runs at Join, in Docker's sandbox%s",
                  rec.id[:12], net.id[:12],
-                 f" ({', '.join(rec.addresses)} from its IPAM)" if rec.reserved else "")
+                 f" ({', '.join(rec.addresses)} from its IPAM)" if rec.reserved else
+                 "" if net.record.address_via else " (its IPAM asks on the link: Docker is told "
+                 "no address)")
 
     def _reserve(self, net: Network, rec: EndpointRecord) -> None:
         reserved = reservation(rec.id, rec.config)

@@ -405,8 +405,13 @@ class FakeMainPlugin:
             found.append({"subnet": ipam["subnet"], "gateway": ipam.get("gateway", "")})
         return found
 
+    def _ranges(self, ipam: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Where the IPAM hands out from: its subnets, else (an IPAM with none in its config,
+        such as dhcp) 10.200.99.0/24."""
+        return self._subnets(ipam) or [{"subnet": "10.200.99.0/24"}]
+
     def _allocate(self, ipam: Mapping[str, Any], container_id: str) -> list[str]:
-        ranges = self._subnets(ipam) or [{"subnet": "10.200.99.0/24"}]
+        ranges = self._ranges(ipam)
         subnet = ipaddress.ip_network(ranges[0]["subnet"])
         gateway = ranges[0].get("gateway") or str(next(subnet.hosts()))
         held = {a.split("/")[0] for addrs in self.leases.values() for a in addrs}
@@ -437,8 +442,8 @@ class FakeMainPlugin:
             iface = ipaddress.ip_interface(address)
             gw = explicit.get(address) or next(
                 (g for g in arg_gws if ipaddress.ip_address(g).version == iface.version), "")
-            if not gw and ipam.get("type") == "host-local":
-                for r in self._subnets(ipam):
+            if not gw and ipam.get("type") in ("host-local", "dhcp"):  # dhcp: the router option
+                for r in self._ranges(ipam):
                     net = ipaddress.ip_network(r["subnet"])
                     if iface.ip in net:
                         gw = r.get("gateway") or str(next(net.hosts()))

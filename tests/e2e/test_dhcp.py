@@ -4,8 +4,10 @@ leases) and the CNI dhcp daemon, over more than two lease periods.
 
 The daemon renews a lease from the namespace ADD ran in. The none mode runs the chain in the
 container's own namespace, held open for the attachment's life, so the renewals reach the server
-and the lease outlives its first term; driver mode refuses a dhcp chain at ``docker network
-create``, saying why and naming this mode (its chain runs in a staging namespace the link leaves).
+and the lease outlives its first term. Driver mode on Docker >= 28 with ``-o cni.place=sandbox``
+runs the chain in the namespace Docker made, and keeps its lease the same way; on the staging
+path driver mode refuses a dhcp chain at ``docker network create``, saying why and naming both
+(its chain runs in a staging namespace the link leaves).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CNI_BIN, TEST_IMAGE, docker, run, unmet
-from tests.e2e.conftest import DRIVER, PLUGIN_MODE, PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PLUGIN_MODE, PycniServer, Tracker, engine_version
 from tests.e2e.test_health import pycni_cli, report
 from tests.e2e.test_none_mode import cli, exec_out
 
@@ -111,6 +113,35 @@ def dhcp(e2e: Tracker, netns: Callable[[], str], tmp_path: Path
         server.stop()
 
 
+def hold_past_two_terms(server: DhcpServer, daemon: DhcpDaemon, addresses: list[str]) -> None:
+    """The server holds the leases on ``addresses`` for more than two terms: renewed, since
+    without renewals it drops a lease when its first term ends."""
+    first_terms = {a: server.lease_of(a) for a in addresses}
+    assert None not in first_terms.values(), server.leases.read_text()
+    end = max(t or 0 for t in first_terms.values()) + LEASE + 10
+    while time.time() < end:
+        time.sleep(10)
+        assert server.proc.poll() is None and daemon.proc.poll() is None
+        for address in addresses:
+            held = server.lease_of(address)
+            assert held is not None and held > time.time(), \
+                f"the server no longer holds {address}: {server.leases.read_text()!r}"
+    for address, first_term in first_terms.items():  # renewed more than once
+        assert (server.lease_of(address) or 0) > (first_term or 0) + LEASE
+
+
+def address_of(container: str) -> str:
+    line = exec_out(container, "ip", "-o", "-4", "addr", "show", "eth0")
+    address = line.split()[3].split("/")[0]
+    assert in_pool(address), line
+    return address
+
+
+def in_pool(address: str) -> bool:
+    low, high = (ipaddress.IPv4Address(a) for a in POOL)
+    return low <= ipaddress.IPv4Address(address) <= high
+
+
 def chain(daemon: DhcpDaemon) -> dict[str, object]:
     return {"cniVersion": "1.0.0", "plugins": [
         {"type": "macvlan", "master": HOST_END, "mode": "bridge",
@@ -118,39 +149,41 @@ def chain(daemon: DhcpDaemon) -> dict[str, object]:
 
 
 @pytest.mark.lease
-def test_a_none_mode_container_keeps_its_dhcp_lease_past_two_terms(
+def test_containers_keep_their_dhcp_leases_past_two_terms(
         e2e: Tracker, pycni: PycniServer, dhcp: tuple[DhcpServer, DhcpDaemon]) -> None:
+    """The none mode on every engine; on Docker >= 28 also driver mode with
+    ``-o cni.place=sandbox`` (Docker told no address), side by side over the same terms."""
     server, daemon = dhcp
     pycni.write_conflist("e2e-dhcp", chain(daemon))
-    c = "pycni-e2e-dhcp"
-    e2e.containers.append(c)
-    proc = cli(pycni, "run", "--cni-net", "e2e-dhcp", "--", "-d", "--name", c, TEST_IMAGE,
-               "sleep", "900")
+    none_mode = "pycni-e2e-dhcp"
+    e2e.containers.append(none_mode)
+    proc = cli(pycni, "run", "--cni-net", "e2e-dhcp", "--", "-d", "--name", none_mode,
+               TEST_IMAGE, "sleep", "900")
     assert proc.returncode == 0, report(proc)
-    line = exec_out(c, "ip", "-o", "-4", "addr", "show", "eth0")
-    address = line.split()[3].split("/")[0]
-    low, high = (ipaddress.IPv4Address(a) for a in POOL)
-    assert low <= ipaddress.IPv4Address(address) <= high, line
-    first_term = server.lease_of(address)
-    assert first_term is not None, server.leases.read_text()
-    # Past two terms: without renewals the server drops the lease when the first ends.
-    end = first_term + LEASE + 10
-    while time.time() < end:
-        time.sleep(10)
-        assert server.proc.poll() is None and daemon.proc.poll() is None
-        held = server.lease_of(address)
-        assert held is not None and held > time.time(), \
-            f"the server no longer holds {address}: {server.leases.read_text()!r}"
-    assert (server.lease_of(address) or 0) > first_term + LEASE  # renewed more than once
-    assert f"{address}/24" in exec_out(c, "ip", "-o", "-4", "addr", "show", "eth0")
-    assert docker("exec", c, "ping", "-c1", "-W2", SERVER, check=False).returncode == 0
-    proc = cli(pycni, "detach", c, "e2e-dhcp")
+    addresses = {none_mode: address_of(none_mode)}
+    if engine_version() >= (28, 0):
+        net = e2e.network("pycni-e2e-dhcps", "-d", DRIVER, "--ipam-driver", "null",
+                          "-o", "cni.network=e2e-dhcp", "-o", "cni.place=sandbox")
+        driver_mode = e2e.run("pycni-e2e-dhcps-c", "--network", net, TEST_IMAGE, "sleep", "900")
+        addresses[driver_mode] = address_of(driver_mode)
+        # the router option as Docker's gateway; pycni finds the endpoint as it made it
+        assert f"default via {SERVER} dev eth0" in exec_out(driver_mode, "ip", "route")
+        proc = pycni_cli(pycni, "check", driver_mode)
+        assert proc.returncode == 0 and "FAIL" not in proc.stdout, report(proc)
+    hold_past_two_terms(server, daemon, list(addresses.values()))
+    for container, address in addresses.items():
+        assert f"{address}/24" in exec_out(container, "ip", "-o", "-4", "addr", "show", "eth0")
+        assert docker("exec", container, "ping", "-c1", "-W2", SERVER,
+                      check=False).returncode == 0
+    proc = cli(pycni, "detach", none_mode, "e2e-dhcp")
     assert proc.returncode == 0, report(proc)
-    docker("rm", "-f", c)
-    assert "e2e-dhcp" not in pycni_cli(pycni, "ls").stdout
+    for container, address in addresses.items():
+        docker("rm", "-f", container)
+        assert server.lease_of(address) is None, server.leases.read_text()  # DEL released it
+    assert "e2e-dhcp" not in pycni_cli(pycni, "ls").stdout.split()  # the none mode's network
 
 
-def test_driver_mode_refuses_a_dhcp_chain_naming_the_none_mode(
+def test_the_staging_path_refuses_a_dhcp_chain_naming_what_keeps_the_lease(
         e2e: Tracker, pycni: PycniServer, dhcp: tuple[DhcpServer, DhcpDaemon]) -> None:
     _, daemon = dhcp
     pycni.write_conflist("e2e-dhcpd", chain(daemon))
@@ -158,6 +191,7 @@ def test_driver_mode_refuses_a_dhcp_chain_naming_the_none_mode(
                   "-o", "cni.network=e2e-dhcpd", "pycni-e2e-dhcpd", check=False)
     if proc.returncode == 0:
         e2e.networks.append("pycni-e2e-dhcpd")
-    assert proc.returncode != 0, "a dhcp chain was accepted in driver mode"
-    assert "the dhcp IPAM cannot keep its lease in driver mode" in proc.stderr, proc.stderr
+    assert proc.returncode != 0, "a dhcp chain was accepted on the staging path"
+    assert "the dhcp IPAM cannot keep its lease on the staging path" in proc.stderr, proc.stderr
+    assert "cni.place=sandbox --ipam-driver null" in proc.stderr, proc.stderr
     assert "--network none mode" in proc.stderr, proc.stderr

@@ -267,14 +267,24 @@ def test_an_ipam_that_reads_neither_ips_nor_args_is_refused() -> None:
 
 
 @pytest.mark.parametrize("ipv4", [None, [NULL]])
-def test_the_dhcp_ipam_is_refused_in_driver_mode_naming_the_none_mode(ipv4: Any) -> None:
+def test_the_dhcp_ipam_is_refused_on_the_staging_path_naming_what_keeps_its_lease(
+        ipv4: Any) -> None:
     """Its daemon renews from the namespace ADD ran in: the staging one, which the link leaves."""
     net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
     with pytest.raises(ConfigError) as caught:
         chains.from_conflist(parsed(request(ipv4=ipv4)), net)
     assert caught.value.field == "plugins[0].ipam"
-    assert "the dhcp IPAM cannot keep its lease in driver mode" in str(caught.value)
+    assert "the dhcp IPAM cannot keep its lease on the staging path" in str(caught.value)
+    assert "-o cni.place=sandbox --ipam-driver null" in str(caught.value)
     assert "--network none mode (`pycni run`" in str(caught.value)
+
+
+def test_the_dhcp_ipam_runs_in_the_sandbox_when_docker_hands_out_no_address() -> None:
+    net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
+    with pytest.raises(ConfigError, match="create the network with --ipam-driver null"):
+        chains.from_conflist(parsed(request(cni_place="sandbox")), net)
+    resolved = chains.from_conflist(parsed(request(ipv4=[NULL], cni_place="sandbox")), net)
+    assert resolved.address_via is AddressVia.NONE and resolved.ipam is Ipam.CNI
 
 
 @pytest.mark.parametrize(("ipv4", "ipv6", "ipam"), [

@@ -133,7 +133,7 @@ def test_host_local_outside_dockers_subnet_points_at_null_ipam(world: World) -> 
 def test_a_dhcp_chain_is_refused_with_the_mode_that_keeps_its_lease(world: World) -> None:
     world.conflist("dh", {"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
     for ipv4 in (None, NULL_IPAM):
-        with pytest.raises(ConfigError, match="cannot keep its lease in driver mode") as exc:
+        with pytest.raises(ConfigError, match="cannot keep its lease on the staging path") as exc:
             world.create_network(cni_network="dh", ipv4=ipv4)
         assert "--network none mode" in str(exc.value)
     assert world.driver.networks == {} and world.leftovers() == {}

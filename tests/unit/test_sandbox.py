@@ -14,6 +14,7 @@ import pytest
 from shim import reconcile
 from shim.errors import CNIError, InvalidRequest, Unsupported
 from shim.state import Phase
+from tests.fakelinks import FakeMainPlugin
 from tests.world import EP, NET, NULL_IPAM, SANDBOX, World, docker_pool
 
 pytestmark = pytest.mark.unit
@@ -196,6 +197,30 @@ def test_an_ipam_that_fails_leaves_nothing(world: World) -> None:
     world.exec.on("host-local", "ADD", CNIError("no IP addresses available", code=11))
     with pytest.raises(CNIError, match='"host-local" failed'):
         world.create_endpoint(address="")
+    assert world.leftovers() == {} and world.records() == ([NET], [])
+
+
+def test_a_dhcp_chain_runs_whole_at_join_and_docker_is_told_no_address(world: World) -> None:
+    """dhcp asks on the interface, which exists only at Join, and renews from where it asked:
+    nothing runs at CreateEndpoint, the whole chain runs in the sandbox, DEL releases at Leave."""
+    FakeMainPlugin(world.links, kind="macvlan").install(world.exec)
+    # the routes stand in for the DHCP server's router option (the fake's IPAM reads them)
+    dhcp = {"type": "dhcp", "routes": [{"dst": "0.0.0.0/0"}]}
+    world.conflist("dh", {"type": "macvlan", "master": "eth0", "ipam": dhcp})
+    sandboxed(world, cni_network="dh", ipv4=NULL_IPAM)
+    assert world.create_endpoint(address="") == {}
+    assert world.exec.calls_for("ADD") == [] and world.driver.endpoints[EP].reserved is None
+    world.links.spaces[SANDBOX] = {}
+    assert world.join(move=False) == {"Gateway": "10.200.99.1", "DisableGatewayService": True}
+    [add] = world.exec.calls_for("ADD")
+    assert add.stdin["ipam"] == dhcp and add.env["CNI_NETNS"] == SANDBOX
+    link = world.links.find(SANDBOX, "eth0")
+    assert link is not None and "10.200.99.2/24" in link.addresses
+    world.leave(move=False)
+    assert [d.env["CNI_NETNS"] for d in world.exec.calls_for("DEL")] == [SANDBOX]
+    assert world.links.find(SANDBOX, "eth0") is None
+    assert world.driver.endpoints[EP].addresses == []
+    world.delete_endpoint()
     assert world.leftovers() == {} and world.records() == ([NET], [])
 
 
