@@ -2,7 +2,7 @@
 # Install, idempotently, everything pycni's tests and demo need on a Debian 12 machine:
 # Docker 26.1 engine + docker-compose from Debian 13 (pinned so nothing else moves to trixie),
 # the CNI reference plugins, iptables, busybox-static, etcd (overlay networks), dnsmasq (a DHCP
-# server for the dhcp IPAM's test); then .venv with pycni editable + test extras.
+# server for the dhcp IPAM's test), Debian's dnsname CNI plugin; then .venv with pycni editable + test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,8 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 # a DHCP server of the tests' own, for the dhcp IPAM's lease test (issue 17)
 command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
+# a plugin from elsewhere, installed as users install it: Debian's dnsname (issue 19)
+[ -x /usr/lib/cni/dnsname ] || need_apt+=(golang-github-containernetworking-plugin-dnsname)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     # The Debian 13 source uses the same mirror URI as the first stanza of the system's sources.

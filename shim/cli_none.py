@@ -52,7 +52,9 @@ _PORT_HELP = "Publish a port through the chain's portmap: [HOSTIP:]HOST:CONT[/PR
 @click.option("--ifname", default="eth0", show_default=True, help="The interface's name.")
 @click.option("--ip", default="", help="The address to ask the chain's IPAM for.")
 @click.option("-p", "--publish", multiple=True, help=_PORT_HELP)
-@click.option("--arg", "cni_args", multiple=True, metavar="K=V", help="A CNI_ARGS pair (repeatable).")
+@click.option("--arg", "cni_args", multiple=True, metavar="K=V[;K=V...]",
+              help="CNI_ARGS of your own, beside the container's name, namespace and id "
+              "(repeatable).")
 @_mode_options
 @reports_errors
 def attach(container: str, network: str, ifname: str, ip: str, publish: tuple[str, ...],
@@ -60,10 +62,10 @@ def attach(container: str, network: str, ifname: str, ip: str, publish: tuple[st
            cni_path: str | None, cache_dir: str | None) -> None:
     """ADD the conflist NETWORK into the namespace of the running CONTAINER (started with
     --network none); print the CNI result. A failure part-way is undone and names the plugin."""
-    from .none_io import Request, parse_arg, parse_port
+    from .none_io import Request, parse_args, parse_port
 
     req = Request(network, ifname, ip, tuple(parse_port(p) for p in publish),
-                  tuple(parse_arg(a) for a in cni_args))
+                  parse_args(cni_args))
     rec = _mode(state_dir, conf_dir, cni_path, cache_dir).attach(container, req)
     click.echo(json.dumps(rec.attachment.result.to_json(), indent=4))
 
@@ -89,6 +91,9 @@ def detach(container: str, network: str, ifname: str | None, state_dir: str | No
 @click.option("--ip", "ips", multiple=True,
               help="An address for the network in the same place of --cni-net (repeatable).")
 @click.option("-p", "--publish", multiple=True, help=_PORT_HELP + " On the first network.")
+@click.option("--arg", "cni_args", multiple=True, metavar="K=V[;K=V...]",
+              help="CNI_ARGS of your own for every network, beside the container's name, "
+              "namespace and id (repeatable).")
 @click.option("--holder", default="", metavar="'IMAGE [COMMAND...]'",
               help="Attach to a holder container started from IMAGE (a pause image, or e.g. "
               "'busybox sleep 2147483647') and start the app in its namespace: the app starts "
@@ -96,8 +101,8 @@ def detach(container: str, network: str, ifname: str | None, state_dir: str | No
 @_mode_options
 @click.argument("docker_args", nargs=-1, type=click.UNPROCESSED, required=True)
 @reports_errors
-def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: str,
-        state_dir: str | None, conf_dir: str | None, cni_path: str | None,
+def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...],
+        cni_args: tuple[str, ...], holder: str, state_dir: str | None, conf_dir: str | None, cni_path: str | None,
         cache_dir: str | None, docker_args: tuple[str, ...]) -> None:
     """Create a container with --network none (docker create with DOCKER_ARGS, after --),
     start it and attach the networks; remove it again, saying why, if attaching fails.
@@ -107,13 +112,13 @@ def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...], holder: s
     """
     import shlex
 
-    from .none_io import parse_port
+    from .none_io import parse_args, parse_port
     from .runner import run as run_in
 
     nets = [n for n in cni_nets.split(",") if n]
     cid, _ = run_in(_mode(state_dir, conf_dir, cni_path, cache_dir), nets, list(docker_args),
                     ips=ips, port_specs=[parse_port(p) for p in publish],
-                    holder=shlex.split(holder))
+                    args=parse_args(cni_args), holder=shlex.split(holder))
     click.echo(cid)
 
 

@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import dockerview, firewall, none_io, plugins, ports
+from . import dockerview, firewall, none_io, plugins, podargs, ports
 from .attach import Attacher, Attachment
 from .cni import CNI, find
 from .cni.cache import CachedAttachment
@@ -69,8 +69,11 @@ log = logging.getLogger(__name__)
 class Containers:
     def __init__(self, store: Store, cni: CNI, conf_dir: str, docker: Docker | None = None,
                  proc: str = "/proc", cli: DockerCLI | None = None,
-                 rules: Rules = firewall, host: Host | None = None) -> None:
+                 rules: Rules = firewall, host: Host | None = None,
+                 namespace: str = podargs.DEFAULT_NAMESPACE) -> None:
         self.store = store
+        #: K8S_POD_NAMESPACE of containers outside a compose project (:mod:`shim.podargs`)
+        self.namespace = namespace
         #: namespaces and links (pins, a taken interface name, announcements)
         self.host: Host = host or NetlinkHost()
         #: the loopback guard of attachments whose chain may open the host's 127.0.0.0/8
@@ -89,7 +92,7 @@ class Containers:
         cni = CNI(list(settings.cni_path), cache_dir=settings.cache_dir,
                   timeout=settings.plugin_timeout)
         return cls(Store(settings.state_dir), cni, settings.conf_dir,
-                   RealDocker(settings.driver_name))
+                   RealDocker(settings.driver_name), namespace=settings.pod_namespace)
 
     # locks and records
 
@@ -157,13 +160,13 @@ class Containers:
             raise InvalidRequest(none_io.ifname_taken(found, req.ifname))
         config = find(self.conf_dir, req.network)
         caps: dict[str, Any] = {}
-        args = list(req.args)
+        ip_args: list[tuple[str, str]] = []
         if req.ip:
             ip_caps, ip_args = address_for(config, req.ip)
             caps.update(ip_caps)
-            args += ip_args
-        if args:
-            args.insert(0, ("IgnoreUnknown", "1"))
+        args = podargs.join(
+            podargs.identity(req.pod_name or found.name, found.id, found.labels, self.namespace),
+            req.args, tuple(ip_args))
         rec = ContainerRecord(
             network=req.network,
             attachment=Attachment(
@@ -171,7 +174,7 @@ class Containers:
                 netns=pin_path(found.id, source),
                 ifname=req.ifname,
                 config=config,
-                cni_args=tuple(args),
+                cni_args=args,
                 capability_args=caps,
             ),
             name=found.name,

@@ -37,6 +37,7 @@ from . import (
     netlink,
     netrules,
     plugins,
+    podargs,
     ports,
     proxy,
     publishing,
@@ -278,7 +279,7 @@ class Driver:
     ) -> EndpointRecord:
         chain = endpoint_chain.for_endpoint(
             net.config.raw, net.request, net.address_via, req.interface,
-            internal=net.docker.internal,
+            internal=net.docker.internal, user_args=podargs.endpoint_args(req.options),
         )
         return self.staging.new_record(net.id, req.endpoint_id, chain, raw)
 

@@ -8,7 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from . import plugins
+from . import plugins, podargs
 from .chains import ipam_plugin
 from .cni.config import NetworkConfigList, conflist_from_dict
 from .errors import InvalidRequest
@@ -59,6 +59,7 @@ def for_endpoint(
     iface: EndpointInterface,
     *,
     internal: bool = False,
+    user_args: tuple[tuple[str, str], ...] = (),
 ) -> EndpointChain:
     """The chain one endpoint runs: the network's template plus Docker's address, if any.
 
@@ -75,7 +76,7 @@ def for_endpoint(
     _spare_loopback6(raw)
     addresses = [a for a in (iface.address, iface.address_ipv6) if a is not None]
     gateways = _gateways(network_request)
-    args: list[tuple[str, str]] = [("IgnoreUnknown", "1")]
+    args = list(podargs.join(user_args))  # the endpoint's driver-opt cni.args
     caps: dict[str, Any] = {}
     if address_via and not addresses:
         raise InvalidRequest("Docker's IPAM gave this endpoint no address to hand to the chain")

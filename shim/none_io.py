@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import dockerview, neighbours, netlink, plugins, ports
+from . import dockerview, neighbours, netlink, plugins, podargs, ports
 from .cni.config import NetworkConfigList
 from .cni.types import DNS
 from .errors import InvalidRequest, PycniError
@@ -72,11 +72,9 @@ def parse_port(spec: str) -> ports.Binding:
     return ports.Binding(m.group("proto") or "tcp", cont, host_ip, host, host)
 
 
-def parse_arg(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key or ";" in item:
-        raise InvalidRequest(f"--arg {item!r}: expected KEY=VALUE (no ';')")
-    return key, value
+def parse_args(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--arg`` (repeatable, each ``K=V`` or ``K=V;K2=V2``) as CNI_ARGS pairs."""
+    return podargs.parse(";".join(items), "--arg")
 
 
 def address_for(config: NetworkConfigList, ip: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -256,7 +254,10 @@ class Request:
     ifname: str = "eth0"
     ip: str = ""
     ports: tuple[ports.Binding, ...] = ()
+    #: the user's own CNI_ARGS pairs (:func:`shim.podargs.parse`)
     args: tuple[tuple[str, str], ...] = ()
+    #: K8S_POD_NAME, if not the attached container's name (a holder's app)
+    pod_name: str = ""
 
 
 class NetlinkHost:

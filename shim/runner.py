@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
 def run(self: Containers, networks: Sequence[str], docker_args: Sequence[str], *,
         ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),
-        holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
+        args: tuple[tuple[str, str], ...] = (), holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
         ) -> tuple[str, list[ContainerRecord]]:
     """``pycni run``: create and start with ``--network none``, then attach ``networks``
-    (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first). If any
+    (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first, ``args`` to
+    each). If any
     attach fails, what was attached is detached, the container removed, and the error
     re-raised saying so.
 
@@ -59,7 +60,8 @@ def run(self: Containers, networks: Sequence[str], docker_args: Sequence[str], *
         cli.start(wired)
         for n, net in enumerate(networks):
             req = Request(net, f"eth{n}", ips[n] if n < len(ips) else "",
-                          tuple(port_specs) if n == 0 else ())
+                          tuple(port_specs) if n == 0 else (), args,
+                          pod_name=name if holder else "")
             done.append(self.attach(wired, req))
         app = wired
         if holder:

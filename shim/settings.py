@@ -21,7 +21,7 @@ DEFAULT_SOCKET = "/run/docker/plugins/pycni.sock"
 DEFAULT_DRIVER_NAME = "pycni"
 #: what ``pycni serve`` runs with, in its state dir, for the commands that run plugins beside it
 SERVED = "served.json"
-_SERVED_KEYS = ("cni_path", "conf_dir", "cache_dir", "plugin_timeout")
+_SERVED_KEYS = ("cni_path", "conf_dir", "cache_dir", "plugin_timeout", "pod_namespace")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Settings:
     etcd_cert: str = ""
     etcd_key: str = ""
     underlay_address: str = ""
+    #: K8S_POD_NAMESPACE for containers outside a compose project (:mod:`shim.podargs`)
+    pod_namespace: str = "default"
     #: seconds an overlay's subnet lease outlives a pycni that stopped renewing it
     overlay_ttl: int = 90
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -76,6 +78,7 @@ class Settings:
             ("PYCNI_ETCD_CERT", "etcd_cert"),
             ("PYCNI_ETCD_KEY", "etcd_key"),
             ("PYCNI_UNDERLAY_ADDRESS", "underlay_address"),
+            ("PYCNI_POD_NAMESPACE", "pod_namespace"),
         ):
             if key in env:
                 values[name] = env[key]
@@ -92,7 +95,8 @@ class Settings:
     def remember(self) -> None:
         """Write what the commands beside ``pycni serve`` must run plugins with."""
         data = {"cni_path": list(self.cni_path), "conf_dir": self.conf_dir,
-                "cache_dir": self.cache_dir, "plugin_timeout": self.plugin_timeout}
+                "cache_dir": self.cache_dir, "plugin_timeout": self.plugin_timeout,
+                "pod_namespace": self.pod_namespace}
         atomic_write(os.path.join(self.state_dir, SERVED), json.dumps(data, indent=1).encode())
 
 

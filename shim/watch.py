@@ -38,8 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from . import dockerview
-from .cni.invoke import parse_cni_args
+from . import dockerview, podargs
 from .containers import Containers
 from .errors import InvalidRequest, NotFound, PycniError
 from .none_io import Request, parse_port
@@ -60,7 +59,7 @@ def requests(labels: dict[str, str]) -> list[Request]:
     if not nets:
         return []
     bindings = tuple(parse_port(p.strip()) for p in labels.get(PORTS, "").split(",") if p.strip())
-    args = tuple(parse_cni_args(";".join(a.strip() for a in labels.get(ARGS, "").split(";"))))
+    args = podargs.parse(labels.get(ARGS, ""), f"label {ARGS}")
     ip = labels.get(IP, "").strip()
     return [Request(net, f"eth{n}", ip if n == 0 else "", bindings if n == 0 else (), args)
             for n, net in enumerate(nets)]

@@ -139,13 +139,13 @@ class World:
 
     def endpoint_request(self, endpoint_id: str = EP, network_id: str = NET, *,
                          address: str = "", address_ipv6: str = "", mac: str = "",
-                         ) -> dict[str, Any]:
+                         options: dict[str, Any] | None = None) -> dict[str, Any]:
         iface = {"Address": address, "AddressIPv6": address_ipv6, "MacAddress": mac}
-        return {"NetworkID": network_id, "EndpointID": endpoint_id, "Options": {},
+        return {"NetworkID": network_id, "EndpointID": endpoint_id, "Options": options or {},
                 "Interface": {k: v for k, v in iface.items() if v}}
 
     def create_endpoint(self, endpoint_id: str = EP, network_id: str = NET, *,
-                        address: str = "10.200.9.7/24", **kwargs: str) -> dict[str, Any]:
+                        address: str = "10.200.9.7/24", **kwargs: Any) -> dict[str, Any]:
         body = self.endpoint_request(endpoint_id, network_id, address=address, **kwargs)
         answer: dict[str, Any] = self.driver.create_endpoint(
             CreateEndpointRequest.from_json(body), body).to_json()

@@ -203,9 +203,10 @@ def test_attach_refuses_a_second_attachment_of_the_same_interface(rig: Rig) -> N
 
 def test_ip_goes_through_cni_args_or_the_ips_capability(rig: Rig) -> None:
     rig.live()
-    rig.mode.attach("app", Request("pcn", ip="10.201.200.9", args=(("K8S_POD_NAME", "x"),)))
+    rig.mode.attach("app", Request("pcn", ip="10.201.200.9", args=(("X", "1"),)))
     assert cni_args(rig.fake.calls_for("ADD", "bridge")[0].env) == {
-        "IgnoreUnknown": "1", "K8S_POD_NAME": "x", "IP": "10.201.200.9"}
+        "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "app",
+        "K8S_POD_INFRA_CONTAINER_ID": CID, "X": "1", "IP": "10.201.200.9"}
     rig.write(conflist("caps", ips_cap=True))
     rig.mode.attach("app", Request("caps", ifname="eth1", ip="10.201.200.10/24"))
     add = rig.fake.calls_for("ADD", "bridge")[-1]
@@ -252,6 +253,28 @@ def test_detach_runs_del_with_the_recorded_config_and_args(rig: Rig) -> None:
     assert rig.files() == [] and rig.cached() == []
     with pytest.raises(NotFound):
         rig.mode.detach("app", "pcn")
+
+
+def test_the_chain_learns_whom_it_serves_and_del_gets_what_add_got(rig: Rig) -> None:
+    """Name, namespace (the compose project) and id at ADD, CHECK and DEL, with the user's
+    pairs; DEL reads them from the record, even once the container is gone."""
+    target = rig.live(name="shop-web-2")
+    rig.docker.targets[CID] = dataclasses.replace(target, labels={"com.docker.compose.project": "shop"})
+    rec = rig.mode.attach(CID, Request("pcn", args=(("TEAM", "blue"),)))
+    want = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "shop-web-2",
+            "K8S_POD_INFRA_CONTAINER_ID": CID, "TEAM": "blue"}
+    assert cni_args(rig.fake.calls_for("ADD", "bridge")[0].env) == want
+    assert dict(rec.attachment.runtime().args) == want  # what pycni check runs CHECK with
+    rig.docker.forget(CID)
+    rig.mode.detach("shop-web-2", "pcn")
+    assert cni_args(rig.fake.calls_for("DEL", "bridge")[0].env) == want
+
+
+def test_the_namespace_outside_compose_is_a_setting(rig: Rig) -> None:
+    rig.mode.namespace = "lab"
+    rig.live()
+    rig.mode.attach("app", Request("pcn"))
+    assert cni_args(rig.fake.calls_for("ADD", "bridge")[0].env)["K8S_POD_NAMESPACE"] == "lab"
 
 
 def test_detach_after_the_container_is_gone(rig: Rig) -> None:

@@ -32,6 +32,7 @@ from shim.errors import (
 from shim.protocol import EndpointRequest
 from shim.state import EndpointRecord, NetworkRules, Phase
 from tests.fakelinks import FakeMainPlugin
+from tests.fakes import cni_args
 from tests.world import EP, NET, NULL_IPAM, SANDBOX, World, docker_pool
 
 pytestmark = pytest.mark.unit
@@ -137,6 +138,34 @@ def test_a_dhcp_chain_is_refused_with_the_mode_that_keeps_its_lease(world: World
             world.create_network(cni_network="dh", ipv4=ipv4)
         assert "--network none mode" in str(exc.value)
     assert world.driver.networks == {} and world.leftovers() == {}
+
+
+def test_an_endpoints_driver_opt_cni_args_reaches_its_chain_at_add_and_del(
+        world: World) -> None:
+    """``docker run --network name=NET,driver-opt=cni.args=K=V;…``: Docker passes the
+    endpoint's driver-opts in CreateEndpoint's options."""
+    world.create_network()
+    world.create_endpoint(options={"cni.args": "TEAM=blue;TIER=web",
+                                   "com.docker.network.portmap": []})
+    world.join()
+    world.leave()
+    world.delete_endpoint()
+    for verb in ("ADD", "DEL"):
+        args = cni_args(world.exec.calls_for(verb, "bridge")[0].env)
+        assert (args["IgnoreUnknown"], args["TEAM"], args["TIER"]) == ("1", "blue", "web")
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"cni.args": "TEAM"}, "driver-opt cni.args 'TEAM': 'TEAM' is not KEY=VALUE"),
+    ({"cni.args": "K8S_POD_NAME=x"}, "pycni sets K8S_POD_NAME itself"),
+    ({"cni.arg": "A=1"}, "driver-opt cni.arg: pycni knows only cni.args on an endpoint"),
+])
+def test_an_endpoints_bad_driver_opts_are_refused_with_nothing_made(
+        world: World, options: dict[str, str], says: str) -> None:
+    world.create_network()
+    with pytest.raises(InvalidRequest, match=re.escape(says)):
+        world.create_endpoint(options=options)
+    assert world.exec.calls_for("ADD") == [] and world.leftovers() == {}
 
 
 def test_unknown_conflist_is_not_found(world: World) -> None:

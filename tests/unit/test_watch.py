@@ -80,6 +80,8 @@ def test_requests_from_the_labels() -> None:
     assert requests({}) == []
     with pytest.raises(InvalidRequest):
         requests({"pycni.networks": "a", "pycni.ports": "eighty"})
+    with pytest.raises(InvalidRequest, match="label pycni.args 'K8S_POD_NAME=x': pycni sets"):
+        requests({"pycni.networks": "a", "pycni.args": "K8S_POD_NAME=x"})
 
 
 def test_start_attaches_each_labelled_network_once(rig: Rig) -> None:
