@@ -43,6 +43,8 @@ def _mode(state_dir: str | None, conf_dir: str | None, cni_path: str | None,
     ))
 
 
+_CAP_HELP = ("Capability args of your own, a JSON object keyed by capability, e.g. "
+             '\'{"bandwidth": {"ingressRate": 1000000, "ingressBurst": 100000}}\'.')
 _PORT_HELP = "Publish a port through the chain's portmap: [HOSTIP:]HOST:CONT[/PROTO] (repeatable)."
 
 
@@ -55,17 +57,19 @@ _PORT_HELP = "Publish a port through the chain's portmap: [HOSTIP:]HOST:CONT[/PR
 @click.option("--arg", "cni_args", multiple=True, metavar="K=V[;K=V...]",
               help="CNI_ARGS of your own, beside the container's name, namespace and id "
               "(repeatable).")
+@click.option("--cap", "caps", default="", metavar="JSON", help=_CAP_HELP)
 @_mode_options
 @reports_errors
 def attach(container: str, network: str, ifname: str, ip: str, publish: tuple[str, ...],
-           cni_args: tuple[str, ...], state_dir: str | None, conf_dir: str | None,
+           cni_args: tuple[str, ...], caps: str, state_dir: str | None, conf_dir: str | None,
            cni_path: str | None, cache_dir: str | None) -> None:
     """ADD the conflist NETWORK into the namespace of the running CONTAINER (started with
     --network none); print the CNI result. A failure part-way is undone and names the plugin."""
     from .none_io import Request, parse_args, parse_port
+    from .podargs import parse_caps
 
     req = Request(network, ifname, ip, tuple(parse_port(p) for p in publish),
-                  parse_args(cni_args))
+                  parse_args(cni_args), caps=parse_caps(caps, "--cap"))
     rec = _mode(state_dir, conf_dir, cni_path, cache_dir).attach(container, req)
     click.echo(json.dumps(rec.attachment.result.to_json(), indent=4))
 
@@ -94,6 +98,7 @@ def detach(container: str, network: str, ifname: str | None, state_dir: str | No
 @click.option("--arg", "cni_args", multiple=True, metavar="K=V[;K=V...]",
               help="CNI_ARGS of your own for every network, beside the container's name, "
               "namespace and id (repeatable).")
+@click.option("--cap", "caps", default="", metavar="JSON", help=_CAP_HELP + " For every network.")
 @click.option("--holder", default="", metavar="'IMAGE [COMMAND...]'",
               help="Attach to a holder container started from IMAGE (a pause image, or e.g. "
               "'busybox sleep 2147483647') and start the app in its namespace: the app starts "
@@ -102,7 +107,7 @@ def detach(container: str, network: str, ifname: str | None, state_dir: str | No
 @click.argument("docker_args", nargs=-1, type=click.UNPROCESSED, required=True)
 @reports_errors
 def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...],
-        cni_args: tuple[str, ...], holder: str, state_dir: str | None, conf_dir: str | None, cni_path: str | None,
+        cni_args: tuple[str, ...], caps: str, holder: str, state_dir: str | None, conf_dir: str | None, cni_path: str | None,
         cache_dir: str | None, docker_args: tuple[str, ...]) -> None:
     """Create a container with --network none (docker create with DOCKER_ARGS, after --),
     start it and attach the networks; remove it again, saying why, if attaching fails.
@@ -113,12 +118,14 @@ def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...],
     import shlex
 
     from .none_io import parse_args, parse_port
+    from .podargs import parse_caps
     from .runner import run as run_in
 
     nets = [n for n in cni_nets.split(",") if n]
     cid, _ = run_in(_mode(state_dir, conf_dir, cni_path, cache_dir), nets, list(docker_args),
                     ips=ips, port_specs=[parse_port(p) for p in publish],
-                    args=parse_args(cni_args), holder=shlex.split(holder))
+                    args=parse_args(cni_args), caps=parse_caps(caps, "--cap"),
+                    holder=shlex.split(holder))
     click.echo(cid)
 
 

@@ -159,7 +159,7 @@ class Containers:
         if self.host.link_info(req.ifname, source) is not None:
             raise InvalidRequest(none_io.ifname_taken(found, req.ifname))
         config = find(self.conf_dir, req.network)
-        caps: dict[str, Any] = {}
+        caps: dict[str, Any] = dict(req.caps)
         ip_args: list[tuple[str, str]] = []
         if req.ip:
             ip_caps, ip_args = address_for(config, req.ip)

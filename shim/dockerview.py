@@ -185,6 +185,35 @@ def names(driver_name: str = "pycni", timeout: float = 3.0) -> Names:
     return Names({n["Id"]: n["Name"] for n in networks}, endpoints)
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The container an endpoint serves."""
+
+    id: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def endpoint_owner(network_id: str, endpoint_id: str, timeout: float = 3.0) -> Owner | None:
+    """The container of a driver endpoint, asked at Join: Docker has stored the endpoint by then,
+    named after its container (CreateEndpoint comes before, and nothing names the container
+    there). None if Docker can't be asked or doesn't say."""
+    try:
+        with docker_client(timeout) as client:
+            attached = (client.api.inspect_network(network_id).get("Containers") or {}).values()
+            name = next((str(a.get("Name") or "") for a in attached
+                         if a.get("EndpointID") == endpoint_id), "")
+            listed = client.api.containers(all=True, filters={"name": f"^/{name}$"}) if name else []
+    except PycniError as exc:
+        log.warning("cannot ask Docker which container endpoint %s serves: %s", endpoint_id[:12],
+                    exc)
+        return None
+    if len(listed) != 1:
+        return None
+    labels = listed[0].get("Labels") or {}
+    return Owner(str(listed[0]["Id"]), name, {str(k): str(v) for k, v in labels.items()})
+
+
 # --- pycni check / doctor ------------------------------------------------------------------------
 
 

@@ -107,8 +107,9 @@ class Driver:
         #: one space of host ports, with the --network none mode's (shim.publishing)
         self.ports = self.publishing.publisher
         #: endpoints whose chains run in Docker's sandbox (``-o cni.place=sandbox``)
-        self.sandbox = sandbox.SandboxEndpoints(self.links, self.lifecycle, self.registry,
-                                                self._ledger)
+        self.sandbox = sandbox.SandboxEndpoints(
+            self.links, self.lifecycle, self.registry, self._ledger,
+            *(() if docker_view else (podargs.asking_docker(settings),)))
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
         self._clashes = collisions.ClashLog()
@@ -279,7 +280,7 @@ class Driver:
     ) -> EndpointRecord:
         chain = endpoint_chain.for_endpoint(
             net.config.raw, net.request, net.address_via, req.interface,
-            internal=net.docker.internal, user_args=podargs.endpoint_args(req.options),
+            internal=net.docker.internal, user=podargs.endpoint_options(req.options),
         )
         return self.staging.new_record(net.id, req.endpoint_id, chain, raw)
 

@@ -59,7 +59,7 @@ def for_endpoint(
     iface: EndpointInterface,
     *,
     internal: bool = False,
-    user_args: tuple[tuple[str, str], ...] = (),
+    user: tuple[podargs.Pairs, dict[str, Any]] = ((), {}),
 ) -> EndpointChain:
     """The chain one endpoint runs: the network's template plus Docker's address, if any.
 
@@ -76,8 +76,8 @@ def for_endpoint(
     _spare_loopback6(raw)
     addresses = [a for a in (iface.address, iface.address_ipv6) if a is not None]
     gateways = _gateways(network_request)
-    args = list(podargs.join(user_args))  # the endpoint's driver-opt cni.args
-    caps: dict[str, Any] = {}
+    args = list(podargs.join(user[0]))  # the endpoint's driver-opts cni.args and cni.caps
+    caps: dict[str, Any] = dict(user[1])
     if address_via and not addresses:
         raise InvalidRequest("Docker's IPAM gave this endpoint no address to hand to the chain")
     if address_via == "config":

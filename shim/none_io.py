@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import dockerview, neighbours, netlink, plugins, podargs, ports
@@ -258,6 +258,8 @@ class Request:
     args: tuple[tuple[str, str], ...] = ()
     #: K8S_POD_NAME, if not the attached container's name (a holder's app)
     pod_name: str = ""
+    #: the user's own capability args (:func:`shim.podargs.parse_caps`)
+    caps: dict[str, Any] = field(default_factory=dict)
 
 
 class NetlinkHost:

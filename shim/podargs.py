@@ -14,16 +14,20 @@ these keys accept them (``types.LoadArgs``).
 A user adds pairs of their own per container - ``pycni run --arg``, ``pycni attach --arg``,
 the ``pycni.args`` label, and in driver mode ``--network name=NET,driver-opt=cni.args=K=V;…``
 or compose's ``driver_opts`` - all read by :func:`parse`, with one wording for what it refuses.
+(Docker's CLI lowercases a driver-opt, key and value: compose and the API keep their case.)
 The args are recorded with the attachment, so CHECK and DEL get what ADD got, even once the
 container is gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import dockerview
 from .errors import InvalidRequest
+from .settings import Settings
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -34,8 +38,10 @@ OWN = (IGNORE_UNKNOWN[0], NAMESPACE, NAME, INFRA_CONTAINER_ID)
 #: the label compose puts on every container of a project
 COMPOSE_PROJECT = "com.docker.compose.project"
 DEFAULT_NAMESPACE = "default"
-#: the driver-opt of an endpoint (``docker run --network name=NET,driver-opt=cni.args=…``)
-ENDPOINT_OPTION = "cni.args"
+#: the driver-opts of an endpoint (``docker run --network name=NET,driver-opt=cni.args=…``)
+ENDPOINT_OPTION, CAPS_OPTION = "cni.args", "cni.caps"
+#: the capability args pycni fills itself, from Docker's request or pycni's own flags
+OWN_CAPS = {"portMappings": "-p", "ips": "--ip", "mac": "--mac-address"}
 
 
 def identity(name: str, container_id: str, labels: Mapping[str, str],
@@ -46,6 +52,22 @@ def identity(name: str, container_id: str, labels: Mapping[str, str],
             (INFRA_CONTAINER_ID, container_id))
 
 
+def with_identity(args: Pairs, who: Pairs) -> Pairs:
+    """``args`` serving ``who`` now (:func:`identity`; ``()`` when unknown): what they said of
+    an earlier container goes."""
+    return join(who, tuple(pair for pair in args if pair[0] not in OWN))
+
+
+def asking_docker(settings: Settings) -> Callable[[str, str], Pairs]:
+    """(network id, endpoint id) → :func:`identity` of the container Docker says the endpoint
+    serves (:func:`shim.dockerview.endpoint_owner`, at Join); ``()`` if Docker doesn't say."""
+    def identify(network_id: str, endpoint_id: str) -> Pairs:
+        owner = dockerview.endpoint_owner(network_id, endpoint_id)
+        return () if owner is None else identity(owner.name, owner.id, owner.labels,
+                                                 settings.pod_namespace)
+    return identify
+
+
 def join(*parts: Pairs) -> Pairs:
     """``IgnoreUnknown=1`` and then ``parts`` in order: what a chain is run with."""
     out: list[tuple[str, str]] = [IGNORE_UNKNOWN]
@@ -54,17 +76,42 @@ def join(*parts: Pairs) -> Pairs:
     return tuple(out)
 
 
-def endpoint_args(options: Mapping[str, Any]) -> Pairs:
-    """The user's pairs of a driver endpoint (``driver-opt cni.args=…``, which Docker passes
-    in CreateEndpoint's options); any other ``cni.`` endpoint option is refused."""
+def endpoint_options(options: Mapping[str, Any]) -> tuple[Pairs, dict[str, Any]]:
+    """The user's CNI_ARGS and capability args of a driver endpoint (``driver-opt cni.args=…``
+    and ``cni.caps=…``, which Docker passes in CreateEndpoint's options); any other ``cni.``
+    endpoint option is refused."""
     for key in options:
-        if key.startswith("cni.") and key != ENDPOINT_OPTION:
-            raise InvalidRequest(f"driver-opt {key}: pycni knows only {ENDPOINT_OPTION} on an "
-                                 "endpoint (the network's options are set at network create)")
-    value = options.get(ENDPOINT_OPTION, "")
-    if not isinstance(value, str):
-        raise InvalidRequest(f"driver-opt {ENDPOINT_OPTION} must be a string of KEY=VALUE pairs")
-    return parse(value, f"driver-opt {ENDPOINT_OPTION}")
+        if key.startswith("cni.") and key not in (ENDPOINT_OPTION, CAPS_OPTION):
+            raise InvalidRequest(f"driver-opt {key}: pycni knows {ENDPOINT_OPTION} and "
+                                 f"{CAPS_OPTION} on an endpoint (the network's options are set "
+                                 "at network create)")
+    args, caps = options.get(ENDPOINT_OPTION, ""), options.get(CAPS_OPTION, "")
+    if not isinstance(args, str) or not isinstance(caps, str):
+        raise InvalidRequest(f"driver-opts {ENDPOINT_OPTION} and {CAPS_OPTION} are strings")
+    return (parse(args, f"driver-opt {ENDPOINT_OPTION}"),
+            parse_caps(caps, f"driver-opt {CAPS_OPTION}"))
+
+
+def parse_caps(text: str, where: str) -> dict[str, Any]:
+    """A user's capability args: a JSON object keyed by capability, such as
+    ``{"bandwidth": {"ingressRate": 1000000, "ingressBurst": 100000}}``; libcni hands each
+    only to the plugins whose config declares it."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        value = exc
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"{where} {text!r}: not a JSON object; capability args are a JSON object keyed by "
+            'capability, such as {"bandwidth": {"ingressRate": 1000000, "ingressBurst": 100000}}')
+    for key in value:
+        own = next((k for k in OWN_CAPS if k.lower() == key.lower()), "")
+        if own:
+            raise InvalidRequest(f"{where} {text!r}: pycni fills {own} itself (from "
+                                 f"{OWN_CAPS[own]})")
+    return value
 
 
 def parse(text: str, where: str) -> Pairs:
@@ -79,9 +126,10 @@ def parse(text: str, where: str) -> Pairs:
             raise InvalidRequest(
                 f"{where} {text!r}: {item!r} is not KEY=VALUE; CNI_ARGS are KEY=VALUE pairs "
                 "separated by ';', keys of letters, digits and '_', values without '=' or ';'")
-        if key in OWN:
+        own = next((k for k in OWN if k.lower() == key.lower()), "")
+        if own:  # in any case: Docker's CLI lowercases driver-opts
             raise InvalidRequest(
-                f"{where} {text!r}: pycni sets {key} itself ({', '.join(OWN)} say which "
+                f"{where} {text!r}: pycni sets {own} itself ({', '.join(OWN)} say which "
                 "container the chain serves)")
         if any(key == k for k, _ in pairs):
             raise InvalidRequest(f"{where} {text!r}: {key} is given twice")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import none_io, ports
 from .cni import find
@@ -21,11 +21,12 @@ if TYPE_CHECKING:
 
 def run(self: Containers, networks: Sequence[str], docker_args: Sequence[str], *,
         ips: Sequence[str] = (), port_specs: Sequence[ports.Binding] = (),
-        args: tuple[tuple[str, str], ...] = (), holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
+        args: tuple[tuple[str, str], ...] = (), caps: dict[str, Any] | None = None,
+        holder: Sequence[str] = (), docker_cli: DockerCLI | None = None
         ) -> tuple[str, list[ContainerRecord]]:
     """``pycni run``: create and start with ``--network none``, then attach ``networks``
-    (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first, ``args`` to
-    each). If any
+    (eth0, eth1, …; the i-th ``--ip`` to the i-th network, ports to the first, ``args`` and
+    ``caps`` to each). If any
     attach fails, what was attached is detached, the container removed, and the error
     re-raised saying so.
 
@@ -61,7 +62,7 @@ def run(self: Containers, networks: Sequence[str], docker_args: Sequence[str], *
         for n, net in enumerate(networks):
             req = Request(net, f"eth{n}", ips[n] if n < len(ips) else "",
                           tuple(port_specs) if n == 0 else (), args,
-                          pod_name=name if holder else "")
+                          pod_name=name if holder else "", caps=dict(caps or {}))
             done.append(self.attach(wired, req))
         app = wired
         if holder:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from . import answers, chains
+from . import answers, chains, podargs
 from .attach import Attacher, Attachment
 from .chains import ipam_plugin
 from .cni.config import NetworkConfigList, conflist_from_dict
@@ -184,11 +184,15 @@ class SandboxEndpoints:
     before the chain runs, Join runs it (the driver's Leave and DeleteEndpoint undo it)."""
 
     def __init__(self, links: Links, lifecycle: Lifecycle, registry: Registry,
-                 ledger: Callable[[Network, EndpointRecord], Ledger]) -> None:
+                 ledger: Callable[[Network, EndpointRecord], Ledger],
+                 identify: Callable[[str, str], podargs.Pairs] = lambda net, ep: ()) -> None:
         self.links = links
         self.lifecycle = lifecycle
         self.registry = registry
         self.ledger = ledger
+        #: (network id, endpoint id) → the identity of the container it serves, asked of
+        #: Docker at Join (:mod:`shim.podargs`)
+        self.identify = identify
 
     def create(self, net: Network, rec: EndpointRecord) -> None:
         """Record the endpoint for Join: with the address Docker's IPAM chose, or the one the
@@ -235,6 +239,8 @@ class SandboxEndpoints:
         rec.sandbox_key = sandbox_key
         rec.attachment.netns = sandbox_key
         rec.attachment.ifname = free_ifname(self.links, sandbox_key)
+        rec.attachment.cni_args = podargs.with_identity(rec.attachment.cni_args,
+                                                        self.identify(net.id, rec.id))
         rec.phase = Phase.CREATING  # a crash from here on leaves it for gc to undo
         place = SandboxPlace(self.links, rec)
         with self.lifecycle.attaching(rec.attachment, place, self.ledger(net, rec)):

@@ -4,7 +4,7 @@ A container started with ``--network none`` and the label ``pycni.networks=NET[,
 attached to those conflists (eth0, eth1, …) by the controller, as ``pycni attach`` would
 (:class:`shim.containers.Containers`): ``pycni.ports`` (comma-separated
 ``[HOSTIP:]HOST:CONT[/PROTO]``) and ``pycni.ip`` go to the first network, ``pycni.args``
-(``K=V;K=V``) to each.
+(``K=V;K=V``) and ``pycni.caps`` (a JSON object) to each (:mod:`shim.podargs`).
 
 One rule decides everything (:meth:`Watch.converge`), whatever the event was: Docker's view of
 the container against pycni's records of it.
@@ -50,6 +50,7 @@ NETWORKS = "pycni.networks"
 PORTS = "pycni.ports"
 IP = "pycni.ip"
 ARGS = "pycni.args"
+CAPS = "pycni.caps"
 
 
 def requests(labels: dict[str, str]) -> list[Request]:
@@ -60,9 +61,10 @@ def requests(labels: dict[str, str]) -> list[Request]:
         return []
     bindings = tuple(parse_port(p.strip()) for p in labels.get(PORTS, "").split(",") if p.strip())
     args = podargs.parse(labels.get(ARGS, ""), f"label {ARGS}")
+    caps = podargs.parse_caps(labels.get(CAPS, ""), f"label {CAPS}")
     ip = labels.get(IP, "").strip()
-    return [Request(net, f"eth{n}", ip if n == 0 else "", bindings if n == 0 else (), args)
-            for n, net in enumerate(nets)]
+    return [Request(net, f"eth{n}", ip if n == 0 else "", bindings if n == 0 else (), args,
+                    caps=dict(caps)) for n, net in enumerate(nets)]
 
 
 class Source(Protocol):

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_IMAGE, docker, run, unmet
-from tests.e2e.conftest import PLUGIN_MODE, PycniServer, Tracker
+from tests.e2e.conftest import DRIVER, PLUGIN_MODE, PycniServer, Tracker
 from tests.e2e.test_none_mode import bridge_removed, exec_out
+from tests.e2e.test_sandbox_place import needs_engine
 from tests.e2e.test_watch import Start, cid, records, wait_for, watcher  # noqa: F401
 
 pytestmark = [
@@ -33,6 +34,7 @@ DNSNAME = "/usr/lib/cni/dnsname"  # where the Debian package puts it
 DOMAIN = "dns.pycni.test"
 DNSNAME_DIR = Path("/run/containers/cni/dnsname")
 BRIDGES = ("pcndns0", "pcndns1")  # the none mode's, the driver mode's
+GATEWAY_D = "10.201.241.1"  # the driver mode's bridge, where dnsname's dnsmasq listens
 
 
 def chain(bridge: str, subnet: str) -> dict[str, object]:
@@ -83,9 +85,11 @@ def hosts(network: str) -> dict[str, str]:
     return {(words[1] if len(words) > 1 else ""): words[0] for words in lines if words}
 
 
-def resolves(client: str, name: str) -> str:
-    """The address ``client`` gets for ``name`` in dnsname's domain ("" if none)."""
-    proc = docker("exec", client, "nslookup", f"{name}.{DOMAIN}", check=False)
+def resolves(client: str, name: str, server: str = "") -> str:
+    """The address ``client`` gets for ``name`` in dnsname's domain ("" if none), from its
+    resolv.conf's server or ``server``."""
+    proc = docker("exec", client, "nslookup", f"{name}.{DOMAIN}", *([server] if server else []),
+                  check=False)
     lines = proc.stdout.splitlines()
     answer = lines[lines.index(next(line for line in lines if line.startswith("Name:"))) + 1:] \
         if any(line.startswith("Name:") for line in lines) else []
@@ -146,3 +150,56 @@ def test_compose_replicas_resolve_each_other_and_one_removed_leaves_the_others(
         proc.wait(20)
     # the last DEL stopped dnsname's dnsmasq
     assert subprocess.run(["pgrep", "-f", "cni/dnsname/e2e-dns/"], check=False).returncode != 0
+
+
+def endpoint_args(pycni: PycniServer) -> list[dict[str, str]]:
+    """The CNI_ARGS pycni's endpoint records hold (what ADD ran with, and DEL will)."""
+    return [dict(json.loads(p.read_text())["cni_args"])
+            for p in sorted((pycni.state_dir / "endpoints").glob("*.json"))]
+
+
+def test_sandbox_network_containers_resolve_each_other_through_dnsname(
+        e2e: Tracker, pycni: PycniServer, dnsname: None) -> None:
+    """Driver mode with ``-o cni.place=sandbox`` (Docker >= 28): the chain runs at Join, when
+    Docker can say which container the endpoint serves; an endpoint's ``driver-opt cni.args``
+    goes with it."""
+    needs_engine(sandbox_first=True)
+    pycni.write_conflist("e2e-dnsd", chain("pcndns1", "10.201.241.0/24"))
+    net = e2e.network("pycni-e2e-dnsd", "-d", DRIVER, "--subnet", "10.201.241.0/24",
+                      "-o", "cni.network=e2e-dnsd", "-o", "cni.place=sandbox")
+    names = ["pycni-e2e-dnsd-a", "pycni-e2e-dnsd-b", "pycni-e2e-dnsd-c"]
+    with bridge_removed("pcndns1"):
+        for name in names:
+            e2e.run(name, "--network", f"name={net},driver-opt=cni.args=team=blue",
+                    TEST_IMAGE, "sleep", "900")
+        assert sorted(hosts("e2e-dnsd")) == sorted(names)
+        for args in endpoint_args(pycni):
+            assert args["team"] == "blue" and args["K8S_POD_NAME"] in names
+            assert args["K8S_POD_NAMESPACE"] == "default"
+        addresses = hosts("e2e-dnsd")
+        a, b, c = names
+        assert resolves(a, b, server=GATEWAY_D) == addresses[b]
+        docker("rm", "-f", c)
+        assert sorted(hosts("e2e-dnsd")) == sorted((a, b))  # c's name only
+        assert resolves(b, a, server=GATEWAY_D) == addresses[a]
+        assert resolves(a, c, server=GATEWAY_D) == ""
+        for name in (a, b):
+            docker("rm", "-f", name)
+        docker("network", "rm", net)
+    assert subprocess.run(["pgrep", "-f", "cni/dnsname/e2e-dnsd/"], check=False).returncode != 0
+
+
+def test_the_staging_path_passes_an_endpoints_driver_opt_cni_args(
+        e2e: Tracker, pycni: PycniServer) -> None:
+    """On the staging path the chain runs at CreateEndpoint, before Docker names the
+    container: the endpoint's own args reach it, the container's identity cannot (README)."""
+    net = e2e.network("pycni-e2e-dnsa", "-d", DRIVER, "--subnet", "10.201.242.0/24")
+    # Docker's CLI lowercases driver-opts (key and value): "TEAM=Blue" arrives as "team=blue"
+    e2e.run("pycni-e2e-dnsa-c", "--network", f"name={net},driver-opt=cni.args=TEAM=Blue;x=1",
+            TEST_IMAGE, "sleep", "900")
+    [args] = endpoint_args(pycni)
+    assert (args["IgnoreUnknown"], args["team"], args["x"]) == ("1", "blue", "1")
+    proc = docker("run", "--rm", "--network", f"name={net},driver-opt=cni.args=K8S_POD_NAME=x",
+                  TEST_IMAGE, "true", check=False)
+    assert proc.returncode != 0
+    assert "driver-opt cni.args 'k8s_pod_name=x': pycni sets K8S_POD_NAME itself" in proc.stderr

@@ -273,3 +273,28 @@ def test_host_ports_are_one_space_across_both_modes(e2e: Tracker, pycni: PycniSe
             taken.stderr
         proc = cli(pycni, "detach", held, "e2e-nmx")
         assert proc.returncode == 0, report(proc)
+
+
+def test_run_passes_its_own_cni_args_and_capability_args(e2e: Tracker, pycni: PycniServer) -> None:
+    """``pycni run --arg`` and ``--cap``: the bandwidth plugin, which declares the
+    ``bandwidth`` capability, shapes the container's traffic on the host's end of its veth."""
+    bandwidth = {"type": "bandwidth", "capabilities": {"bandwidth": True}}
+    pycni.write_conflist("e2e-cap", chain("e2e-cap", "pycni-cap0", "10.201.207.0/24", bandwidth))
+    c = "pycni-e2e-cap"
+    e2e.containers.append(c)
+    with bridge_removed("pycni-cap0"):
+        proc = cli(pycni, "run", "--cni-net", "e2e-cap", "--arg", "TEAM=blue",
+                   "--cap", '{"bandwidth": {"ingressRate": 8000000, "ingressBurst": 80000}}',
+                   "--", "-d", "--name", c, TEST_IMAGE, "sleep", "900")
+        assert proc.returncode == 0, report(proc)
+        [record] = (pycni.state_dir / "containers").glob("*.json")
+        data = json.loads(record.read_text())
+        assert ["TEAM", "blue"] in data["cni_args"] and ["K8S_POD_NAME", c] in data["cni_args"]
+        ports = run("ip", "-o", "link", "show", "master", "pycni-cap0").stdout.split("\n")
+        [veth] = [line.split(": ")[1].split("@")[0] for line in ports if line]
+        assert "tbf" in run("tc", "qdisc", "show", "dev", veth).stdout  # shaped
+        proc = cli(pycni, "run", "--cni-net", "e2e-cap", "--cap", '{"portMappings": []}',
+                   "--", "-d", "--name", f"{c}-x", TEST_IMAGE, "true")
+        assert proc.returncode != 0 and "pycni fills portMappings itself (from -p)" in proc.stderr
+        assert cli(pycni, "detach", c, "e2e-cap").returncode == 0
+        docker("rm", "-f", c)

@@ -260,7 +260,8 @@ def test_the_chain_learns_whom_it_serves_and_del_gets_what_add_got(rig: Rig) -> 
     pairs; DEL reads them from the record, even once the container is gone."""
     target = rig.live(name="shop-web-2")
     rig.docker.targets[CID] = dataclasses.replace(target, labels={"com.docker.compose.project": "shop"})
-    rec = rig.mode.attach(CID, Request("pcn", args=(("TEAM", "blue"),)))
+    rec = rig.mode.attach(CID, Request("pcn", args=(("TEAM", "blue"),), caps={"x": {"y": 1}}))
+    assert rec.attachment.capability_args == {"x": {"y": 1}}  # for plugins declaring x
     want = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "shop-web-2",
             "K8S_POD_INFRA_CONTAINER_ID": CID, "TEAM": "blue"}
     assert cni_args(rig.fake.calls_for("ADD", "bridge")[0].env) == want

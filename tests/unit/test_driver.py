@@ -144,8 +144,12 @@ def test_an_endpoints_driver_opt_cni_args_reaches_its_chain_at_add_and_del(
         world: World) -> None:
     """``docker run --network name=NET,driver-opt=cni.args=K=V;…``: Docker passes the
     endpoint's driver-opts in CreateEndpoint's options."""
-    world.create_network()
+    world.conflist("bw", {"type": "bridge", "bridge": "cni0", "ipam": {
+        "type": "host-local", "ranges": [[{"subnet": "10.200.9.0/24"}]]}},
+        {"type": "bandwidth", "capabilities": {"bandwidth": True}})
+    world.create_network(cni_network="bw")
     world.create_endpoint(options={"cni.args": "TEAM=blue;TIER=web",
+                                   "cni.caps": '{"bandwidth": {"ingressRate": 8000}}',
                                    "com.docker.network.portmap": []})
     world.join()
     world.leave()
@@ -153,12 +157,18 @@ def test_an_endpoints_driver_opt_cni_args_reaches_its_chain_at_add_and_del(
     for verb in ("ADD", "DEL"):
         args = cni_args(world.exec.calls_for(verb, "bridge")[0].env)
         assert (args["IgnoreUnknown"], args["TEAM"], args["TIER"]) == ("1", "blue", "web")
+        # libcni hands a capability only to the plugins that declare it
+        [shaper] = world.exec.calls_for(verb, "bandwidth")
+        assert shaper.stdin["runtimeConfig"] == {"bandwidth": {"ingressRate": 8000}}
+        assert "runtimeConfig" not in world.exec.calls_for(verb, "bridge")[0].stdin
 
 
 @pytest.mark.parametrize(("options", "says"), [
     ({"cni.args": "TEAM"}, "driver-opt cni.args 'TEAM': 'TEAM' is not KEY=VALUE"),
     ({"cni.args": "K8S_POD_NAME=x"}, "pycni sets K8S_POD_NAME itself"),
-    ({"cni.arg": "A=1"}, "driver-opt cni.arg: pycni knows only cni.args on an endpoint"),
+    ({"cni.arg": "A=1"}, "driver-opt cni.arg: pycni knows cni.args and cni.caps on an endpoint"),
+    ({"cni.caps": "[1]"}, "driver-opt cni.caps '[1]': not a JSON object"),
+    ({"cni.caps": '{"portMappings": []}'}, "pycni fills portMappings itself (from -p)"),
 ])
 def test_an_endpoints_bad_driver_opts_are_refused_with_nothing_made(
         world: World, options: dict[str, str], says: str) -> None:

@@ -47,3 +47,29 @@ def test_parse_refuses_what_cni_args_cannot_carry_in_one_wording(text: str, says
         podargs.parse(text, "driver-opt cni.args")
     assert str(caught.value).startswith(f"driver-opt cni.args {text!r}: ")
     assert says in str(caught.value)
+
+
+def test_parse_caps_reads_a_json_object_keyed_by_capability() -> None:
+    assert podargs.parse_caps('{"bandwidth": {"ingressRate": 8000}}', "--cap") == {
+        "bandwidth": {"ingressRate": 8000}}
+    assert podargs.parse_caps("  ", "label pycni.caps") == {}
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("{bandwidth", "not a JSON object"),
+    ('["bandwidth"]', "not a JSON object"),
+    ('{"portmappings": []}', "pycni fills portMappings itself (from -p)"),
+    ('{"ips": ["10.201.0.2"]}', "pycni fills ips itself (from --ip)"),
+])
+def test_parse_caps_refuses_in_one_wording(text: str, says: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        podargs.parse_caps(text, "--cap")
+    assert str(caught.value).startswith(f"--cap {text!r}: ") and says in str(caught.value)
+
+
+def test_endpoint_options_are_cni_args_and_cni_caps_only() -> None:
+    assert podargs.endpoint_options({"cni.args": "A=1", "cni.caps": '{"x": 1}',
+                                     "com.docker.network.portmap": []}) == (
+        (("A", "1"),), {"x": 1})
+    with pytest.raises(InvalidRequest, match="driver-opt cni.ags: pycni knows cni.args and"):
+        podargs.endpoint_options({"cni.ags": "A=1"})

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from shim import reconcile
+from shim import podargs, reconcile
 from shim.errors import CNIError, InvalidRequest, Unsupported
 from shim.state import Phase
 from tests.fakelinks import FakeMainPlugin
+from tests.fakes import cni_args
 from tests.world import EP, NET, NULL_IPAM, SANDBOX, World, docker_pool
 
 pytestmark = pytest.mark.unit
@@ -222,6 +223,33 @@ def test_a_dhcp_chain_runs_whole_at_join_and_docker_is_told_no_address(world: Wo
     assert world.driver.endpoints[EP].addresses == []
     world.delete_endpoint()
     assert world.leftovers() == {} and world.records() == ([NET], [])
+
+
+def test_the_chain_learns_whom_it_serves_at_join_and_del_gets_the_same(world: World) -> None:
+    """The container is Docker's to say at Join (nothing names it at CreateEndpoint); a Join
+    after a Leave serves whoever Docker says then."""
+    asked: list[tuple[str, str]] = []
+
+    def identify(network_id: str, endpoint_id: str) -> tuple[tuple[str, str], ...]:
+        asked.append((network_id, endpoint_id))
+        return podargs.identity("shop-web-1", "f" * 64, {"com.docker.compose.project": "shop"})
+
+    world.driver.sandbox.identify = identify
+    sandboxed(world)
+    world.create_endpoint(options={"cni.args": "TEAM=blue"})
+    world.links.spaces[SANDBOX] = {}
+    world.join(move=False)
+    world.leave(move=False)
+    world.join(move=False)
+    world.leave(move=False)
+    want = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "shop-web-1",
+            "K8S_POD_INFRA_CONTAINER_ID": "f" * 64, "TEAM": "blue"}
+    calls = world.exec.calls_for("ADD", "bridge") + world.exec.calls_for("DEL", "bridge")
+    assert len(calls) == 4
+    assert all(cni_args(c.env) == {**want, "MAC": DOCKER_MAC} for c in calls)  # zero-config
+    assert [c.env["CNI_ARGS"].count("K8S_POD_NAME=") for c in calls] == [1, 1, 1, 1]
+    assert asked == [(NET, EP), (NET, EP)]
+    world.delete_endpoint()
 
 
 def test_unknown_places_are_refused(world: World) -> None:

@@ -82,6 +82,10 @@ def test_requests_from_the_labels() -> None:
         requests({"pycni.networks": "a", "pycni.ports": "eighty"})
     with pytest.raises(InvalidRequest, match="label pycni.args 'K8S_POD_NAME=x': pycni sets"):
         requests({"pycni.networks": "a", "pycni.args": "K8S_POD_NAME=x"})
+    [capped] = requests({"pycni.networks": "a", "pycni.caps": '{"bandwidth": {"ingressRate": 1}}'})
+    assert capped.caps == {"bandwidth": {"ingressRate": 1}}
+    with pytest.raises(InvalidRequest, match="label pycni.caps 'x': not a JSON object"):
+        requests({"pycni.networks": "a", "pycni.caps": "x"})
 
 
 def test_start_attaches_each_labelled_network_once(rig: Rig) -> None:
