@@ -6,7 +6,9 @@ exit non-zero with ``pycni: error: …``; the exit code comes from the error's c
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -86,7 +88,7 @@ def serve(
     does, in the same process."""
     from .server import run  # waitress is only needed here
 
-    setup_logging(log_level)
+    setup_logging(log_level, by_level=True)
     settings = Settings.from_env(
         socket_path=socket_path,
         state_dir=state_dir,
@@ -103,7 +105,21 @@ def serve(
 
 
 def _settings(state_dir: str | None) -> Settings:
-    return Settings.from_env(state_dir=state_dir)
+    return _known_driver(Settings.from_env(state_dir=state_dir))
+
+
+def _known_driver(settings: Settings) -> Settings:
+    """``settings`` with the driver name Docker knows pycni's networks by, unless
+    ``PYCNI_DRIVER_NAME`` says it: a managed plugin is ``pycni:latest`` (or whatever it was
+    installed as), and the commands run on the host find that out by themselves."""
+    if "PYCNI_DRIVER_NAME" in os.environ:
+        return settings
+    try:
+        ids = {n.id for n in Store(settings.state_dir).networks()}
+    except PycniError:
+        return settings  # unreadable records: the command itself says why, its own way
+    found = dockerview.driver_of(ids)
+    return dataclasses.replace(settings, driver_name=found) if found else settings
 
 
 @main.command("ls")
@@ -218,7 +234,8 @@ def gc(dry_run: bool, state_dir: str | None, socket_path: str | None) -> None:
     Asks the running pycni serve to do it (it holds the locks); with no server running,
     does it in this process.
     """
-    settings = Settings.from_env(state_dir=state_dir, socket_path=socket_path, served=True)
+    settings = _known_driver(
+        Settings.from_env(state_dir=state_dir, socket_path=socket_path, served=True))
     actions = _gc_via_server(settings.socket_path, dry_run)
     if actions is None:
         from . import reconcile
@@ -293,7 +310,7 @@ def check(
         cache_dir=cache_dir,
         served=True,  # the plugins the server runs, unless told otherwise
     )
-    _report("check", health.check(container, settings))
+    _report("check", health.check(container, _known_driver(settings)))
 
 
 @main.command()
@@ -319,7 +336,7 @@ def doctor(
         socket_path=socket_path,
         served=True,
     )
-    _report("doctor", health.doctor(settings))
+    _report("doctor", health.doctor(_known_driver(settings)))
 
 
 def _register() -> None:

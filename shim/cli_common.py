@@ -37,12 +37,20 @@ log_level_option = click.option(
 )
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level``; the libraries' own debug output stays out of pycni's."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, *, by_level: bool = False) -> None:
+    """Log at ``level``, to stderr; the libraries' own debug output stays out of pycni's.
+
+    ``by_level`` (``pycni serve``): records below WARNING go to stdout instead. Docker logs a
+    managed plugin's stdout as ``level=info`` and its stderr as ``level=error`` (it has no
+    finer way in), so pycni's INFO lines show as info there, not as errors."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if by_level:
+        handlers[0].addFilter(lambda record: record.levelno >= logging.WARNING)
+        handlers.append(logging.StreamHandler(sys.stdout))
+        handlers[1].addFilter(lambda record: record.levelno < logging.WARNING)
+    for handler in handlers:
+        handler.setFormatter(fmt)
+    logging.basicConfig(level=level.upper(), handlers=handlers)
     for noisy in ("pyroute2", "asyncio", "docker", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

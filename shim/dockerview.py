@@ -24,7 +24,7 @@ This is the one module that opens the SDK, always through :func:`docker_client`;
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,19 @@ def snapshot(driver_name: str = "pycni", timeout: float = 3.0) -> DockerView | N
         log.info("Docker's view unavailable (%s); reconciling local state only", exc)
         return None
     return DockerView(frozenset(n["Id"] for n in networks), frozenset(endpoints))
+
+
+def driver_of(network_ids: Collection[str], timeout: float = 3.0) -> str:
+    """The driver name Docker knows the networks ``network_ids`` by (``pycni``, or a managed
+    plugin's ``pycni:latest``); "" if Docker has none of them or can't be asked."""
+    if not network_ids:
+        return ""
+    try:
+        with docker_client(timeout) as client:
+            listed = client.api.networks()
+    except PycniError:
+        return ""
+    return next((str(n.get("Driver") or "") for n in listed if n.get("Id") in network_ids), "")
 
 
 def network_names(driver_name: str = "pycni", timeout: float = 3.0) -> dict[str, str]:

@@ -7,12 +7,14 @@
 set -eu
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-log() { echo "pycni-plugin: $*" >&2; }
+# stdout reaches dockerd's log as level=info, stderr as level=error
+log() { echo "pycni-plugin: $*"; }
+fail() { echo "pycni-plugin: $*" >&2; }
 
 # Docker mounts /proc/sys read-only in a plugin; the bridge and portmap plugins write sysctls
 # (ip_forward, route_localnet, a bridge port's settings). Remounting needs CAP_SYS_ADMIN.
 if ! mount -o remount,rw /proc/sys 2>/dev/null; then
-    mount -o remount,rw,bind /proc/sys || log "cannot make /proc/sys writable: sysctl writes will fail"
+    mount -o remount,rw,bind /proc/sys || fail "cannot make /proc/sys writable: sysctl writes will fail"
 fi
 
 # With network.type host the plugin edits the host's netfilter, so its iptables must be the
@@ -28,7 +30,7 @@ choose_iptables() {
     fi
     case $mode in
     legacy | nft) ;;
-    *) log "PYCNI_IPTABLES must be auto, legacy or nft, not '$mode'"; exit 2 ;;
+    *) fail "PYCNI_IPTABLES must be auto, legacy or nft, not '$mode'"; exit 2 ;;
     esac
     for tool in iptables ip6tables iptables-save ip6tables-save iptables-restore ip6tables-restore; do
         ln -sf "/usr/sbin/xtables-$mode-multi" "/usr/local/sbin/$tool"

@@ -281,8 +281,8 @@ def pycni(docker_engine: object) -> Iterator[PycniServer]:
 def _managed_plugin() -> Iterator[PycniServer]:
     """The enabled managed plugin for the session; the files the tests add to its host dirs go.
 
-    ``pycni`` commands the tests run find the plugin through ``PYCNI_SOCKET`` and
-    ``PYCNI_DRIVER_NAME``.
+    ``pycni`` commands the tests run find the plugin through ``PYCNI_SOCKET``, and its driver
+    name (``pycni:latest``) by themselves, asking Docker, as on a user's host.
     """
     proc = docker("plugin", "inspect", "-f", "{{.Enabled}}", PLUGIN, check=False)
     if proc.stdout.strip() != "true":
@@ -293,7 +293,8 @@ def _managed_plugin() -> Iterator[PycniServer]:
     fail.write_text(FAIL_PLUGIN)
     fail.chmod(0o755)
     saved = {k: os.environ.get(k) for k in ("PYCNI_SOCKET", "PYCNI_DRIVER_NAME")}
-    os.environ.update(PYCNI_SOCKET=server.socket, PYCNI_DRIVER_NAME=PLUGIN)
+    os.environ.pop("PYCNI_DRIVER_NAME", None)
+    os.environ.update(PYCNI_SOCKET=server.socket)
     try:
         server.wait_answers()
         _remove_leftovers()

@@ -278,7 +278,7 @@ def test_host_ports_are_one_space_across_both_modes(e2e: Tracker, pycni: PycniSe
 def test_run_passes_its_own_cni_args_and_capability_args(e2e: Tracker, pycni: PycniServer) -> None:
     """``pycni run --arg`` and ``--cap``: the bandwidth plugin, which declares the
     ``bandwidth`` capability, shapes the container's traffic on the host's end of its veth."""
-    bandwidth = {"type": "bandwidth", "capabilities": {"bandwidth": True}}
+    bandwidth: dict[str, object] = {"type": "bandwidth", "capabilities": {"bandwidth": True}}
     pycni.write_conflist("e2e-cap", chain("e2e-cap", "pycni-cap0", "10.201.207.0/24", bandwidth))
     c = "pycni-e2e-cap"
     e2e.containers.append(c)

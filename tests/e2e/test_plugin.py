@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import REPO, TEST_IMAGE, docker, run, unmet
 from tests.e2e.conftest import PLUGIN, PLUGIN_MODE, PycniServer, Tracker, call, plugin_id
 from tests.e2e.test_engine_restart import engine_back, restart_engine, wait_running
+from tests.e2e.test_health import pycni_cli
 
 pytestmark = [
     pytest.mark.e2e,
@@ -55,6 +56,7 @@ def ping(container: str, name: str) -> None:
 
 
 def test_docker_knows_it_as_a_plugin(e2e: Tracker, pycni: PycniServer) -> None:
+    log_start = pycni.log_path.stat().st_size
     listed = docker("plugin", "ls", "--format", "{{.Name}} {{.Enabled}}").stdout.split("\n")
     assert f"{PLUGIN} true" in listed
     # Docker gives the plugin a socket directory of its own, named by its id.
@@ -65,6 +67,15 @@ def test_docker_knows_it_as_a_plugin(e2e: Tracker, pycni: PycniServer) -> None:
     # The state is the host's: the network's record is in /var/lib/pycni, not in the plugin.
     net_id = docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
     assert f"{net_id}.json" in records(pycni, "networks")
+    # pycni's lines reach dockerd's log at their own level: INFO as info, never as error
+    with pycni.log_path.open(errors="replace") as log:
+        log.seek(log_start)
+        ours = [line for line in log if f"plugin={plugin_id()}" in line]
+    infos = [line for line in ours if " INFO shim." in line]
+    assert infos and all("level=info" in line for line in infos), ours[-5:]
+    # pycni ls on the host names the network: it finds the plugin's driver name itself
+    assert "PYCNI_DRIVER_NAME" not in os.environ
+    assert net in pycni_cli(pycni, "ls").stdout.split()
 
 
 def test_disable_is_refused_while_a_network_uses_it(e2e: Tracker, plugin_back: None) -> None:
