@@ -63,6 +63,9 @@ def main() -> None:
 @click.option("--underlay-address", default=None,
               help="This host's address other hosts reach its VTEPs at (default: the default "
               "route's source address).")
+@click.option("--without-etcd", is_flag=True,
+              help="Serve although this host is on overlay networks and no --etcd is given "
+              "(they then reach no other host).")
 @click.option("--watch", "with_watch", is_flag=True,
               help="Also be the controller of the --network none mode (as 'pycni watch').")
 @log_level_option
@@ -79,6 +82,7 @@ def serve(
     etcd_cert: str | None,
     etcd_key: str | None,
     underlay_address: str | None,
+    without_etcd: bool,
     with_watch: bool,
     log_level: str,
 ) -> None:
@@ -101,7 +105,7 @@ def serve(
         etcd_key=etcd_key,
         underlay_address=underlay_address,
     )
-    run(settings, threads=threads, watch=with_watch)
+    run(settings, threads=threads, watch=with_watch, without_etcd=without_etcd)
 
 
 def _settings(state_dir: str | None) -> Settings:
@@ -171,8 +175,9 @@ def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) 
         joined = overlays.get(net.id)
         if joined is not None:
             peers = ", ".join(f"{p.subnet} at {p.underlay}" for p in joined.peers) or "none"
+            ttl = f", lease TTL {joined.ttl} s" if joined.ttl else ""
             click.echo(f"  overlay {joined.name}: this host {joined.subnet} at {joined.underlay} "
-                       f"(VNI {joined.definition.vni}, {joined.vtep}); peers {peers}")
+                       f"(VNI {joined.definition.vni}, {joined.vtep}{ttl}); peers {peers}")
         for ep in mine:
             addrs = ",".join(ep.addresses) or "-"
             attached = names.endpoints.get(ep.id)

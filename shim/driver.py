@@ -239,6 +239,7 @@ class Driver:
                 else:
                     self.links.delete_link(name)
             self._remove_rules(net.record)
+            plugins.forget_host_local(net.record.config, chains.cni_network_name(network_id))
             if self.overlays is not None:
                 self.overlays.leave(network_id)  # nothing for a network of no overlay
             elif leave_locally(self.settings.state_dir, network_id):

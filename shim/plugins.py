@@ -27,6 +27,8 @@ quirk is one line in one file. Everything else in pycni asks this module instead
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -189,3 +191,38 @@ def known_check_limitation(exc: CNIError, *, add_ifname: str, ifname: str,
                 return quirk.explanation.format(
                     plugin=exc.plugin, add_ifname=add_ifname, ifname=ifname)
     return None
+
+
+# --- host-local's books ---------------------------------------------------------------------------
+
+#: where host-local keeps its reservations when its config names no ``dataDir``
+HOST_LOCAL_DATA_DIR = "/var/lib/cni/networks"
+
+
+def host_local_dirs(config: NetworkConfigList) -> list[str]:
+    """host-local's directories of ``config``: ``<dataDir>/<network name>``, one per IPAM."""
+    dirs = []
+    for plugin in config.plugins:
+        ipam = plugin.raw.get("ipam")
+        if isinstance(ipam, dict) and ipam.get("type") == "host-local":
+            data_dir = ipam.get("dataDir")
+            dirs.append(os.path.join(str(data_dir or HOST_LOCAL_DATA_DIR), config.name))
+    return dirs
+
+
+def forget_host_local(config: NetworkConfigList, own_name: str) -> list[str]:
+    """Remove host-local's directories of a network pycni named itself (``own_name``) once they
+    hold no reservation - only host-local's ``lock`` and ``last_reserved_ip.N`` - as the network
+    goes; what it removed. A conflist's directory is named after the conflist, which others may
+    use too: it stays."""
+    removed = []
+    for directory in host_local_dirs(config) if config.name == own_name else []:
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        if all(n == "lock" or n.startswith("last_reserved_ip") for n in names):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+

@@ -25,7 +25,7 @@ from waitress.server import create_server
 from .app import create_app
 from .containers import Containers
 from .driver import Driver
-from .errors import PycniError
+from .errors import ConfigError, PycniError
 from .overlay import manager as overlay_manager
 from .reconcile import Reconciler
 from .revive import Reviver
@@ -95,10 +95,13 @@ class Runtime:
     reviver: Reviver
     controller: Watch | None
     threads: int = 64
+    #: serve although the state has overlay networks and no etcd is given (``--without-etcd``)
+    without_etcd: bool = False
     server: Any = None
 
     @classmethod
-    def build(cls, settings: Settings, *, threads: int = 64, watch: bool = False) -> Runtime:
+    def build(cls, settings: Settings, *, threads: int = 64, watch: bool = False,
+              without_etcd: bool = False) -> Runtime:
         """Every part, from the settings; nothing is read or touched on the host yet."""
         overlays = overlay_manager.from_settings(settings)
         driver = Driver(settings, overlays=overlays)
@@ -110,9 +113,12 @@ class Runtime:
             reviver=Reviver(settings.driver_name),
             controller=Watch(Containers.from_settings(settings)) if watch else None,
             threads=threads,
+            without_etcd=without_etcd,
         )
 
     def start(self, stack: contextlib.ExitStack) -> None:
+        if self.overlays is None and not self.without_etcd:
+            self._refuse_stranded_overlays()
         self.settings.remember()  # what pycni check and doctor run plugins with
         if self.overlays is not None:
             self.overlays.load()
@@ -137,6 +143,19 @@ class Runtime:
 
     def serve(self) -> None:
         self.server.run()
+
+    def _refuse_stranded_overlays(self) -> None:
+        """Without etcd, this host's overlay networks would go on taking containers that reach
+        no other host, and their leases lapse: refuse, naming them."""
+        names = sorted({j.name for j in overlay_manager.read_records(self.settings.state_dir)
+                        .values()})
+        if names:
+            raise ConfigError(
+                f"this host is on overlay network(s) {', '.join(names)}, which span hosts "
+                "through etcd, and pycni serve was given no --etcd (PYCNI_ETCD): their "
+                "containers would reach no other host and the subnets' leases lapse; start it "
+                "with --etcd URL, or with --without-etcd to serve the other networks anyway "
+                "(remove the overlay networks with docker network rm first to be rid of them)")
 
     def _listen(self) -> Any:
         path = self.settings.socket_path
@@ -170,10 +189,11 @@ class Runtime:
         controller.serial.close()
 
 
-def run(settings: Settings, threads: int = 64, watch: bool = False) -> None:
+def run(settings: Settings, threads: int = 64, watch: bool = False,
+        without_etcd: bool = False) -> None:
     """Serve until SIGTERM or SIGINT. ``watch``: also run the controller of the ``--network
     none`` mode (:mod:`shim.watch`) beside the driver, as ``pycni watch`` would."""
-    runtime = Runtime.build(settings, threads=threads, watch=watch)
+    runtime = Runtime.build(settings, threads=threads, watch=watch, without_etcd=without_etcd)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

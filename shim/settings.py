@@ -50,7 +50,7 @@ class Settings:
     #: K8S_POD_NAMESPACE for containers outside a compose project (:mod:`shim.podargs`)
     pod_namespace: str = "default"
     #: seconds an overlay's subnet lease outlives a pycni that stopped renewing it
-    overlay_ttl: int = 90
+    overlay_ttl: int = 24 * 3600
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

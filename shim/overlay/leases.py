@@ -13,8 +13,9 @@ alive: a host that vanishes loses its subnet when the lease expires, and the oth
 routes. A host that comes back with its lease expired re-claims the subnet it had (its own
 value, or no value, under the key) — never a subnet another host holds.
 
-The first subnet of the range is never handed out: its first address is the range's own
-network address, which :mod:`shim.overlay.vtep` would put on a VTEP.
+Every per-host subnet is handed out, the first too: its VTEP carries the subnet's network
+address as a /32 (:mod:`shim.overlay.vtep`), which for the first is the range's own, as
+flannel does with its first lease.
 """
 
 from __future__ import annotations
@@ -72,10 +73,8 @@ class Definition:
                    int(str(data["vni"])), int(str(data["mtu"])))
 
     def subnets(self) -> Iterator[IPv4Network]:
-        """The per-host subnets, the first one left out (see the module's docstring)."""
-        found = self.subnet.subnets(new_prefix=self.prefix)
-        next(found, None)
-        yield from found
+        """The per-host subnets, in order."""
+        yield from self.subnet.subnets(new_prefix=self.prefix)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,13 @@ from .vtep import Entry, Vteps
 
 log = logging.getLogger(__name__)
 
-#: etcd lease TTL: well above a pycni restart, so peers keep their routes meanwhile
-DEFAULT_TTL = 90
+#: etcd lease TTL: a day, as flannel's: a host whose pycni is down for an upgrade or a crash
+#: loop stays routed on every other host while its containers run; one gone for good is
+#: dropped after it (``PYCNI_OVERLAY_TTL``)
+DEFAULT_TTL = 24 * 3600
 DEFAULT_POLL = 2.0
+#: the longest a lease goes without being kept alive (and found still there)
+REFRESH = 30.0
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Joined:
     mac: str
     #: the peers last programmed (what ``pycni ls``/``inspect`` show)
     peers: list[Peer] = field(default_factory=list)
+    #: the lease's TTL in seconds (0: a record from before it was kept)
+    ttl: int = 0
     #: when the lease was last kept alive (monotonic; not recorded)
     refreshed: float = field(default=0.0, compare=False)
 
@@ -86,6 +92,7 @@ class Joined:
             "mac": self.mac,
             "vtep": self.vtep,
             "peers": [p.to_json() for p in self.peers],
+            "ttl": self.ttl,
         }
 
     @classmethod
@@ -100,6 +107,7 @@ class Joined:
             mac=data["mac"],
             peers=[Peer(ipaddress.IPv4Network(p["subnet"]), p["underlay"], p["mac"])
                    for p in data.get("peers") or []],
+            ttl=int(data.get("ttl") or 0),
         )
 
 
@@ -202,7 +210,8 @@ class Overlays:
             mac = vtep.mac_for(asked.name, self.underlay)
             subnet = leases.claim(self.kv, asked.name, definition, Holder(self.underlay, mac),
                                   lease)
-            joined = Joined(network_id, asked.name, definition, subnet, lease, self.underlay, mac)
+            joined = Joined(network_id, asked.name, definition, subnet, lease, self.underlay, mac,
+                            ttl=self.ttl)
             undo.callback(self._quietly, leases.release, self.kv, asked.name, subnet,
                           joined.holder, 0)
             self._ensure_vtep(joined)
@@ -292,9 +301,11 @@ class Overlays:
                 log.exception("overlay %s: unexpected error", snapped.name)
 
     def _keep(self, joined: Joined) -> None:
-        """Keep the lease alive every TTL/3; one that expired is taken again, same subnet."""
+        """Keep the lease alive every TTL/3, at least every :data:`REFRESH` seconds (so a lease
+        etcd lost is noticed soon, however long the TTL); one that expired is taken again,
+        same subnet."""
         now = time.monotonic()
-        if joined.refreshed and now - joined.refreshed < self.ttl / 3:
+        if joined.refreshed and now - joined.refreshed < min(self.ttl / 3, REFRESH):
             return
         if self.kv.refresh(joined.lease) > 0:
             joined.refreshed = now

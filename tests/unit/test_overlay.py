@@ -74,15 +74,14 @@ def test_impossible_definitions_are_refused_before_anything_is_written(bad: Aske
 # --- leases --------------------------------------------------------------------------------------
 
 
-def test_hosts_get_different_subnets_and_never_the_first() -> None:
+def test_hosts_get_different_subnets_the_first_one_too() -> None:
     kv = FakeEtcd()
     definition = leases.define(kv, asked(), 1450)
     got = set()
     for n in range(5):
         lease = kv.grant(60)
         got.add(leases.claim(kv, "ov", definition, Holder(f"10.203.254.{n}", "m"), lease))
-    assert len(got) == 5 and NET("10.202.0.0/24") not in got
-    assert NET("10.202.1.0/24") in got
+    assert got == {NET(f"10.202.{n}.0/24") for n in range(5)}
 
 
 def test_racing_hosts_get_different_subnets() -> None:
@@ -108,8 +107,9 @@ def test_a_full_overlay_says_so() -> None:
     kv = FakeEtcd()
     definition = leases.define(kv, asked(subnet=NET("10.202.0.0/23")), 1450)
     leases.claim(kv, "ov", definition, Holder("a", "m"), kv.grant(60))
+    leases.claim(kv, "ov", definition, Holder("b", "m"), kv.grant(60))  # a /23 serves two hosts
     with pytest.raises(OverlayError, match=r"no /24 of 10.202.0.0/23 is free"):
-        leases.claim(kv, "ov", definition, Holder("b", "m"), kv.grant(60))
+        leases.claim(kv, "ov", definition, Holder("c", "m"), kv.grant(60))
 
 
 def test_a_host_takes_its_own_subnet_back_never_another_hosts() -> None:
@@ -154,7 +154,7 @@ def test_join_programs_peers_and_leave_removes_everything(tmp_path: Path) -> Non
     jb = b.join("netb", asked())
     assert ja.subnet != jb.subnet and ja.vtep == jb.vtep
     _vni, underlay, address, mac, mtu = va.links[ja.vtep]
-    assert (underlay, address, mac, mtu) == ("10.203.254.1", "10.202.1.0",
+    assert (underlay, address, mac, mtu) == ("10.203.254.1", "10.202.0.0",
                                              mac_for("ov", "10.203.254.1"), 1450)
     a.tick()
     assert va.programmed[ja.vtep] == [Entry(jb.subnet, "10.203.254.2", jb.mac)]
@@ -315,7 +315,7 @@ def test_the_chain_is_a_bridge_with_host_local_on_the_lease(tmp_path: Path) -> N
     assert bridge["mtu"] == 1450 and bridge["isGateway"] is True
     assert bridge["ipam"] == {
         "type": "host-local", "dataDir": "/var/lib/cni/networks",
-        "ranges": [[{"subnet": "10.202.1.0/24", "gateway": "10.202.1.1"}]],
+        "ranges": [[{"subnet": "10.202.0.0/24", "gateway": "10.202.0.1"}]],
         "routes": [{"dst": "0.0.0.0/0"}],
     }
     assert resolved.config.plugin_types() == ["bridge", "portmap"]
@@ -345,7 +345,7 @@ def test_the_driver_creates_and_removes_an_overlay_network(tmp_path: Path) -> No
     world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
     record = world.driver.networks[NET_ID]
     assert record.config.raw["plugins"][0]["ipam"]["ranges"] == [
-        [{"subnet": "10.202.1.0/24", "gateway": "10.202.1.1"}]]
+        [{"subnet": "10.202.0.0/24", "gateway": "10.202.0.1"}]]
     assert record.firewall is not None
     assert world.rules.networks[NET_ID]["bridge"] == record.firewall.bridge
     assert list(vteps.links) == [f"pycni.{leases.default_vni('ov')}"]

@@ -4,6 +4,7 @@ host, started in order, stopped in reverse."""
 from __future__ import annotations
 
 import contextlib
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,29 @@ def test_a_part_that_fails_to_start_stops_what_started(tmp_path: Path,
         runtime.start(stack)
     assert log == ["driver.restore", "reconciler.start", "socket.close", "requests.shutdown",
                    "reconciler.stop", "driver.close"]
+
+
+def test_serve_without_etcd_refuses_a_state_with_overlays_naming_them(tmp_path: Path) -> None:
+    from shim.errors import ConfigError
+    from shim.overlay.leases import Definition
+    from shim.overlay.manager import KIND, Joined
+    from shim.store import Store
+
+    joined = Joined("n" * 64, "ov-shop", Definition(IPv4Network("10.200.0.0/16"), 24, 7, 1450),
+                    IPv4Network("10.200.1.0/24"), 1, "192.0.2.1", "02:00:00:00:00:01")
+    Store(str(tmp_path / "state")).save(KIND, joined.network_id, joined.to_json())
+    with contextlib.ExitStack() as stack, pytest.raises(ConfigError) as caught:
+        Runtime.build(settings(tmp_path)).start(stack)
+    assert "overlay network(s) ov-shop" in str(caught.value)
+    assert "--etcd URL, or with --without-etcd" in str(caught.value)
+    assert not (tmp_path / "p.sock").exists()  # nothing served
+    # told to go on, it serves the other networks
+    log: list[str] = []
+    runtime = Runtime(settings(tmp_path), driver=Part("driver", log),  # type: ignore[arg-type]
+                      overlays=None, reconciler=Part("reconciler", log),  # type: ignore[arg-type]
+                      reviver=Part("reviver", log), controller=None,  # type: ignore[arg-type]
+                      without_etcd=True)
+    runtime._listen = lambda: Server(log)  # type: ignore[method-assign]
+    with contextlib.ExitStack() as stack:
+        runtime.start(stack)
+    assert log[0] == "driver.restore"
