@@ -195,8 +195,13 @@ class Overlays:
                     raise OverlayError(
                         f"overlay {asked.name} is already joined on this host by pycni network "
                         f"{other.network_id[:12]}; one network per overlay and host")
-        default_mtu = self.default_mtu or vtep.underlay_mtu(self.underlay) - leases.VXLAN_OVERHEAD
-        definition = leases.define(self.kv, asked, default_mtu)
+        # what VXLAN leaves of this host's underlay for the overlay's own packets
+        room = self.default_mtu or vtep.underlay_mtu(self.underlay) - leases.VXLAN_OVERHEAD
+        if asked.mtu is not None and asked.mtu > room:  # refused before anything is written
+            raise self._too_big(asked.name, asked.mtu, room)
+        definition = leases.define(self.kv, asked, room)
+        if definition.mtu > room:  # another host defined it on a larger underlay
+            raise self._too_big(asked.name, definition.mtu, room)
         with self._lock:
             clash = next((j for j in self._joined.values()
                           if j.definition.vni == definition.vni), None)
@@ -299,6 +304,13 @@ class Overlays:
                             exc)
             except Exception:  # the loop must outlive anything one round hits
                 log.exception("overlay %s: unexpected error", snapped.name)
+
+    def _too_big(self, name: str, mtu: int, room: int) -> OverlayError:
+        return OverlayError(
+            f"overlay {name}: MTU {mtu} does not fit this host's underlay: its link at "
+            f"{self.underlay} leaves {room} bytes once VXLAN's {leases.VXLAN_OVERHEAD} are "
+            f"taken, and larger packets would be dropped between hosts; use -o cni.mtu={room} "
+            "or less (on every host)")
 
     def _keep(self, joined: Joined) -> None:
         """Keep the lease alive every TTL/3, at least every :data:`REFRESH` seconds (so a lease

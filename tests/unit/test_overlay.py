@@ -462,3 +462,20 @@ def test_a_leave_during_a_tick_is_not_undone_by_it(tmp_path: Path) -> None:
     assert kv.data == {}, "the round claimed the subnet (or the definition) again"
     assert kv.leases == {}
     assert a.get("neta") is None and read_records(a.state_dir) == {}
+
+
+def test_an_mtu_the_underlay_cannot_carry_is_refused_on_every_host(tmp_path: Path) -> None:
+    """-o cni.mtu=9000 on a 1500-byte underlay: refused before anything is written; and a
+    host whose underlay is smaller than the one the overlay was defined on refuses to join."""
+    kv = FakeEtcd()
+    small = host(kv, tmp_path, "10.203.254.1")  # 1450 bytes of room (a 1500-byte underlay)
+    with pytest.raises(OverlayError, match=r"MTU 9000 does not fit this host's underlay.*"
+                                           r"leaves 1450 bytes.*-o cni.mtu=1450 or less"):
+        small.join("neta", asked(mtu=9000))
+    assert kv.get_prefix("/pycni/") == {}
+    big = Overlays(kv, str(tmp_path / "big"), "10.203.254.2", vteps=FakeVteps(), ttl=60,
+                   default_mtu=8950)
+    big.join("netb", asked(mtu=8950))
+    with pytest.raises(OverlayError, match="MTU 8950 does not fit"):
+        small.join("neta", asked())
+    assert len(kv.get_prefix(leases.leases_prefix("ov"))) == 1  # big's lease only
