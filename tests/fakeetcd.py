@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shim.errors import NetlinkFailure, StoreUnavailable
-from shim.overlay.vtep import Entry
+from shim.overlay.vtep import Entry, HostRoute
 
 
 @dataclass
@@ -115,6 +115,8 @@ class FakeVteps:
 
     links: dict[str, tuple[int, str, str, str, int]] = field(default_factory=dict)
     programmed: dict[str, list[Entry]] = field(default_factory=dict)
+    #: this host's routes that are not an overlay's (a Docker network's, the LAN's…)
+    routes: list[HostRoute] = field(default_factory=list)
 
     def ensure(self, name: str, vni: int, underlay: str, address: str, mac: str,
                mtu: int) -> None:
@@ -132,3 +134,6 @@ class FakeVteps:
 
     def entries(self, name: str) -> list[Entry]:
         return list(self.programmed.get(name, []))
+
+    def host_routes(self) -> list[HostRoute]:
+        return list(self.routes)

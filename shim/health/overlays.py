@@ -55,4 +55,11 @@ def check_overlays(joined: Mapping[str, Joined], settings: Settings,
         else:
             findings.append(Finding(OK, subject, f"this host ({one.underlay}) holds {one.subnet} "
                                     f"in etcd; {len(one.peers)} peer(s) programmed"))
+        for clash in one.clashes:
+            findings.append(Finding(
+                FAIL, subject, f"host {clash['underlay']}'s subnet {clash['subnet']} collides "
+                f"with {clash['route']} on this host: pycni does not route it, so this host's "
+                f"containers can't reach that host's",
+                "move the colliding network (or the overlay's range) so they no longer overlap; "
+                "the route comes within a round once they don't"))
     return findings

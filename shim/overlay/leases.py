@@ -23,11 +23,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest, OverlayError
 from .store import KV
+from .vtep import HostRoute
 
 ROOT = "/pycni/overlay/"
 DEFAULT_PREFIX = 24
@@ -118,6 +119,7 @@ def check(asked: Asked) -> None:
 def define(kv: KV, asked: Asked, default_mtu: int) -> Definition:
     """The overlay's definition: the store's, or this request's if it is the first."""
     check(asked)
+    _no_overlap(kv, asked)
     key = definition_key(asked.name)
     mine = asked.definition(default_mtu)
     if kv.create(key, json.dumps(mine.to_json())):
@@ -139,6 +141,24 @@ def define(kv: KV, asked: Asked, default_mtu: int) -> Definition:
             + ": create the network with the same options on every host, or name another "
             "overlay")
     return held
+
+
+def _no_overlap(kv: KV, asked: Asked) -> None:
+    """Refuse a range that overlaps another overlay's, as etcd holds them (not this host's
+    view: every host refuses the same)."""
+    for key, raw in kv.get_prefix(ROOT).items():
+        name, _, rest = key[len(ROOT):].partition("/")
+        if rest != "config" or name == asked.name:
+            continue
+        try:
+            other = IPv4Network(json.loads(raw)["subnet"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if other.overlaps(asked.subnet):
+            raise InvalidRequest(
+                f"overlay {asked.name}: {asked.subnet} overlaps overlay {name}'s {other} "
+                f"(defined in {kv.where}): their hosts' routes would collide; give it a range "
+                "of its own")
 
 
 @dataclass(frozen=True)
@@ -173,14 +193,17 @@ class Peer:
 
 
 def claim(kv: KV, name: str, definition: Definition, me: Holder, lease: int,
-          prefer: IPv4Network | None = None, *, only_prefer: bool = False) -> IPv4Network:
+          prefer: IPv4Network | None = None, *, only_prefer: bool = False,
+          avoid: Sequence[HostRoute] = ()) -> IPv4Network:
     """Claim a per-host subnet under ``lease``: ``prefer`` (the one this host had) if it is
-    free or still this host's, else the first free one; ``only_prefer`` claims that one or
-    none. Create-if-absent: racing hosts get different subnets."""
+    free or still this host's, else the first free one that collides with none of ``avoid``
+    (this host's routes: a Docker network, the LAN); ``only_prefer`` claims that one or none.
+    Create-if-absent: racing hosts get different subnets."""
     held = kv.get_prefix(leases_prefix(name))
     candidates = [prefer] if prefer is not None else []
+    clashing = [s for s in definition.subnets() if any(r.dst.overlaps(s) for r in avoid)]
     if not only_prefer:
-        candidates += [s for s in definition.subnets() if s != prefer]
+        candidates += [s for s in definition.subnets() if s != prefer and s not in clashing]
     value = me.to_json()
     for subnet in candidates:
         key = lease_key(name, subnet)
@@ -194,8 +217,11 @@ def claim(kv: KV, name: str, definition: Definition, me: Holder, lease: int,
     if only_prefer and prefer is not None:
         raise OverlayError(f"overlay {name}: subnet {prefer}, this host's, is held by another "
                            f"host in {kv.where}")
+    collide = (f", {len(clashing)} collide with this host's routes "
+               f"({', '.join(map(str, [r for r in avoid if r.dst.overlaps(definition.subnet)]))})"
+               if clashing else "")
     raise OverlayError(f"overlay {name}: no /{definition.prefix} of {definition.subnet} is free "
-                       f"in {kv.where} ({len(held)} held)")
+                       f"in {kv.where} ({len(held)} held{collide})")
 
 
 def peers(kv: KV, name: str, mine: IPv4Network) -> list[Peer]:

@@ -65,6 +65,9 @@ class Joined:
     peers: list[Peer] = field(default_factory=list)
     #: the lease's TTL in seconds (0: a record from before it was kept)
     ttl: int = 0
+    #: peers not routed, their subnet colliding with a route of this host's (a Docker network,
+    #: the LAN): ``{"subnet", "underlay", "route"}``
+    clashes: list[dict[str, str]] = field(default_factory=list)
     #: when the lease was last kept alive (monotonic; not recorded)
     refreshed: float = field(default=0.0, compare=False)
 
@@ -93,6 +96,7 @@ class Joined:
             "vtep": self.vtep,
             "peers": [p.to_json() for p in self.peers],
             "ttl": self.ttl,
+            "clashes": self.clashes,
         }
 
     @classmethod
@@ -108,6 +112,7 @@ class Joined:
             peers=[Peer(ipaddress.IPv4Network(p["subnet"]), p["underlay"], p["mac"])
                    for p in data.get("peers") or []],
             ttl=int(data.get("ttl") or 0),
+            clashes=[dict(c) for c in data.get("clashes") or []],
         )
 
 
@@ -214,7 +219,7 @@ class Overlays:
             undo.callback(self._quietly, self.kv.revoke, lease)
             mac = vtep.mac_for(asked.name, self.underlay)
             subnet = leases.claim(self.kv, asked.name, definition, Holder(self.underlay, mac),
-                                  lease)
+                                  lease, avoid=self.vteps.host_routes())
             joined = Joined(network_id, asked.name, definition, subnet, lease, self.underlay, mac,
                             ttl=self.ttl)
             undo.callback(self._quietly, leases.release, self.kv, asked.name, subnet,
@@ -342,17 +347,31 @@ class Overlays:
             self._save(updated)
 
     def _sync(self, joined: Joined) -> None:
-        """Program the VTEP with the peers the store holds now."""
+        """Program the VTEP with the peers the store holds now, but those whose subnet collides
+        with a route of this host's: only routes pycni made are pycni's to take."""
         found = leases.peers(self.kv, joined.name, joined.subnet)
-        self.vteps.sync(joined.vtep, [Entry(p.subnet, p.underlay, p.mac) for p in found])
+        routes = self.vteps.host_routes()
+        clashes: list[dict[str, str]] = []
+        for peer in found:
+            hit = next((r for r in routes if r.dst.overlaps(peer.subnet)), None)
+            if hit is not None:
+                clashes.append({"subnet": str(peer.subnet), "underlay": peer.underlay,
+                                "route": str(hit)})
+        clashed = {c["subnet"] for c in clashes}
+        routed = [p for p in found if str(p.subnet) not in clashed]
+        self.vteps.sync(joined.vtep, [Entry(p.subnet, p.underlay, p.mac) for p in routed])
         with self._lock:
             current = self._joined.get(joined.network_id)
-            if current is None or current.peers == found:
+            if current is None or (current.peers, current.clashes) == (routed, clashes):
                 return
-            current.peers = found
+            new = [c for c in clashes if c not in current.clashes]
+            current.peers, current.clashes = routed, clashes
             self._save(current)  # under the lock: a network left meanwhile gets no record back
+        for clash in new:  # once: the record remembers it until it is gone
+            log.warning("overlay %s: not routing %s (host %s): it collides with %s on this "
+                        "host", joined.name, clash["subnet"], clash["underlay"], clash["route"])
         log.info("overlay %s: peers %s", joined.name,
-                 ", ".join(f"{p.subnet} at {p.underlay}" for p in found) or "none")
+                 ", ".join(f"{p.subnet} at {p.underlay}" for p in routed) or "none")
 
 
 def leave_locally(state_dir: str, network_id: str, vteps: Vteps | None = None) -> bool:

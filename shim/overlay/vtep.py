@@ -41,6 +41,17 @@ AF_BRIDGE = 7
 
 
 @dataclass(frozen=True)
+class HostRoute:
+    """A route of this host that is not an overlay's: what a peer's subnet must not take."""
+
+    dst: ipaddress.IPv4Network
+    dev: str
+
+    def __str__(self) -> str:
+        return f"{self.dst} dev {self.dev}"
+
+
+@dataclass(frozen=True)
 class Entry:
     """One peer, as the VTEP needs it."""
 
@@ -64,6 +75,8 @@ class Vteps(Protocol):
     def delete(self, name: str) -> None: ...
 
     def entries(self, name: str) -> list[Entry]: ...
+
+    def host_routes(self) -> list[HostRoute]: ...
 
 
 def name_for(vni: int) -> str:
@@ -145,6 +158,22 @@ def entries(name: str) -> list[Entry]:
             subnet = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}")
             mac = macs.get(gw, "")
             found.append(Entry(subnet, dsts.get(mac, ""), mac))
+        return found
+
+
+def host_routes() -> list[HostRoute]:
+    """This host's IPv4 routes in the main table, but the default ones and those through
+    pycni's VTEPs (they are the peers': etcd keeps them apart)."""
+    with _ipr("cannot read this host's routes") as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        found = []
+        for route in ipr.get_routes(family=socket.AF_INET, table=254):
+            dst, oif = route.get_attr("RTA_DST"), route.get_attr("RTA_OIF")
+            dev = str(names.get(oif, oif))
+            if not dst or route["dst_len"] == 0 or dev.startswith(PREFIX):
+                continue
+            found.append(HostRoute(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}",
+                                                         strict=False), dev))
         return found
 
 

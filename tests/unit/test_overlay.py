@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from shim.errors import InvalidRequest, OverlayError, StoreUnavailable, Unsupported
+from shim.health.overlays import check_overlays
 from shim.overlay import chain, leases
 from shim.overlay.leases import Asked, Holder
 from shim.overlay.manager import Overlays, read_records
-from shim.overlay.vtep import Entry, mac_for
+from shim.overlay.vtep import Entry, HostRoute, mac_for
 from shim.protocol import INTERNAL, CreateNetworkRequest
+from shim.settings import Settings
 from tests.fakeetcd import FakeEtcd, FakeVteps
 from tests.world import NET as NET_ID
 from tests.world import NULL_IPAM, World
@@ -479,3 +481,57 @@ def test_an_mtu_the_underlay_cannot_carry_is_refused_on_every_host(tmp_path: Pat
     with pytest.raises(OverlayError, match="MTU 8950 does not fit"):
         small.join("neta", asked())
     assert len(kv.get_prefix(leases.leases_prefix("ov"))) == 1  # big's lease only
+
+
+# --- routes pycni doesn't own ----------------------------------------------------------------------
+
+
+def test_a_claim_skips_subnets_that_collide_with_this_hosts_routes(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    va = FakeVteps(routes=[HostRoute(NET("10.202.0.0/23"), "br-docker1")])
+    ja = host(kv, tmp_path, "10.203.254.1", va).join("neta", asked())
+    assert ja.subnet == NET("10.202.2.0/24")  # 0 and 1 are the Docker network's
+    definition = leases.define(kv, asked(name="ov2", subnet=NET("10.212.0.0/23")), 1450)
+    with pytest.raises(OverlayError, match=r"2 collide with this host's routes "
+                                           r"\(10.212.0.0/22 dev br-docker2\)"):
+        leases.claim(kv, "ov2", definition, Holder("a", "m"), kv.grant(60),
+                     avoid=[HostRoute(NET("10.212.0.0/22"), "br-docker2")])
+
+
+def test_a_peer_subnet_that_collides_is_not_routed_logged_once_and_told_by_doctor(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Docker network made on host A inside host B's subnet, after both joined: A stops
+    routing B's subnet (it removes only its own route), says so once, and doctor FAILs naming
+    both; once the Docker network goes, the route comes back."""
+    kv = FakeEtcd()
+    va, vb = FakeVteps(), FakeVteps()
+    a, b = host(kv, tmp_path, "10.203.254.1", va), host(kv, tmp_path, "10.203.254.2", vb)
+    ja, jb = a.join("neta", asked()), b.join("netb", asked())
+    a.tick()
+    assert va.programmed[ja.vtep] == [Entry(jb.subnet, "10.203.254.2", jb.mac)]
+    va.routes.append(HostRoute(NET(f"{jb.subnet.network_address}/25"), "br-late"))
+    for _ in range(3):
+        a.tick()
+    assert va.programmed[ja.vtep] == []
+    said = [r.message for r in caplog.records if "not routing" in r.message]
+    assert said == [(f"overlay ov: not routing {jb.subnet} (host 10.203.254.2): it collides "
+                     f"with {jb.subnet.network_address}/25 dev br-late on this host")]
+    record = read_records(a.state_dir)["neta"]
+    [finding] = [f for f in check_overlays({"neta": record}, Settings(etcd="http://e"),
+                                           lambda s: kv) if f.status == "FAIL"]
+    assert f"subnet {jb.subnet} collides with {jb.subnet.network_address}/25 dev br-late" \
+        in finding.message
+    va.routes.clear()
+    a.tick()
+    assert va.programmed[ja.vtep] == [Entry(jb.subnet, "10.203.254.2", jb.mac)]
+    assert read_records(a.state_dir)["neta"].clashes == []
+
+
+def test_overlapping_overlays_are_refused_as_etcd_holds_them() -> None:
+    kv = FakeEtcd()
+    leases.define(kv, asked(name="ov", subnet=NET("10.202.0.0/16")), 1450)
+    with pytest.raises(InvalidRequest, match=r"overlay ov2: 10.202.128.0/17 overlaps overlay "
+                                             r"ov's 10.202.0.0/16"):
+        leases.define(kv, asked(name="ov2", subnet=NET("10.202.128.0/17")), 1450)
+    assert leases.define(kv, asked(name="ov3", subnet=NET("10.203.0.0/16")), 1450)
+    assert leases.define(kv, asked(name="ov", subnet=NET("10.202.0.0/16")), 1450)  # itself
