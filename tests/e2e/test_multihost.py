@@ -274,3 +274,38 @@ def test_a_create_contradicting_the_overlays_definition_is_refused(
     assert (f"overlay {OVERLAY} is defined in etcd at {rig.etcd.url if rig.etcd else ''} with "
             "subnet 10.202.0.0/16, not 10.201.0.0/16") in proc.stderr, proc.stderr
     assert rig.docker_b("network", "inspect", NET, check=False).returncode != 0
+
+
+def test_a_docker_network_inside_a_peers_subnet_keeps_its_route(
+        rig: Rig, pycni: PycniServer, e2e: Tracker, host_b: HostB) -> None:
+    """Docker accepts a bridge network on host A inside host B's overlay subnet (it can't
+    know); pycni then stops routing B's subnet there - it takes no route it doesn't own - and
+    says so; once the Docker network goes, B is routed again."""
+    from tests.e2e.test_health import pycni_cli
+
+    _ip_a, ip_b = two_containers(rig, e2e, host_b)
+    a_exec = ["docker", "exec", "pycni-e2e-ova"]
+    eventually_pings(a_exec, ip_b)
+    b24 = ipaddress.IPv4Interface(f"{ip_b}/24").network
+    half = ipaddress.IPv4Network(f"{b24.network_address + 128}/25")
+    e2e.network("pycni-e2e-ovclash", "--subnet", str(half))
+
+    def via_vtep() -> bool:
+        return VTEP in run("ip", "-4", "route", "show", str(b24)).stdout
+
+    deadline = time.monotonic() + 10
+    while via_vtep():
+        assert time.monotonic() < deadline, "host A still routes B's subnet over the Docker network"
+        time.sleep(0.5)
+    assert f"{half} dev br-" in run("ip", "-4", "route", "show", str(half)).stdout
+    proc = pycni_cli(pycni, "doctor")
+    assert proc.returncode == 1 and f"subnet {b24} collides with {half} dev br-" in proc.stdout, \
+        proc.stdout + proc.stderr
+    assert "not routing" in pycni.log()
+    docker("network", "rm", "pycni-e2e-ovclash")
+    e2e.networks.remove("pycni-e2e-ovclash")
+    deadline = time.monotonic() + 10
+    while not via_vtep():
+        assert time.monotonic() < deadline, "B's subnet was not routed again"
+        time.sleep(0.5)
+    eventually_pings(a_exec, ip_b)
