@@ -354,7 +354,7 @@ def _no_lease_to_strand(net: NetworkConfigList, *, sandbox: bool, docker_ipam: b
     ADD ran in, which on the staging path the link leaves. In Docker's sandbox it keeps it, if
     Docker hands out no address of its own."""
     found = ipam_plugin(net)
-    if found is None or found[1].get("type") != "dhcp" or (sandbox and not docker_ipam):
+    if found is None or not plugins.asks_on_the_link(found[1]) or (sandbox and not docker_ipam):
         return
     raise ConfigError(
         "the dhcp IPAM hands out the address itself, when the chain runs in the container's "

@@ -107,8 +107,9 @@ def detach(container: str, network: str, ifname: str | None, state_dir: str | No
 @click.argument("docker_args", nargs=-1, type=click.UNPROCESSED, required=True)
 @reports_errors
 def run(cni_nets: str, ips: tuple[str, ...], publish: tuple[str, ...],
-        cni_args: tuple[str, ...], caps: str, holder: str, state_dir: str | None, conf_dir: str | None, cni_path: str | None,
-        cache_dir: str | None, docker_args: tuple[str, ...]) -> None:
+        cni_args: tuple[str, ...], caps: str, holder: str, state_dir: str | None,
+        conf_dir: str | None, cni_path: str | None, cache_dir: str | None,
+        docker_args: tuple[str, ...]) -> None:
     """Create a container with --network none (docker create with DOCKER_ARGS, after --),
     start it and attach the networks; remove it again, saying why, if attaching fails.
 

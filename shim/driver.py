@@ -109,7 +109,7 @@ class Driver:
         #: endpoints whose chains run in Docker's sandbox (``-o cni.place=sandbox``)
         self.sandbox = sandbox.SandboxEndpoints(
             self.links, self.lifecycle, self.registry, self._ledger,
-            *(() if docker_view else (podargs.asking_docker(settings),)))
+            None if docker_view else podargs.asking_docker(settings))
         #: overlay networks across hosts (``pycni serve --etcd``); None: not served
         self.overlays = overlays
         self._clashes = collisions.ClashLog()

@@ -159,6 +159,16 @@ def effective(config: NetworkConfigList, capability_args: Mapping[str, Any]) -> 
     return trimmed
 
 
+#: the IPAMs that hand out an address by asking on the interface (a DHCP server), and renew it
+#: from the namespace ADD ran in
+ASK_ON_THE_LINK = frozenset({"dhcp"})
+
+
+def asks_on_the_link(ipam: dict[str, Any]) -> bool:
+    """Whether the IPAM section ``ipam`` asks on the interface for its address (dhcp)."""
+    return ipam.get("type") in ASK_ON_THE_LINK
+
+
 def ip_arg(ipam_type: str) -> IPArg:
     return traits(ipam_type).ip_arg
 

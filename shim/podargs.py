@@ -22,7 +22,7 @@ container is gone.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import dockerview
@@ -107,7 +107,7 @@ def parse_caps(text: str, where: str) -> dict[str, Any]:
             f"{where} {text!r}: not a JSON object; capability args are a JSON object keyed by "
             'capability, such as {"bandwidth": {"ingressRate": 1000000, "ingressBurst": 100000}}')
     for key in value:
-        own = next((k for k in OWN_CAPS if k.lower() == key.lower()), "")
+        own = _owned(key, OWN_CAPS)
         if own:
             raise InvalidRequest(f"{where} {text!r}: pycni fills {own} itself (from "
                                  f"{OWN_CAPS[own]})")
@@ -126,8 +126,8 @@ def parse(text: str, where: str) -> Pairs:
             raise InvalidRequest(
                 f"{where} {text!r}: {item!r} is not KEY=VALUE; CNI_ARGS are KEY=VALUE pairs "
                 "separated by ';', keys of letters, digits and '_', values without '=' or ';'")
-        own = next((k for k in OWN if k.lower() == key.lower()), "")
-        if own:  # in any case: Docker's CLI lowercases driver-opts
+        own = _owned(key, OWN)
+        if own:
             raise InvalidRequest(
                 f"{where} {text!r}: pycni sets {own} itself ({', '.join(OWN)} say which "
                 "container the chain serves)")
@@ -135,3 +135,9 @@ def parse(text: str, where: str) -> Pairs:
             raise InvalidRequest(f"{where} {text!r}: {key} is given twice")
         pairs.append((key, value))
     return tuple(pairs)
+
+
+def _owned(key: str, own: Iterable[str]) -> str:
+    """Which of ``own`` (the keys pycni sets itself) ``key`` is, in any case - Docker's CLI
+    lowercases driver-opts; "" if none."""
+    return next((k for k in own if k.lower() == key.lower()), "")

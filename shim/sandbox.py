@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from . import answers, chains, podargs
+from . import answers, chains, plugins, podargs
 from .attach import Attacher, Attachment
 from .chains import ipam_plugin
 from .cni.config import NetworkConfigList, conflist_from_dict
@@ -58,13 +58,6 @@ PREFIX = "eth"
 IPAM_IFNAME = "ipam0"
 #: CNI_NETNS of the reservation's ADD: the spec wants one; an IPAM plugin never enters it
 HOST_NETNS = "/proc/self/ns/net"
-#: the IPAMs that hand out an address by asking on the interface, which exists only at Join
-ASK_ON_THE_LINK = frozenset({"dhcp"})
-
-
-def asks_on_the_link(config: NetworkConfigList) -> bool:
-    found = ipam_plugin(config)
-    return found is not None and found[1].get("type") in ASK_ON_THE_LINK
 
 
 def reservation(endpoint_id: str, config: NetworkConfigList) -> Attachment:
@@ -185,14 +178,14 @@ class SandboxEndpoints:
 
     def __init__(self, links: Links, lifecycle: Lifecycle, registry: Registry,
                  ledger: Callable[[Network, EndpointRecord], Ledger],
-                 identify: Callable[[str, str], podargs.Pairs] = lambda net, ep: ()) -> None:
+                 identify: Callable[[str, str], podargs.Pairs] | None = None) -> None:
         self.links = links
         self.lifecycle = lifecycle
         self.registry = registry
         self.ledger = ledger
         #: (network id, endpoint id) → the identity of the container it serves, asked of
-        #: Docker at Join (:mod:`shim.podargs`)
-        self.identify = identify
+        #: Docker at Join (:mod:`shim.podargs`); unknown without one
+        self.identify = identify or (lambda network_id, endpoint_id: ())
 
     def create(self, net: Network, rec: EndpointRecord) -> None:
         """Record the endpoint for Join: with the address Docker's IPAM chose, or the one the
@@ -200,16 +193,18 @@ class SandboxEndpoints:
         # Docker's --mac-address, or on a zero-config network the one derived from the address
         # (shim.endpoint_chain gives the chain either as its ``mac`` capability)
         rec.mac = str(rec.capability_args.get("mac") or "")
-        if net.record.address_via or asks_on_the_link(rec.config):
+        found = ipam_plugin(rec.config)
+        asks = found is not None and plugins.asks_on_the_link(found[1])
+        if net.record.address_via or asks:
             rec.phase = Phase.CREATED
             self.registry.add_endpoint(net, rec)
+            how = ("" if net.record.address_via
+                   else " (its IPAM asks on the link: Docker is told no address)")
         else:
-            self._reserve(net, rec)
+            self._reserve(net, rec)  # records it too
+            how = f" ({', '.join(rec.addresses)} from its IPAM)"
         log.info("endpoint %s on %s: its chain runs at Join, in Docker's sandbox%s",
-                 rec.id[:12], net.id[:12],
-                 f" ({', '.join(rec.addresses)} from its IPAM)" if rec.reserved else
-                 "" if net.record.address_via else " (its IPAM asks on the link: Docker is told "
-                 "no address)")
+                 rec.id[:12], net.id[:12], how)
 
     def _reserve(self, net: Network, rec: EndpointRecord) -> None:
         reserved = reservation(rec.id, rec.config)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidRequest, OverlayError
 from .store import KV
-from .vtep import HostRoute
+from .vtep import HostRoute, colliding
 
 ROOT = "/pycni/overlay/"
 DEFAULT_PREFIX = 24
@@ -201,7 +201,7 @@ def claim(kv: KV, name: str, definition: Definition, me: Holder, lease: int,
     Create-if-absent: racing hosts get different subnets."""
     held = kv.get_prefix(leases_prefix(name))
     candidates = [prefer] if prefer is not None else []
-    clashing = [s for s in definition.subnets() if any(r.dst.overlaps(s) for r in avoid)]
+    clashing = [s for s in definition.subnets() if colliding(avoid, s) is not None]
     if not only_prefer:
         candidates += [s for s in definition.subnets() if s != prefer and s not in clashing]
     value = me.to_json()

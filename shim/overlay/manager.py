@@ -351,14 +351,15 @@ class Overlays:
         with a route of this host's: only routes pycni made are pycni's to take."""
         found = leases.peers(self.kv, joined.name, joined.subnet)
         routes = self.vteps.host_routes()
+        routed: list[Peer] = []
         clashes: list[dict[str, str]] = []
         for peer in found:
-            hit = next((r for r in routes if r.dst.overlaps(peer.subnet)), None)
-            if hit is not None:
+            hit = vtep.colliding(routes, peer.subnet)
+            if hit is None:
+                routed.append(peer)
+            else:
                 clashes.append({"subnet": str(peer.subnet), "underlay": peer.underlay,
                                 "route": str(hit)})
-        clashed = {c["subnet"] for c in clashes}
-        routed = [p for p in found if str(p.subnet) not in clashed]
         self.vteps.sync(joined.vtep, [Entry(p.subnet, p.underlay, p.mac) for p in routed])
         with self._lock:
             current = self._joined.get(joined.network_id)

@@ -177,6 +177,11 @@ def host_routes() -> list[HostRoute]:
         return found
 
 
+def colliding(routes: Iterable[HostRoute], subnet: ipaddress.IPv4Network) -> HostRoute | None:
+    """The first of ``routes`` that overlaps ``subnet``, which an overlay must then not take."""
+    return next((r for r in routes if r.dst.overlaps(subnet)), None)
+
+
 def sync(name: str, peers: Iterable[Entry]) -> None:
     """Program exactly ``peers`` on the VTEP: add what is missing, remove what is not a peer."""
     wanted = {p.subnet: p for p in peers}
