@@ -178,6 +178,8 @@ def _ls_networks(settings: Settings, networks: list[Any], endpoints: list[Any]) 
             ttl = f", lease TTL {joined.ttl} s" if joined.ttl else ""
             click.echo(f"  overlay {joined.name}: this host {joined.subnet} at {joined.underlay} "
                        f"(VNI {joined.definition.vni}, {joined.vtep}{ttl}); peers {peers}")
+            if joined.lost:
+                click.echo(f"  LOST: {joined.lost}")
         for ep in mine:
             addrs = ",".join(ep.addresses) or "-"
             attached = names.endpoints.get(ep.id)

@@ -266,6 +266,8 @@ class Driver:
                 # Docker retried an endpoint that half-exists: clean it, then make it anew.
                 log.warning("endpoint %s exists already; recreating it", req.endpoint_id[:12])
                 self.teardown(stale, net)
+            if self.overlays is not None:
+                self.overlays.refuse_if_lost(req.network_id)
             rec = self._new_endpoint(net.record, req, raw)
             if sandbox.chosen(net.record):
                 self.sandbox.create(net, rec)  # the chain runs at Join

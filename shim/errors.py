@@ -16,7 +16,8 @@ the API's one error handler and click's one exit path never need a table of thei
     ├── FirewallError               500  exit 5   iptables refused a per-network rule
     ├── StateError                  500  exit 6   pycni's own records on disk are unreadable
     └── OverlayError                500  exit 7   an overlay's lease or definition can't be had
-        └── StoreUnavailable        503  exit 7   the overlay's store (etcd) can't be reached
+        ├── StoreUnavailable        503  exit 7   the overlay's store (etcd) can't be reached
+        └── SubnetTaken             500  exit 7   another host holds this host's overlay subnet
 
 Only the boundary modules (``netlink.py``, ``cni/invoke.py``, ``firewall.py``, ``state.py``, and
 for overlays ``overlay/store.py`` and ``overlay/vtep.py``) see
@@ -175,3 +176,8 @@ class StoreUnavailable(OverlayError):
     """The overlay's store (etcd) did not answer, or answered with an error."""
 
     status = 503
+
+
+class SubnetTaken(OverlayError):
+    """This host's per-host subnet of an overlay is held by another host: this host's lease
+    expired while its pycni was away, and the other host claimed the subnet meanwhile."""

@@ -57,7 +57,7 @@ def p5(restart_server: Callable[[dict[str, str]], None], runs: int,
             return _avg_rtt(sh("docker", "exec", "pycni-bench-p5-a1", "ping", "-q", "-c",
                                str(PINGS), "-i", "0.05", "-W", "2", target))
 
-        # until the peer's routes are there (the loop polls every 2 s), and warm caches
+        # until the peer's routes are there (etcd's watch), and warm caches
         for _ in range(40):
             probe = subprocess.run(["docker", "exec", "pycni-bench-p5-a1", "ping", "-c", "1",
                                     "-W", "1", cross], capture_output=True, timeout=10,

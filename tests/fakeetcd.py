@@ -1,16 +1,38 @@
 """An in-memory etcd for unit tests: the overlay's :class:`~shim.overlay.store.KV`, with etcd's
 transaction semantics (create-if-absent, compare-value, compare over a range), leases that the
-test expires by hand, and an outage switch.
+test expires by hand, an outage switch, and watches that hear every change (and that the test
+can break, as an etcd restart or compaction does).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from shim.errors import NetlinkFailure, StoreUnavailable
 from shim.overlay.vtep import Entry, HostRoute
+
+
+class FakeWatch:
+    """A watch on a prefix: the keys of each change, until broken or closed."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._events: queue.Queue[list[str] | None] = queue.Queue()
+
+    def tell(self, keys: list[str]) -> None:
+        mine = [k for k in keys if k.startswith(self.prefix)]
+        if mine:
+            self._events.put(mine)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        while (keys := self._events.get()) is not None:
+            yield keys
+
+    def close(self) -> None:
+        self._events.put(None)
 
 
 @dataclass
@@ -23,6 +45,8 @@ class FakeEtcd:
     #: while True every call raises StoreUnavailable, as a stopped etcd does
     down: bool = False
     calls: int = 0
+    #: the watches open now
+    watches: list[FakeWatch] = field(default_factory=list)
     _next: int = 100
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +77,7 @@ class FakeEtcd:
             if key in self.data:
                 return False
             self.data[key] = (value, lease)
+            self._changed([key])
             return True
 
     def replace(self, key: str, old: str, new: str, lease: int = 0) -> bool:
@@ -62,6 +87,7 @@ class FakeEtcd:
             if key not in self.data or self.data[key][0] != old:
                 return False
             self.data[key] = (new, lease)
+            self._changed([key])
             return True
 
     def delete_if(self, key: str, value: str) -> bool:
@@ -70,6 +96,7 @@ class FakeEtcd:
             if key not in self.data or self.data[key][0] != value:
                 return False
             del self.data[key]
+            self._changed([key])
             return True
 
     def delete_prefix_if_alone(self, key: str, prefix: str) -> bool:
@@ -78,6 +105,7 @@ class FakeEtcd:
             if any(k.startswith(prefix) for k in self.data) or key not in self.data:
                 return False
             del self.data[key]
+            self._changed([key])
             return True
 
     def grant(self, ttl: int) -> int:
@@ -104,8 +132,28 @@ class FakeEtcd:
 
     def _drop(self, lease: int) -> None:
         self.leases.pop(lease, None)
-        for key in [k for k, (_, held) in self.data.items() if held == lease]:
+        gone = [k for k, (_, held) in self.data.items() if held == lease]
+        for key in gone:
             del self.data[key]
+        self._changed(gone)
+
+    def watch(self, prefix: str) -> FakeWatch:
+        with self._lock:
+            self._call()
+            opened = FakeWatch(prefix)
+            self.watches.append(opened)
+            return opened
+
+    def break_watches(self) -> None:
+        """What an etcd restart or a compaction does to every open watch: it ends."""
+        with self._lock:
+            broken, self.watches = self.watches, []
+        for watch in broken:
+            watch.close()
+
+    def _changed(self, keys: list[str]) -> None:
+        for watch in self.watches:
+            watch.tell(keys)
 
 
 @dataclass

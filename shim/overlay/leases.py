@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..errors import InvalidRequest, OverlayError
+from ..errors import InvalidRequest, OverlayError, SubnetTaken
 from .store import KV
 from .vtep import HostRoute, colliding
 
@@ -38,12 +38,17 @@ VXLAN_OVERHEAD = 50
 IPv4Network = ipaddress.IPv4Network
 
 
+def overlay_prefix(name: str) -> str:
+    """Every key of overlay ``name``."""
+    return f"{ROOT}{name}/"
+
+
 def definition_key(name: str) -> str:
-    return f"{ROOT}{name}/config"
+    return f"{overlay_prefix(name)}config"
 
 
 def leases_prefix(name: str) -> str:
-    return f"{ROOT}{name}/leases/"
+    return f"{overlay_prefix(name)}leases/"
 
 
 def lease_key(name: str, subnet: IPv4Network) -> str:
@@ -215,8 +220,11 @@ def claim(kv: KV, name: str, definition: Definition, me: Holder, lease: int,
             # this host's own claim, under a lease that expired or a pycni that restarted
             return subnet
     if only_prefer and prefer is not None:
-        raise OverlayError(f"overlay {name}: subnet {prefer}, this host's, is held by another "
-                           f"host in {kv.where}")
+        holder = Holder.from_json(held.get(lease_key(name, prefer)) or "")
+        other = f"host {holder.underlay}" if holder is not None else "another host"
+        raise SubnetTaken(f"overlay {name}: this host's subnet {prefer} is held by {other} in "
+                          f"{kv.where}: this host's lease expired while its pycni was away, "
+                          "and that host claimed the subnet")
     collide = (f", {len(clashing)} collide with this host's routes "
                f"({', '.join(map(str, [r for r in avoid if r.dst.overlaps(definition.subnet)]))})"
                if clashing else "")

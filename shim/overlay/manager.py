@@ -11,10 +11,13 @@ table).
 * **leave** (DeleteNetwork): VTEP removed (its routes, neighbour and fdb entries go with it),
   subnet released, lease revoked, the definition removed by the last host, the record deleted.
   With etcd unreachable the local side still goes, and the lease expires by itself.
-* **the loop** (:meth:`tick`, every ``poll`` seconds): keeps each lease alive (every TTL/3),
+* **the loop** (:meth:`tick`): keeps each lease alive (every TTL/3, at most :data:`REFRESH`),
   re-establishes one that expired while etcd was away (the same subnet, which is this host's),
-  and programs the VTEP with the peers the store holds. When the store can't be reached the
-  VTEP is left as it is: traffic between hosts keeps flowing on what was last known.
+  and programs the VTEP with the peers the store holds. It runs when **etcd's watch** on the
+  overlays' keys reports a change (a host joining, leaving, its lease expiring: routed on every
+  other host within milliseconds), when a watch is opened again after one ended (etcd restarted
+  or compacted: a resync), and every ``poll`` seconds whatever happens. When the store can't be
+  reached the VTEP is left as it is: traffic between hosts keeps flowing on what was last known.
 
 The record remembers the subnet and lease across pycni restarts: a restarted pycni keeps the
 lease going if it is still alive, or re-claims the same subnet if it expired.
@@ -31,12 +34,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import InvalidRequest, OverlayError, PycniError
+from ..errors import InvalidRequest, OverlayError, PycniError, SubnetTaken
 from ..settings import Settings
 from ..store import Store
 from . import leases, vtep
 from .leases import Asked, Definition, Holder, Peer
-from .store import KV, Endpoint, Etcd
+from .store import KV, Endpoint, Etcd, Watch
 from .vtep import Entry, Vteps
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,13 @@ log = logging.getLogger(__name__)
 #: loop stays routed on every other host while its containers run; one gone for good is
 #: dropped after it (``PYCNI_OVERLAY_TTL``)
 DEFAULT_TTL = 24 * 3600
-DEFAULT_POLL = 2.0
+#: a round of the loop this often even when the watch says nothing: the resync that catches
+#: what a broken watch missed before it is noticed, and a VTEP an admin deleted
+DEFAULT_POLL = 10.0
 #: the longest a lease goes without being kept alive (and found still there)
 REFRESH = 30.0
+#: how long the watcher waits before opening a watch again after etcd refused one
+WATCH_RETRY = 1.0
 
 
 @dataclass
@@ -68,6 +75,9 @@ class Joined:
     #: peers not routed, their subnet colliding with a route of this host's (a Docker network,
     #: the LAN): ``{"subnet", "underlay", "route"}``
     clashes: list[dict[str, str]] = field(default_factory=list)
+    #: why this host no longer holds its subnet (another host claimed it while this host's
+    #: lease had expired); "" while it does. New containers are refused meanwhile.
+    lost: str = ""
     #: when the lease was last kept alive (monotonic; not recorded)
     refreshed: float = field(default=0.0, compare=False)
 
@@ -97,6 +107,7 @@ class Joined:
             "peers": [p.to_json() for p in self.peers],
             "ttl": self.ttl,
             "clashes": self.clashes,
+            "lost": self.lost,
         }
 
     @classmethod
@@ -113,6 +124,7 @@ class Joined:
                    for p in data.get("peers") or []],
             ttl=int(data.get("ttl") or 0),
             clashes=[dict(c) for c in data.get("clashes") or []],
+            lost=str(data.get("lost") or ""),
         )
 
 
@@ -154,7 +166,11 @@ class Overlays:
         self._joined: dict[str, Joined] = {}
         self._network_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
+        #: set by the watcher: a round is due now
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._watch: Watch | None = None
 
     # --- records ---------------------------------------------------------------------------------
 
@@ -283,15 +299,63 @@ class Overlays:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="pycni-overlay", daemon=True)
         self._thread.start()
+        self._watcher = threading.Thread(target=self._watch_loop, name="pycni-overlay-watch",
+                                         daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._wake.set()
+        watch = self._watch
+        if watch is not None:
+            watch.close()
+        for thread in (self._watcher, self._thread):
+            if thread is not None:
+                thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll):
+        while True:
+            self._wake.wait(self.poll)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             self.tick()
+
+    def _watch_loop(self) -> None:
+        """Keep a watch open on the overlays' keys; wake the loop for every change to an
+        overlay of this host's, and once for each watch opened (what changed while none was)."""
+        refused = False
+        while not self._stop.is_set():
+            try:
+                watch = self.kv.watch(leases.ROOT)
+            except PycniError as exc:
+                if not refused:
+                    log.warning("overlays: no watch on %s (%s); peers are read every %gs until "
+                                "it answers", self.kv.where, exc, self.poll)
+                    refused = True
+                self._stop.wait(WATCH_RETRY)
+                continue
+            self._watch = watch
+            if self._stop.is_set():
+                watch.close()
+                return
+            if refused:
+                log.info("overlays: watching %s again", self.kv.where)
+                refused = False
+            self._wake.set()  # a resync: whatever changed while no watch was open
+            for keys in watch:
+                if self._concerns_us(keys):
+                    self._wake.set()
+            self._watch = None
+            if not self._stop.is_set():
+                log.info("overlays: %s ended the watch; opening it again", self.kv.where)
+                self._stop.wait(0.1)
+
+    def _concerns_us(self, keys: list[str]) -> bool:
+        """Whether a change touched an overlay this host is on."""
+        with self._lock:
+            mine = {leases.overlay_prefix(j.name) for j in self._joined.values()}
+        return any(key.startswith(prefix) for key in keys for prefix in mine)
 
     def tick(self) -> None:
         """One round: leases kept alive, peers programmed. Never raises."""
@@ -331,6 +395,10 @@ class Overlays:
         try:
             leases.claim(self.kv, joined.name, joined.definition, joined.holder, lease,
                          joined.subnet, only_prefer=True)
+        except SubnetTaken as exc:
+            self._quietly(self.kv.revoke, lease)
+            self._lost(joined, str(exc))
+            return
         except BaseException:
             self._quietly(self.kv.revoke, lease)
             raise
@@ -339,12 +407,33 @@ class Overlays:
         self.kv.create(leases.definition_key(joined.name), json.dumps(joined.definition.to_json()))
         log.warning("overlay %s: lease expired; %s taken again under a new lease", joined.name,
                     joined.subnet)
-        updated = replace(joined, lease=lease, refreshed=now)
+        updated = replace(joined, lease=lease, refreshed=now, lost="")
         with self._lock:
             if joined.network_id not in self._joined:
                 return  # left meanwhile
             self._joined[joined.network_id] = updated
             self._save(updated)
+
+    def _lost(self, joined: Joined, why: str) -> None:
+        """Record (and log, once) that another host holds this host's subnet."""
+        with self._lock:
+            current = self._joined.get(joined.network_id)
+            if current is None or current.lost == why:
+                return
+            current.lost = why
+            self._save(current)
+        log.error("%s; containers on it here can't be reached from other hosts, and new ones "
+                  "are refused", why)
+
+    def refuse_if_lost(self, network_id: str) -> None:
+        """Refuse a new container on a network whose subnet another host now holds: its
+        address would be that host's too."""
+        joined = self.get(network_id)
+        if joined is not None and joined.lost:
+            raise SubnetTaken(
+                f"{joined.lost}. A container here would get an address of that host's: remove "
+                "this network's containers on this host, `docker network rm` it and create it "
+                "again (it claims a free subnet)")
 
     def _sync(self, joined: Joined) -> None:
         """Program the VTEP with the peers the store holds now, but those whose subnet collides

@@ -9,16 +9,39 @@ same transaction semantics (``tests/fakeetcd.py``).
 Keys and values are text; a lease is etcd's lease id (0 for none). Create-if-absent is etcd's
 transaction comparing the key's ``create_revision`` with 0 — of two hosts racing for one key,
 exactly one wins.
+
+A :class:`Watch` is etcd's watch on a prefix, from the revision it was opened at: the keys of
+each change as etcd streams them, until etcd ends the stream (a restart, a compaction, a cancel,
+no word for :data:`WATCH_READ_TIMEOUT`). It resumes from no revision: whoever watches reads the
+whole prefix again after opening one, so nothing that changed while none was open is missed.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import InvalidRequest, StoreUnavailable
+
+#: a watch that heard nothing for this long is closed and opened again (a partition sends no RST)
+WATCH_READ_TIMEOUT = 120.0
+
+
+class Watch(Protocol):
+    """Changes under a prefix, as they happen."""
+
+    def __iter__(self) -> Iterator[list[str]]:
+        """The keys each change touched; ends when etcd ends the watch or it is closed."""
+        ...
+
+    def close(self) -> None:
+        """End the watch from another thread (the iteration stops)."""
+        ...
 
 
 class KV(Protocol):
@@ -57,6 +80,10 @@ class KV(Protocol):
 
     def revoke(self, lease: int) -> None:
         """End ``lease`` and delete its keys; a lease already gone is fine."""
+        ...
+
+    def watch(self, prefix: str) -> Watch:
+        """Changes under ``prefix`` from now on (see :class:`Watch`)."""
         ...
 
 
@@ -174,3 +201,55 @@ class Etcd:
         except StoreUnavailable as exc:
             if "not found" not in str(exc):
                 raise
+
+    def watch(self, prefix: str) -> Watch:
+        # etcd3gw's own watcher hides the end of the stream (a restart, a compaction): the
+        # watcher must know it to read again, so the stream is read here, on etcd3gw's session
+        from requests.exceptions import RequestException
+
+        create = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        try:
+            response = self._client.session.post(
+                self._client.get_url("/watch"), json={"create_request": create}, stream=True,
+                timeout=(self._client.timeout, WATCH_READ_TIMEOUT))
+            response.raise_for_status()
+        except RequestException as exc:
+            raise StoreUnavailable(f"{self.where} did not open a watch: {exc}") from exc
+        return _EtcdWatch(response)
+
+
+class _EtcdWatch:
+    """One watch stream of etcd's JSON gateway: a JSON object per line, ``{"result": {...}}``
+    (``created`` first, then ``events``; ``canceled`` when etcd ends it, e.g. compacted)."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[list[str]]:
+        from requests.exceptions import RequestException
+
+        try:
+            for line in self._response.iter_lines():
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result")
+                if not isinstance(result, dict) or result.get("canceled"):
+                    return  # an error, or etcd ended the watch
+                keys = [_text(e["kv"]["key"]) for e in result.get("events") or []]
+                if keys:
+                    yield keys
+        except (RequestException, OSError, ValueError, KeyError):
+            return  # the stream broke: etcd went away, or the read timed out
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        # closing the response from another thread does not wake a read blocked on it; a
+        # shutdown of its socket does
+        try:
+            with socket.fromfd(self._response.raw.fileno(), socket.AF_INET,
+                               socket.SOCK_STREAM) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError, AttributeError):
+            pass
+        self._response.close()

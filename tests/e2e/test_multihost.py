@@ -106,7 +106,7 @@ def on_b(rig: Rig) -> Callable[..., str]:
 
 
 def eventually_pings(exec_prefix: list[str], target: str, timeout: float = 20) -> None:
-    """Ping until the peer's routes are programmed (the loop polls every 2 s), then 3 more."""
+    """Ping until the peer's routes are programmed (etcd's watch tells pycni at once), then 3 more."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if run(*exec_prefix, "ping", "-c", "1", "-W", "1", target, check=False).returncode == 0:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -113,6 +114,54 @@ def test_leaving_releases_and_the_last_removes_the_definition(etcd: EtcdServer,
     leases.release(kv, overlay_name, sb, b, lb)
     assert kv.get_prefix(f"{leases.ROOT}{overlay_name}/") == {}
     assert kv.refresh(la) == -1
+
+
+def _watch_in_thread(kv: Etcd, prefix: str) -> tuple[Any, list[list[str]], threading.Thread]:
+    watch = kv.watch(prefix)
+    heard: list[list[str]] = []
+    thread = threading.Thread(target=lambda: heard.extend(watch), daemon=True)
+    thread.start()
+    return watch, heard, thread
+
+
+def _until(check: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.01)
+
+
+def test_a_watch_hears_puts_deletes_and_expiries_and_ends_when_closed(
+        etcd: EtcdServer, overlay_name: str) -> None:
+    kv = etcd.client()
+    prefix = leases.overlay_prefix(overlay_name)
+    watch, heard, thread = _watch_in_thread(kv, prefix)
+    time.sleep(0.2)  # the watch is created before the gateway answers the first line
+    kv.create(prefix + "a", "1")
+    kv.create(f"{leases.ROOT}{overlay_name}x/b", "1")  # beside the prefix: not heard
+    kv.delete_if(prefix + "a", "1")
+    kv.create(prefix + "c", "1", kv.grant(2))
+    _until(lambda: len(heard) >= 3)  # the expiry comes after about 2 s
+    assert heard == [[prefix + "a"], [prefix + "a"], [prefix + "c"]]
+    _until(lambda: len(heard) == 4)
+    assert heard[3] == [prefix + "c"]
+    kv.delete_if(f"{leases.ROOT}{overlay_name}x/b", "1")
+    watch.close()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_watch_ends_when_etcd_restarts() -> None:
+    server = EtcdServer()
+    server.start()
+    try:
+        _watch, heard, thread = _watch_in_thread(server.client(), leases.ROOT)
+        time.sleep(0.2)
+        server.restart()
+        thread.join(10)
+        assert not thread.is_alive() and heard == []
+    finally:
+        server.close()
 
 
 def test_an_unreachable_etcd_is_named() -> None:

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def test_a_host_takes_its_own_subnet_back_never_another_hosts() -> None:
     kv.expire(new)  # the key is gone: it is taken again
     again = kv.grant(60)
     assert leases.claim(kv, "ov", definition, me, again, mine, only_prefer=True) == mine
-    with pytest.raises(OverlayError, match="held by another host"):
+    with pytest.raises(OverlayError, match="is held by host 10.203.254.1"):
         leases.claim(kv, "ov", definition, other, kv.grant(60), mine, only_prefer=True)
 
 
@@ -356,6 +357,25 @@ def test_the_driver_creates_and_removes_an_overlay_network(tmp_path: Path) -> No
     assert read_records(world.settings.state_dir) == {}
 
 
+def test_a_new_container_on_a_network_whose_subnet_was_taken_is_refused_naming_why(
+        tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    world, _vteps = overlay_world(tmp_path, kv)
+    world.create_network(NET_ID, ipv4=NULL_IPAM, **OVERLAY)
+    overlays = world.driver.overlays
+    assert overlays is not None
+    joined = overlays.get(NET_ID)
+    assert joined is not None
+    kv.expire(joined.lease)
+    host(kv, tmp_path, "10.203.254.3").join("netc", asked())
+    overlays.ttl = 0
+    overlays.tick()
+    before = len(world.exec.calls)
+    with pytest.raises(OverlayError, match=r"10.202.0.0/24 is held by host 10.203.254.3"):
+        world.create_endpoint(address="")
+    assert world.driver.endpoints == {} and world.exec.calls[before:] == []
+
+
 def test_etcd_unreachable_at_create_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
     kv = FakeEtcd(down=True)
     world, vteps = overlay_world(tmp_path, kv)
@@ -535,3 +555,102 @@ def test_overlapping_overlays_are_refused_as_etcd_holds_them() -> None:
         leases.define(kv, asked(name="ov2", subnet=NET("10.202.128.0/17")), 1450)
     assert leases.define(kv, asked(name="ov3", subnet=NET("10.203.0.0/16")), 1450)
     assert leases.define(kv, asked(name="ov", subnet=NET("10.202.0.0/16")), 1450)  # itself
+
+
+# --- the watch -----------------------------------------------------------------------------------
+
+
+def until(check: Any, timeout: float = 2.0) -> float:
+    """Seconds until ``check()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "never happened"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def test_peers_come_from_the_watch_not_a_poll(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    va = FakeVteps()
+    a, b = host(kv, tmp_path, "10.203.254.1", va), host(kv, tmp_path, "10.203.254.2")
+    a.poll = 3600  # no round but those the watch asks for
+    ja = a.join("neta", asked())
+    a.start()
+    try:
+        until(lambda: kv.watches)
+        jb = b.join("netb", asked())
+        took = until(lambda: va.entries(ja.vtep) == [Entry(jb.subnet, "10.203.254.2", jb.mac)])
+        assert took < 0.5
+        kv.expire(jb.lease)  # host B gone for good: its routes go as soon as etcd drops it
+        until(lambda: va.entries(ja.vtep) == [])
+        # another overlay's changes wake no round of A's
+        rounds: list[float] = []
+        real_tick = a.tick
+
+        def counted() -> None:
+            rounds.append(time.monotonic())
+            real_tick()
+
+        a.tick = counted  # type: ignore[method-assign]
+        other = host(kv, tmp_path, "10.203.254.3")
+        other.join("netc", asked(name="other", subnet=NET("10.201.0.0/16")))
+        time.sleep(0.2)
+        assert rounds == []
+        host(kv, tmp_path, "10.203.254.4").join("netd", asked())
+        until(lambda: rounds)
+    finally:
+        a.stop()
+
+
+def test_a_broken_watch_is_opened_again_and_resyncs(tmp_path: Path) -> None:
+    kv = FakeEtcd()
+    va = FakeVteps()
+    a = host(kv, tmp_path, "10.203.254.1", va)
+    a.poll = 3600
+    ja = a.join("neta", asked())
+    a.start()
+    try:
+        until(lambda: kv.watches)
+        kv.down = True  # etcd restarts: the watch ends and can't be opened for a while
+        kv.break_watches()
+        time.sleep(0.2)
+        # what etcd got from host B meanwhile, unheard by any watch of A's
+        jb_subnet = NET("10.202.7.0/24")
+        holder = Holder("10.203.254.2", mac_for("ov", "10.203.254.2"))
+        kv.data[leases.lease_key("ov", jb_subnet)] = (holder.to_json(), 0)
+        assert va.entries(ja.vtep) == []
+        kv.down = False
+        until(lambda: va.entries(ja.vtep) == [Entry(jb_subnet, holder.underlay, holder.mac)],
+              timeout=3)
+    finally:
+        a.stop()
+
+
+def test_a_host_back_after_its_subnet_was_taken_says_so_and_refuses_new_containers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kv = FakeEtcd()
+    a, b = host(kv, tmp_path, "10.203.254.1"), host(kv, tmp_path, "10.203.254.2")
+    ja = a.join("neta", asked())
+    kv.expire(ja.lease)  # A's pycni away longer than its TTL …
+    jc = host(kv, tmp_path, "10.203.254.3").join("netc", asked())
+    assert jc.subnet == ja.subnet  # … and a new host claimed the subnet meanwhile
+    a.ttl = 0
+    for _ in range(3):
+        a.tick()
+    lost = a.get("neta")
+    assert lost is not None and "held by host 10.203.254.3" in lost.lost
+    assert read_records(a.state_dir)["neta"].lost == lost.lost
+    assert [r.levelname for r in caplog.records if "is held by" in r.getMessage()] == ["ERROR"]
+    with pytest.raises(OverlayError, match=r"subnet 10.202.0.0/24 is held by host 10.203.254.3 "
+                                           r".*docker network rm"):
+        a.refuse_if_lost("neta")
+    b.refuse_if_lost("netb")  # another network, or one still held: nothing to refuse
+    assert kv.leases.keys() == {jc.lease}  # the leases A tried with were given back
+    # the other host leaves: A takes its subnet again, and says nothing more
+    c = host(kv, tmp_path, "10.203.254.3")
+    c.load()
+    c.leave("netc")
+    a.tick()
+    back = a.get("neta")
+    assert back is not None and back.lost == "" and read_records(a.state_dir)["neta"].lost == ""
+    a.refuse_if_lost("neta")
