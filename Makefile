@@ -46,11 +46,14 @@ test-cni19: engine
 	    $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-cni19: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The long forms of the load, fault and fuzz tests (issue-sized counts; minutes, not seconds).
+# The long forms of the load, fault and fuzz tests (issue-sized counts; minutes, not seconds),
+# and of the overlay's stop test (one host's pycni stopped 10 minutes, pings counted).
 soak: engine
 	PYCNI_LOAD_CONTAINERS=100 PYCNI_LOAD_CLIENTS=10 PYCNI_CHURN_CYCLES=500 \
-	PYCNI_FUZZ_EXAMPLES=2500 $(PYTHON) -m pytest -s tests/e2e/test_load.py \
-	tests/e2e/test_faults.py $(wildcard tests/unit/test_api_fuzz.py) $(PYTEST_ARGS)
+	PYCNI_FUZZ_EXAMPLES=2500 PYCNI_STOP_SECONDS=600 $(PYTHON) -m pytest -s tests/e2e/test_load.py \
+	tests/e2e/test_faults.py $(wildcard tests/unit/test_api_fuzz.py) \
+	"tests/e2e/test_multihost.py::test_a_stopped_pycni_keeps_its_host_routed_and_no_ping_is_lost" \
+	$(PYTEST_ARGS)
 
 unit: deps
 	$(PYTHON) -m pytest -m unit $(PYTEST_ARGS); rc=$$?; \

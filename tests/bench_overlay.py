@@ -38,20 +38,20 @@ def p5(restart_server: Callable[[dict[str, str]], None], runs: int,
     """(cross-host samples, same-host samples) in seconds; ``restart_server(env)`` restarts the
     bench's pycni with ``env`` added (etcd for the run, nothing after)."""
     rig = Rig()
-    b = ["docker", "-H", "unix:///run/pycni-hostb/docker.sock"]
+    b = rig.b.docker_cli()
     try:
         rig.up()
         assert rig.etcd is not None
         restart_server({"PYCNI_ETCD": rig.etcd.url, "PYCNI_UNDERLAY_ADDRESS": UNDERLAY_A})
         sh("docker", "network", "create", *CREATE, NET)
-        rig.docker_b("network", "create", *CREATE, NET)
+        rig.b.docker("network", "create", *CREATE, NET)
         for name in ("pycni-bench-p5-a1", "pycni-bench-p5-a2"):
             sh("docker", "run", "-d", "--name", name, "--network", NET, IMAGE, "sleep", "3600")
-        rig.docker_b("run", "-d", "--name", "pycni-bench-p5-b1", "--network", NET, IMAGE,
+        rig.b.docker("run", "-d", "--name", "pycni-bench-p5-b1", "--network", NET, IMAGE,
                      "sleep", "3600")
         fmt = f'{{{{(index .NetworkSettings.Networks "{NET}").IPAddress}}}}'
         same = sh("docker", "inspect", "-f", fmt, "pycni-bench-p5-a2").strip()
-        cross = rig.docker_b("inspect", "-f", fmt, "pycni-bench-p5-b1").stdout.strip()
+        cross = rig.b.docker("inspect", "-f", fmt, "pycni-bench-p5-b1").stdout.strip()
 
         def burst(target: str) -> float:
             return _avg_rtt(sh("docker", "exec", "pycni-bench-p5-a1", "ping", "-q", "-c",
@@ -76,7 +76,7 @@ def p5(restart_server: Callable[[dict[str, str]], None], runs: int,
     finally:
         quiet("docker", "rm", "-f", "pycni-bench-p5-a1", "pycni-bench-p5-a2")
         quiet("docker", "network", "rm", NET)
-        if rig.holder is not None:
+        if rig.b.holder is not None:
             quiet(*b, "rm", "-f", "pycni-bench-p5-b1")
             quiet(*b, "network", "rm", NET)
         restart_server({})

@@ -62,7 +62,7 @@ def run(rig: Rig) -> int:
     state = Path("/run/pycni-demo-multihost")
     state.mkdir(exist_ok=True)
     pycni_a: subprocess.Popen[bytes] | None = None
-    b = ["docker", "-H", "unix:///run/pycni-hostb/docker.sock"]
+    b = rig.b.docker_cli()
     before = leaks.snapshot(state_dir=str(state / "state"))
     try:
         say("two Docker hosts: this machine (A) and a namespace with its own dockerd (B), "
@@ -94,7 +94,7 @@ def run(rig: Rig) -> int:
     finally:
         say("tearing everything down")
         sh("docker", "rm", "-f", "pycni-demo-a", check=False)
-        if rig.holder is not None:
+        if rig.b.holder is not None:
             sh(*b, "rm", "-f", "pycni-demo-b", check=False)
             sh(*b, "network", "rm", NET, check=False)
         sh("docker", "network", "rm", NET, check=False)

@@ -1,24 +1,28 @@
-"""Two Docker hosts on one machine, for the overlay's e2e tests, demo and benchmark.
+"""Docker hosts on one machine, for the overlay's e2e tests, demo and benchmark: two, or three.
 
 * **host A** is the machine itself: its dockerd, and a ``pycni serve`` the caller runs with
   ``--etcd`` (the e2e session's, restarted with ``PYCNI_ETCD``; the demo's own).
-* **host B** is a network namespace (``pycni-hostb``) and a mount namespace of its own, held by
-  one process that sleeps in both (the *holder*); everything of host B's runs inside them with
-  ``nsenter``: a second dockerd (own data-root, exec-root, pidfile, socket, config, and the
-  containerd it starts under its exec-root) and its own ``pycni serve`` (own state dir; the socket
-  in host B's ``/run/docker/plugins``). Its mount namespace has private ``/run/docker/plugins``,
-  ``/run/netns``, ``/var/lib/cni`` and ``/run/containerd``, bind-mounted from the rig's dirs, so
-  neither host sees the other's plugins, staging namespaces or host-local reservations; its
-  network namespace has its own links, routes and iptables.
-* **the underlay**: a veth pair, ``pycni-ula`` (host A, 10.203.253.1/30) to ``pycni-ulb`` (host
-  B, 10.203.253.2/30). etcd listens on host A's underlay address.
+* **host B** (and **host C** when asked for) is a network namespace (``pycni-hostb``) and a
+  mount namespace of its own, held by one process that sleeps in both (the *holder*);
+  everything of the host's runs inside them with ``nsenter``: a second dockerd (own data-root,
+  exec-root, pidfile, socket, config, and the containerd it starts under its exec-root) and its
+  own ``pycni serve`` (own state dir; the socket in the host's ``/run/docker/plugins``). Its
+  mount namespace has private ``/run/docker/plugins``, ``/run/netns``, ``/var/lib/cni`` and
+  ``/run/containerd``, bind-mounted from the host's dirs, so no host sees another's plugins,
+  staging namespaces or host-local reservations; its network namespace has its own links,
+  routes and iptables.
+* **the underlay**: a veth pair per namespaced host, to host A: ``pycni-ulba`` (A,
+  10.203.253.1/30) to ``pycni-ulb`` (B, 10.203.253.2/30), and for C ``pycni-ulca``
+  (10.203.253.5/30) to ``pycni-ulc`` (10.203.253.6/30). Each host's default route is its pair;
+  host A forwards between B and C (one rule in its ``FORWARD``, the rig's own, for the
+  underlay's links only). etcd listens on host A's underlay address.
 
 Everything stays inside the machine: the containers' traffic between the hosts is VXLAN over
-the veth pair. :meth:`Rig.down` removes all of it, whatever :meth:`Rig.up` got to. Callers take
+the veth pairs. :meth:`Rig.down` removes all of it, whatever :meth:`Rig.up` got to. Callers take
 the leak audit's lock (:func:`tests.leaks.exclusive`) around both: another test run's audit on
 this machine would see the rig's links and namespaces come and go.
 
-``python -m tests.multihost up|down|demo`` (scripts/multihost.sh) runs it by hand.
+``python -m tests.multihost down|demo`` (scripts/multihost.sh) runs it by hand.
 """
 
 from __future__ import annotations
@@ -38,20 +42,11 @@ from tests import leaks
 from tests.etcd import EtcdServer
 
 REPO = Path(__file__).resolve().parent.parent
-NETNS = "pycni-hostb"
-VETH_A, VETH_B = "pycni-ula", "pycni-ulb"
-UNDERLAY_A, UNDERLAY_B = "10.203.253.1", "10.203.253.2"
-RUN = Path("/run/pycni-hostb")
-DATA = Path("/var/lib/pycni-hostb")
-SOCKET_B = RUN / "docker.sock"
-#: the directories host B's mount namespace sees in place of the machine's
-PRIVATE = {
-    "/run/docker/plugins": RUN / "plugins",
-    "/run/netns": RUN / "netns",
-    "/run/containerd": RUN / "containerd-system",
-    "/var/lib/cni": DATA / "cni",
-}
+UNDERLAY_A = "10.203.253.1"
 IMAGE = "pycni-test:busybox"
+#: host A's rule that lets the underlay's packets between B and C through (Docker's FORWARD
+#: policy is DROP)
+FORWARD_RULE = ("FORWARD", "-i", "pycni-ul+", "-o", "pycni-ul+", "-j", "ACCEPT")
 
 
 def sh(*args: str, check: bool = True, timeout: float = 120, input: bytes | None = None,
@@ -64,100 +59,121 @@ def sh(*args: str, check: bool = True, timeout: float = 120, input: bytes | None
     return proc
 
 
-class Rig:
-    """The two hosts; :meth:`up` and :meth:`down` (idempotent, removes whatever is there)."""
+class Host:
+    """One namespaced Docker host of the rig (``letter`` b or c): its underlay pair, holder,
+    dockerd and pycni; :meth:`down` removes whatever of it is there, even an earlier
+    process's."""
 
-    def __init__(self) -> None:
-        self.etcd: EtcdServer | None = None
+    def __init__(self, letter: str, index: int) -> None:
+        self.letter = letter
+        self.label = f"host {letter.upper()}"
+        self.netns = f"pycni-host{letter}"
+        self.veth_a, self.veth = f"pycni-ul{letter}a", f"pycni-ul{letter}"
+        self.gateway = f"10.203.253.{4 * index + 1}"  # host A's end of the pair
+        self.underlay = f"10.203.253.{4 * index + 2}"
+        self.run_dir = Path(f"/run/pycni-host{letter}")
+        self.data = Path(f"/var/lib/pycni-host{letter}")
+        self.socket = self.run_dir / "docker.sock"
+        #: the directories the host's mount namespace sees in place of the machine's
+        self.private = {
+            "/run/docker/plugins": self.run_dir / "plugins",
+            "/run/netns": self.run_dir / "netns",
+            "/run/containerd": self.run_dir / "containerd-system",
+            "/var/lib/cni": self.data / "cni",
+        }
         self.holder: subprocess.Popen[bytes] | None = None
         self.dockerd: subprocess.Popen[bytes] | None = None
-        self.pycni_b: subprocess.Popen[bytes] | None = None
-
-    # --- host B --------------------------------------------------------------------------------
+        self.pycni: subprocess.Popen[bytes] | None = None
 
     def enter(self) -> list[str]:
-        """The command prefix that runs something inside host B."""
+        """The command prefix that runs something inside this host."""
         assert self.holder is not None
         return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--"]
 
-    def docker_b(self, *args: str, check: bool = True, timeout: float = 120
-                 ) -> subprocess.CompletedProcess[str]:
-        return sh("docker", "-H", f"unix://{SOCKET_B}", *args, check=check, timeout=timeout)
+    def docker_cli(self) -> list[str]:
+        return ["docker", "-H", f"unix://{self.socket}"]
 
-    def in_b(self, *args: str, check: bool = True, timeout: float = 60
-             ) -> subprocess.CompletedProcess[str]:
+    def docker(self, *args: str, check: bool = True, timeout: float = 120
+               ) -> subprocess.CompletedProcess[str]:
+        return sh(*self.docker_cli(), *args, check=check, timeout=timeout)
+
+    def inside(self, *args: str, check: bool = True, timeout: float = 60
+               ) -> subprocess.CompletedProcess[str]:
         return sh(*self.enter(), *args, check=check, timeout=timeout)
 
-    def up(self, *, with_pycni_b: bool = True) -> None:
-        self.down()
-        for d in (RUN, DATA, *PRIVATE.values()):
+    def up(self, etcd_url: str, *, with_pycni: bool = True) -> None:
+        """The host on its underlay pair (:meth:`link`, made first)."""
+        for d in (self.run_dir, self.data, *self.private.values()):
             d.mkdir(parents=True, exist_ok=True)
-        self._underlay()
-        self.etcd = EtcdServer(UNDERLAY_A, root=DATA / "etcd")
-        self.etcd.start()
         self._holder()
         self._dockerd()
-        if with_pycni_b:
-            self.start_pycni_b()
+        if with_pycni:
+            self.start_pycni(etcd_url)
 
-    def _underlay(self) -> None:
-        sh("ip", "netns", "add", NETNS)
-        sh("ip", "link", "add", VETH_A, "type", "veth", "peer", "name", VETH_B, "netns", NETNS)
-        sh("ip", "addr", "add", f"{UNDERLAY_A}/30", "dev", VETH_A)
-        sh("ip", "link", "set", VETH_A, "up")
-        sh("ip", "-n", NETNS, "addr", "add", f"{UNDERLAY_B}/30", "dev", VETH_B)
-        sh("ip", "-n", NETNS, "link", "set", VETH_B, "up")
-        sh("ip", "-n", NETNS, "link", "set", "lo", "up")
-        # host B's default route is the underlay, as a real host's would be
-        sh("ip", "-n", NETNS, "route", "add", "default", "via", UNDERLAY_A)
+    def link(self) -> None:
+        """The host's network namespace on its veth pair to host A."""
+        ns = self.netns
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth,
+           "netns", ns)
+        sh("ip", "addr", "add", f"{self.gateway}/30", "dev", self.veth_a)
+        sh("ip", "link", "set", self.veth_a, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{self.underlay}/30", "dev", self.veth)
+        sh("ip", "-n", ns, "link", "set", self.veth, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # the host's default route is the underlay, as a real host's would be
+        sh("ip", "-n", ns, "route", "add", "default", "via", self.gateway)
 
     def _holder(self) -> None:
         mounts = " && ".join(
             f"mkdir -p {target} && mount --bind {source} {target}"
-            for target, source in PRIVATE.items())
-        # host B's own /sys (its links in /sys/class/net), with the machine's cgroups in it
-        keep = RUN / "cgroup"
+            for target, source in self.private.items())
+        # the host's own /sys (its links in /sys/class/net), with the machine's cgroups in it
+        keep = self.run_dir / "cgroup"
         sysfs = (f"mkdir -p {keep} && mount --rbind /sys/fs/cgroup {keep} && "
                  f"mount -t sysfs sysfs /sys && mount --rbind {keep} /sys/fs/cgroup && "
                  f"umount -l {keep}")
         script = f"{sysfs} && {mounts} && echo ready && exec sleep 2147483647"
         self.holder = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{NETNS}", "unshare", "--mount", "--propagation",
+            ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation",
              "private", "--", "sh", "-c", script],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         if line.strip() != b"ready":
             err = self.holder.stderr.read() if self.holder.stderr else b""
-            raise AssertionError(f"host B's namespaces: {line!r} {err!r}")
-        (RUN / "holder.pid").write_text(str(self.holder.pid))
+            raise AssertionError(f"{self.label}'s namespaces: {line!r} {err!r}")
+        (self.run_dir / "holder.pid").write_text(str(self.holder.pid))
 
     def _dockerd(self) -> None:
-        (RUN / "daemon.json").write_text("{}\n")
-        with open(RUN / "dockerd.log", "ab") as log:
+        run = self.run_dir
+        (run / "daemon.json").write_text("{}\n")
+        with open(run / "dockerd.log", "ab") as log:
             self.dockerd = subprocess.Popen(
-                [*self.enter(), "dockerd", "--data-root", str(DATA / "docker"),
-                 "--exec-root", str(RUN / "exec"), "--pidfile", str(RUN / "docker.pid"),
-                 "-H", f"unix://{SOCKET_B}", "--config-file", str(RUN / "daemon.json"),
-                 "--bridge", "none", "--cgroup-parent", "pycni-hostb"],
+                [*self.enter(), "dockerd", "--data-root", str(self.data / "docker"),
+                 "--exec-root", str(run / "exec"), "--pidfile", str(run / "docker.pid"),
+                 "-H", f"unix://{self.socket}", "--config-file", str(run / "daemon.json"),
+                 "--bridge", "none", "--cgroup-parent", self.netns],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.dockerd.poll() is not None:
-                raise AssertionError(f"host B's dockerd exited:\n{self._tail('dockerd.log')}")
-            if self.docker_b("info", check=False, timeout=10).returncode == 0:
+                raise AssertionError(f"{self.label}'s dockerd exited:\n"
+                                     f"{self._tail('dockerd.log')}")
+            if self.docker("info", check=False, timeout=10).returncode == 0:
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError(f"host B's dockerd did not answer:\n{self._tail('dockerd.log')}")
-        if self.docker_b("image", "inspect", IMAGE, check=False).returncode != 0:
+            raise AssertionError(f"{self.label}'s dockerd did not answer:\n"
+                                 f"{self._tail('dockerd.log')}")
+        if self.docker("image", "inspect", IMAGE, check=False).returncode != 0:
             self._import_image()
 
     def _import_image(self) -> None:
         """The test image, made as scripts/engine.sh makes it (the machine's dockerd is not
         asked: the rig needs nothing of host A's engine)."""
-        root = RUN / "image"
+        root = self.run_dir / "image"
         (root / "bin").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(mode=0o1777, exist_ok=True)
         (root / "www").mkdir(exist_ok=True)
@@ -167,70 +183,67 @@ class Rig:
                 (root / "bin" / applet).symlink_to("busybox")
         tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True,
                              check=True, timeout=60).stdout
-        sh("docker", "-H", f"unix://{SOCKET_B}", "import", "-c", "ENV PATH=/bin", "-",
-           IMAGE, input=tar)
+        sh(*self.docker_cli(), "import", "-c", "ENV PATH=/bin", "-", IMAGE, input=tar)
         shutil.rmtree(root, ignore_errors=True)
 
-    def start_pycni_b(self, **env_extra: str) -> None:
-        """Host B's pycni; ``env_extra`` adds to its environment (``PYCNI_OVERLAY_TTL="5"``)."""
-        assert self.etcd is not None
-        env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET_B}", **env_extra}
-        with open(RUN / "pycni.log", "ab") as log:
-            self.pycni_b = subprocess.Popen(
+    def start_pycni(self, etcd_url: str, **env_extra: str) -> None:
+        """The host's pycni; ``env_extra`` adds to its environment (``PYCNI_OVERLAY_TTL="5"``)."""
+        env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", **env_extra}
+        with open(self.run_dir / "pycni.log", "ab") as log:
+            self.pycni = subprocess.Popen(
                 [*self.enter(), str(REPO / ".venv" / "bin" / "pycni"), "serve",
-                 "--state-dir", str(DATA / "state"), "--cache-dir", "/var/lib/cni",
-                 "--etcd", self.etcd.url, "--underlay-address", UNDERLAY_B,
+                 "--state-dir", str(self.data / "state"), "--cache-dir", "/var/lib/cni",
+                 "--etcd", etcd_url, "--underlay-address", self.underlay,
                  "--log-level", "debug"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)
-        (RUN / "pycni.pid").write_text(str(self.pycni_b.pid))
-        client = PluginClient(str(RUN / "plugins" / "pycni.sock"))
+        (self.run_dir / "pycni.pid").write_text(str(self.pycni.pid))
+        client = PluginClient(str(self.run_dir / "plugins" / "pycni.sock"))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.pycni_b.poll() is not None:
-                raise AssertionError(f"host B's pycni exited:\n{self._tail('pycni.log')}")
+            if self.pycni.poll() is not None:
+                raise AssertionError(f"{self.label}'s pycni exited:\n{self._tail('pycni.log')}")
             with contextlib.suppress(PycniError):
                 if client.post_raw("Plugin.Activate", b"{}")[0] == 200:
                     return
             time.sleep(0.2)
-        raise AssertionError(f"host B's pycni did not answer:\n{self._tail('pycni.log')}")
+        raise AssertionError(f"{self.label}'s pycni did not answer:\n{self._tail('pycni.log')}")
 
-    def stop_pycni_b(self, sig: int = signal.SIGTERM) -> None:
-        if self.pycni_b is not None and self.pycni_b.poll() is None:
-            self.pycni_b.send_signal(sig)
+    def stop_pycni(self, sig: int = signal.SIGTERM) -> None:
+        if self.pycni is not None and self.pycni.poll() is None:
+            self.pycni.send_signal(sig)
             try:
-                self.pycni_b.wait(timeout=20)
+                self.pycni.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.pycni_b.kill()
-                self.pycni_b.wait(timeout=5)
+                self.pycni.kill()
+                self.pycni.wait(timeout=5)
         # a SIGKILLed pycni leaves its socket: the next one removes a stale one itself
 
     def _tail(self, name: str) -> str:
         try:
-            return (RUN / name).read_text(errors="replace")[-4000:]
+            return (self.run_dir / name).read_text(errors="replace")[-4000:]
         except OSError:
             return ""
 
     def logs(self) -> str:
-        return "\n".join(f"--- host B {n}\n{self._tail(n)}" for n in ("pycni.log", "dockerd.log"))
-
-    # --- teardown ------------------------------------------------------------------------------
+        return "\n".join(f"--- {self.label} {n}\n{self._tail(n)}"
+                         for n in ("pycni.log", "dockerd.log"))
 
     def down(self) -> None:
-        """Remove the whole rig: host B's containers and networks, its pycni, dockerd and
-        namespaces, the underlay, etcd, the rig's directories. Works on a rig some earlier
-        process left (it finds host B by its holder's pid file)."""
+        """Remove the host: its containers and networks, its pycni, dockerd and namespaces, its
+        underlay pair, its directories. Works on a host some earlier process left (it finds it
+        by its holder's pid file)."""
         holder_pid = self._holder_pid()
-        if holder_pid and SOCKET_B.exists():
-            ids = self.docker_b("ps", "-aq", check=False, timeout=30).stdout.split()
+        if holder_pid and self.socket.exists():
+            ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
             if ids:
-                self.docker_b("rm", "-f", *ids, check=False, timeout=60)
-            for net in self.docker_b("network", "ls", "--filter", "driver=pycni", "-q",
-                                     check=False, timeout=30).stdout.split():
-                self.docker_b("network", "rm", net, check=False, timeout=60)
-        self.stop_pycni_b()
-        if self.pycni_b is None:  # one an earlier process started
-            self._stop_pid(_read_pid(RUN / "pycni.pid"), "pycni")
+                self.docker("rm", "-f", *ids, check=False, timeout=60)
+            for net in self.docker("network", "ls", "--filter", "driver=pycni", "-q",
+                                   check=False, timeout=30).stdout.split():
+                self.docker("network", "rm", net, check=False, timeout=60)
+        self.stop_pycni()
+        if self.pycni is None:  # one an earlier process started
+            _stop_pid(_read_pid(self.run_dir / "pycni.pid"), "pycni")
         if self.dockerd is not None:
             self.dockerd.terminate()
             try:
@@ -239,39 +252,82 @@ class Rig:
                 self.dockerd.kill()
                 self.dockerd.wait(timeout=10)
         else:
-            self._stop_pid(_read_pid(RUN / "docker.pid"), "dockerd")
+            _stop_pid(_read_pid(self.run_dir / "docker.pid"), "dockerd")
         if self.holder is not None and self.holder.poll() is None:
             self.holder.kill()
             self.holder.wait(timeout=10)
         elif holder_pid:
-            self._stop_pid(holder_pid, "sleep", sig=signal.SIGKILL)
-        self.holder = self.dockerd = self.pycni_b = None
-        if self.etcd is not None:
-            self.etcd.stop()
-            self.etcd = None
-        else:
-            self._stop_pid(_read_pid(DATA / "etcd" / "etcd.pid"), "etcd")
-        sh("ip", "link", "del", VETH_A, check=False)
-        sh("ip", "netns", "del", NETNS, check=False)
-        for d in (RUN, DATA):
+            _stop_pid(holder_pid, "sleep", sig=signal.SIGKILL)
+        self.holder = self.dockerd = self.pycni = None
+        sh("ip", "link", "del", self.veth_a, check=False)
+        sh("ip", "netns", "del", self.netns, check=False)
+        for d in (self.run_dir, self.data):
             shutil.rmtree(d, ignore_errors=True)
 
     def _holder_pid(self) -> int:
         if self.holder is not None:
             return self.holder.pid
-        return _read_pid(RUN / "holder.pid")
+        return _read_pid(self.run_dir / "holder.pid")
 
-    @staticmethod
-    def _stop_pid(pid: int, comm: str, sig: int = signal.SIGTERM) -> None:
-        """Stop the process ``pid`` if it is still the ``comm`` we started, and wait."""
-        if not pid or _comm(pid) != comm:
-            return
-        os.kill(pid, sig)
-        deadline = time.monotonic() + 30
-        while _comm(pid) == comm and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _comm(pid) == comm:
-            os.kill(pid, signal.SIGKILL)
+
+class Rig:
+    """Host A (the machine) and host B, with host C too when ``third``; etcd on A's underlay
+    address. :meth:`up` and :meth:`down` (idempotent, removes whatever is there)."""
+
+    DATA = Path("/var/lib/pycni-rig")
+
+    def __init__(self, *, third: bool = False) -> None:
+        self.etcd: EtcdServer | None = None
+        self.b = Host("b", 0)
+        self.c = Host("c", 1) if third else None
+
+    @property
+    def hosts(self) -> list[Host]:
+        return [self.b] if self.c is None else [self.b, self.c]
+
+    def up(self, *, with_pycni: bool = True) -> None:
+        self.down()
+        for host in self.hosts:
+            host.link()
+        sh("iptables", "-I", *FORWARD_RULE)
+        self.etcd = EtcdServer(UNDERLAY_A, root=self.DATA / "etcd")  # on A's end of B's pair
+        self.etcd.start()
+        for host in self.hosts:
+            host.up(self.etcd.url, with_pycni=with_pycni)
+
+    def start_pycni(self, host: Host, **env_extra: str) -> None:
+        assert self.etcd is not None
+        host.start_pycni(self.etcd.url, **env_extra)
+
+    def logs(self) -> str:
+        return "\n".join(h.logs() for h in self.hosts)
+
+    def down(self) -> None:
+        """Remove the whole rig: every namespaced host (host C's too, if an earlier rig had
+        one), etcd, the forwarding rule, the rig's directories."""
+        hosts = self.hosts if self.c is not None else [self.b, Host("c", 1)]
+        for host in hosts:
+            host.down()
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
+        else:
+            _stop_pid(_read_pid(self.DATA / "etcd" / "etcd.pid"), "etcd")
+        while sh("iptables", "-D", *FORWARD_RULE, check=False).returncode == 0:
+            pass
+        shutil.rmtree(self.DATA, ignore_errors=True)
+
+
+def _stop_pid(pid: int, comm: str, sig: int = signal.SIGTERM) -> None:
+    """Stop the process ``pid`` if it is still the ``comm`` we started, and wait."""
+    if not pid or _comm(pid) != comm:
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 30
+    while _comm(pid) == comm and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _comm(pid) == comm:
+        os.kill(pid, signal.SIGKILL)
 
 
 def _read_pid(path: Path) -> int:
