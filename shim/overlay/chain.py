@@ -55,7 +55,11 @@ def asked(req: CreateNetworkRequest) -> Asked | None:
                              "this host's lease; create it with --ipam-driver null (and "
                              f"-o {OPT_SUBNET}=CIDR instead of --subnet)")
     if req.internal:
-        raise Unsupported(f"option {OPT_OVERLAY}: an --internal overlay network is not supported")
+        raise Unsupported(f"option {OPT_OVERLAY}: an --internal overlay network is not supported "
+                          "(it would cut the network off from the other hosts too)")
+    if req.ipv6:
+        raise Unsupported(f"option {OPT_OVERLAY}: an overlay network is IPv4 only (its range, "
+                          "per-host subnets and VXLAN underlay); create it without --ipv6")
     if OPT_SUBNET not in options:
         raise InvalidRequest(f"option {OPT_OVERLAY}={name} needs -o {OPT_SUBNET}=CIDR, the whole "
                              "overlay's IPv4 range (the same on every host)")

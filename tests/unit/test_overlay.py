@@ -18,7 +18,7 @@ from shim.overlay import chain, leases
 from shim.overlay.leases import Asked, Holder
 from shim.overlay.manager import Overlays, read_records
 from shim.overlay.vtep import Entry, HostRoute, mac_for
-from shim.protocol import INTERNAL, CreateNetworkRequest
+from shim.protocol import ENABLE_IPV6, INTERNAL, CreateNetworkRequest
 from shim.settings import Settings
 from tests.fakeetcd import FakeEtcd, FakeVteps
 from tests.world import NET as NET_ID
@@ -296,16 +296,18 @@ def test_bad_overlay_options_are_refused(options: dict[str, str], null_ipam: boo
         chain.asked(request(options, null_ipam=null_ipam))
 
 
-def test_internal_overlays_are_refused() -> None:
+@pytest.mark.parametrize(("flag", "named"), [(INTERNAL, "--internal"),
+                                             (ENABLE_IPV6, "IPv4 only.*without --ipv6")])
+def test_internal_and_ipv6_overlays_are_refused(flag: str, named: str) -> None:
     req = CreateNetworkRequest.from_json({
         "NetworkID": "ab" * 32,
         "Options": {"com.docker.network.generic": {"cni.overlay": "ov",
                                                    "cni.overlay.subnet": "10.202.0.0/16"},
-                    INTERNAL: True},
+                    flag: True},
         "IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}],
         "IPv6Data": [],
     })
-    with pytest.raises(Unsupported, match="--internal"):
+    with pytest.raises(Unsupported, match=named):
         chain.asked(req)
 
 
