@@ -440,3 +440,22 @@ def test_a_stopped_pycni_keeps_its_host_routed_and_no_ping_is_lost(
         assert f"{count} packets transmitted, {count} packets received, 0% packet loss" in out, \
             out
     assert lease_of(rig, rig.b.underlay) == b_subnet
+
+
+def test_an_overlay_overlapping_another_is_refused_on_every_host(
+        rig: Rig, e2e: Tracker, host_b: Made) -> None:
+    """Host A defines overlay e2e on 10.202.0.0/16; an overlay inside it is refused on host A
+    and on host B alike, though B has no network of e2e's: the check reads etcd's definitions,
+    not the host's own view."""
+    e2e.network(NET, *CREATE)
+    other = ("-d", "pycni", "--ipam-driver", "null", "-o", "cni.overlay=e2e-other",
+             "-o", "cni.overlay.subnet=10.202.4.0/22")
+    expected = f"10.202.4.0/22 overlaps overlay {OVERLAY}'s {RANGE}"
+    on_a_ = docker("network", "create", *other, "pycni-e2e-overlap", check=False)
+    on_b_ = rig.b.docker("network", "create", *other, "pycni-e2e-overlap", check=False)
+    for proc in (on_a_, on_b_):
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
+    assert docker("network", "inspect", "pycni-e2e-overlap", check=False).returncode != 0
+    assert rig.b.docker("network", "inspect", "pycni-e2e-overlap", check=False).returncode != 0
+    assert rig.etcd is not None
+    assert not rig.etcd.client().get_prefix(leases.overlay_prefix("e2e-other"))
