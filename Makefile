@@ -36,8 +36,9 @@ test-engine28: deps
 
 # The integration and e2e tiers again, against the CNI reference plugins 1.9.1 from Debian sid
 # (unpacked by scripts/sid.sh into a directory of their own, given through CNI_PATH); chains of
-# reference plugins are written at cniVersion 1.1.0 (STATUS before ADD, 1.1.0 results). The dhcp
-# lease test (minutes) runs on each engine with the 1.1.1 plugins, not again here.
+# reference plugins are written at cniVersion 1.1.0 (STATUS before ADD, 1.1.0 results). The
+# tests that wait out a lease's term (minutes: dhcp's, the overlay's stop test) run on each
+# engine with the 1.1.1 plugins, not again here.
 CNI19_DIR := /opt/pycni-sid/cni
 test-cni19: engine
 	bash scripts/sid.sh $(CNI19_DIR) containernetworking-plugins
