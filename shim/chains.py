@@ -308,6 +308,7 @@ def from_conflist(req: CreateNetworkRequest, net: NetworkConfigList) -> Resolved
     _conflist_decides(req.driver_options, net)
     _no_lease_to_strand(net, sandbox=place_of(req.driver_options) == "sandbox",
                         docker_ipam=docker_ipam(req))
+    _no_nameless_containers(net, sandbox=place_of(req.driver_options) == "sandbox")
     if not docker_ipam(req):
         return Resolved(config=net, mode=Mode.CONFLIST, ipam=Ipam.CNI, address_via=AddressVia.NONE)
     found = ipam_plugin(net)
@@ -367,6 +368,25 @@ def _no_lease_to_strand(net: NetworkConfigList, *, sandbox: bool, docker_ipam: b
         "namespace and renews; Docker is told no address), or attach such containers in the "
         "--network none mode (`pycni run`, or the pycni.networks label with `pycni watch`)",
         source=net.source, field=f"plugins[{found[0]}].ipam")
+
+
+def _no_nameless_containers(net: NetworkConfigList, *, sandbox: bool) -> None:
+    """Refuse a plugin that needs the container's name where the chain can't be told it: the
+    staging path runs ADD at CreateEndpoint, and Docker says which container an endpoint
+    serves only at Join."""
+    index = plugins.needs_the_name(net)
+    if index is None or sandbox:
+        return
+    name = net.plugins[index].type
+    raise ConfigError(
+        f"plugin {name} serves each container under its name (K8S_POD_NAME), and on the "
+        "staging path pycni runs the chain at CreateEndpoint, before Docker says which "
+        f"container the endpoint is for: every container would be nameless to {name}, and "
+        "removing one would remove them all; on Docker 28 or later create the network with "
+        f"-o {OPT_PLACE}=sandbox (the chain runs at Join and gets the name), or attach such "
+        "containers in the --network none mode (`pycni run`, or the pycni.networks label with "
+        "`pycni watch`)",
+        source=net.source, field=f"plugins[{index}]")
 
 
 def _conflist_decides(options: Mapping[str, str], net: NetworkConfigList) -> None:

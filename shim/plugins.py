@@ -169,6 +169,18 @@ def asks_on_the_link(ipam: dict[str, Any]) -> bool:
     return ipam.get("type") in ASK_ON_THE_LINK
 
 
+#: the plugins that serve each container under its name (``K8S_POD_NAME``) and remove entries
+#: by it: given none, every container is the same nameless entry, and one DEL removes them all
+#: (dnsname's hosts file, and its dnsmasq with the last)
+NAME_EVERY_CONTAINER = frozenset({"dnsname"})
+
+
+def needs_the_name(config: NetworkConfigList) -> int | None:
+    """The index of the first plugin of the chain that needs the container's name, if any."""
+    return next((i for i, p in enumerate(config.plugins) if p.type in NAME_EVERY_CONTAINER),
+                None)
+
+
 def ip_arg(ipam_type: str) -> IPArg:
     return traits(ipam_type).ip_arg
 

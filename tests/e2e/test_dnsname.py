@@ -190,9 +190,10 @@ def test_sandbox_network_containers_resolve_each_other_through_dnsname(
 
 
 def test_the_staging_path_passes_an_endpoints_driver_opt_cni_args(
-        e2e: Tracker, pycni: PycniServer) -> None:
+        e2e: Tracker, pycni: PycniServer, dnsname: None) -> None:
     """On the staging path the chain runs at CreateEndpoint, before Docker names the
-    container: the endpoint's own args reach it, the container's identity cannot (README)."""
+    container: the endpoint's own args reach it, the container's identity cannot (README), so
+    a chain with dnsname is refused there."""
     net = e2e.network("pycni-e2e-dnsa", "-d", DRIVER, "--subnet", "10.201.242.0/24")
     # Docker's CLI lowercases driver-opts (key and value): "TEAM=Blue" arrives as "team=blue"
     e2e.run("pycni-e2e-dnsa-c", "--network", f"name={net},driver-opt=cni.args=TEAM=Blue;x=1",
@@ -203,3 +204,11 @@ def test_the_staging_path_passes_an_endpoints_driver_opt_cni_args(
                   TEST_IMAGE, "true", check=False)
     assert proc.returncode != 0
     assert "driver-opt cni.args 'k8s_pod_name=x': pycni sets K8S_POD_NAME itself" in proc.stderr
+    # a chain with dnsname is refused there: nameless, its containers would go all at once
+    pycni.write_conflist("e2e-dnss", chain("pcndns2", "10.201.243.0/24"))
+    proc = docker("network", "create", "-d", DRIVER, "--subnet", "10.201.243.0/24",
+                  "-o", "cni.network=e2e-dnss", "pycni-e2e-dnss", check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "plugins[3]: plugin dnsname serves each container under its name" in proc.stderr, \
+        proc.stderr
+    assert docker("network", "inspect", "pycni-e2e-dnss", check=False).returncode != 0

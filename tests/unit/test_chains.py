@@ -279,6 +279,19 @@ def test_the_dhcp_ipam_is_refused_on_the_staging_path_naming_what_keeps_its_leas
     assert "--network none mode (`pycni run`" in str(caught.value)
 
 
+def test_a_plugin_that_needs_the_containers_name_is_refused_on_the_staging_path() -> None:
+    """dnsname removes entries by name: nameless containers would all go with the first DEL."""
+    net = conflist({"type": "bridge", "ipam": host_local("10.200.9.0/24")},
+                   {"type": "dnsname", "domainName": "x.test"})
+    with pytest.raises(ConfigError) as caught:
+        chains.from_conflist(parsed(request(ipv4=[NULL])), net)
+    assert caught.value.field == "plugins[1]"
+    assert "plugin dnsname serves each container under its name" in str(caught.value)
+    assert "-o cni.place=sandbox" in str(caught.value)
+    assert "--network none mode" in str(caught.value)
+    chains.from_conflist(parsed(request(ipv4=[NULL], cni_place="sandbox")), net)
+
+
 def test_the_dhcp_ipam_runs_in_the_sandbox_when_docker_hands_out_no_address() -> None:
     net = conflist({"type": "macvlan", "master": "eth0", "ipam": {"type": "dhcp"}})
     with pytest.raises(ConfigError, match="create the network with --ipam-driver null"):
