@@ -11,9 +11,10 @@ transaction comparing the key's ``create_revision`` with 0 — of two hosts raci
 exactly one wins.
 
 A :class:`Watch` is etcd's watch on a prefix, from the revision it was opened at: the keys of
-each change as etcd streams them, until etcd ends the stream (a restart, a compaction, a cancel,
-no word for :data:`WATCH_READ_TIMEOUT`). It resumes from no revision: whoever watches reads the
-whole prefix again after opening one, so nothing that changed while none was open is missed.
+each change as etcd streams them, until etcd ends the stream (a restart, a compaction, a
+cancel, or no word, not even a progress notification, for :data:`WATCH_READ_TIMEOUT`). It
+resumes from no revision: whoever watches reads the whole prefix again after opening one, so
+nothing that changed while none was open is missed.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from typing import Any, Protocol
 
 from ..errors import InvalidRequest, StoreUnavailable
 
-#: a watch that heard nothing for this long is closed and opened again (a partition sends no RST)
-WATCH_READ_TIMEOUT = 120.0
+#: a watch that heard nothing for this long is closed and opened again (a partition sends no
+#: RST); etcd sends an idle watch a progress notification every 10 minutes (its default), so a
+#: live one never goes quiet that long
+WATCH_READ_TIMEOUT = 900.0
 
 
 class Watch(Protocol):
@@ -207,7 +210,8 @@ class Etcd:
         # watcher must know it to read again, so the stream is read here, on etcd3gw's session
         from requests.exceptions import RequestException
 
-        create = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        create: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
+                                  "progress_notify": True}
         try:
             response = self._client.session.post(
                 self._client.get_url("/watch"), json={"create_request": create}, stream=True,
