@@ -174,7 +174,8 @@ class Driver:
                     raise InvalidRequest(
                         f"option {overlay_chain.OPT_OVERLAY}: this pycni serves no overlay "
                         "networks; start it with --etcd URL (or PYCNI_ETCD)")
-                joined = self.overlays.join(req.network_id, overlay)
+                joined = self.overlays.join(req.network_id, overlay,
+                                            bridge=overlay_chain.bridge_name(req))
                 undo.callback(self.overlays.leave, req.network_id)
                 resolved = overlay_chain.resolve(req, joined, self.settings.cache_dir)
             else:

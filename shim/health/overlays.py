@@ -55,6 +55,12 @@ def check_overlays(joined: Mapping[str, Joined], settings: Settings,
         else:
             findings.append(Finding(OK, subject, f"this host ({one.underlay}) holds {one.subnet} "
                                     f"in etcd; {len(one.peers)} peer(s) programmed"))
+        for route in one.intruders:
+            findings.append(Finding(
+                FAIL, subject, f"{route} lies inside this host's overlay subnet {one.subnet}: "
+                "the overlay's containers here with addresses in it can't be reached",
+                "remove or move that network (a Docker network made after the overlay's, "
+                "say); the finding goes within a round once it is gone"))
         for clash in one.clashes:
             findings.append(Finding(
                 FAIL, subject, f"host {clash['underlay']}'s subnet {clash['subnet']} collides "

@@ -72,10 +72,16 @@ def asked(req: CreateNetworkRequest) -> Asked | None:
     return Asked(name, subnet, _number(options, OPT_PREFIX), _number(options, OPT_VNI), mtu)
 
 
+def bridge_name(req: CreateNetworkRequest) -> str:
+    """The bridge of the overlay network on this host (``-o cni.bridge``, else pycni's name)."""
+    return chains.bridge_options(req.driver_options).bridge or \
+        chains.default_bridge_name(req.network_id)
+
+
 def resolve(req: CreateNetworkRequest, joined: Joined, cache_dir: str) -> chains.Resolved:
     """The network's chain on this host's lease."""
     options = chains.bridge_options(req.driver_options)
-    bridge = options.bridge or chains.default_bridge_name(req.network_id)
+    bridge = bridge_name(req)
     main = chains.gateway_bridge(bridge, {
         "type": "host-local",
         # host-local's reservations beside libcni's cache: a second pycni on one machine

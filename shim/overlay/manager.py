@@ -75,6 +75,12 @@ class Joined:
     #: peers not routed, their subnet colliding with a route of this host's (a Docker network,
     #: the LAN): ``{"subnet", "underlay", "route"}``
     clashes: list[dict[str, str]] = field(default_factory=list)
+    #: the overlay network's bridge on this host, whose route is the subnet's ("" in a record
+    #: from before it was kept)
+    bridge: str = ""
+    #: routes of this host inside its own subnet but the bridge's (a Docker network made later
+    #: inside it): the overlay's containers with addresses there are cut off
+    intruders: list[str] = field(default_factory=list)
     #: why this host no longer holds its subnet (another host claimed it while this host's
     #: lease had expired); "" while it does. New containers are refused meanwhile.
     lost: str = ""
@@ -108,6 +114,8 @@ class Joined:
             "ttl": self.ttl,
             "clashes": self.clashes,
             "lost": self.lost,
+            "bridge": self.bridge,
+            "intruders": self.intruders,
         }
 
     @classmethod
@@ -125,6 +133,8 @@ class Joined:
             ttl=int(data.get("ttl") or 0),
             clashes=[dict(c) for c in data.get("clashes") or []],
             lost=str(data.get("lost") or ""),
+            bridge=str(data.get("bridge") or ""),
+            intruders=[str(r) for r in data.get("intruders") or []],
         )
 
 
@@ -204,9 +214,10 @@ class Overlays:
 
     # --- join and leave --------------------------------------------------------------------------
 
-    def join(self, network_id: str, asked: Asked) -> Joined:
-        """Join overlay ``asked.name`` for pycni network ``network_id`` (see the module's
-        docstring); idempotent for a network already joined."""
+    def join(self, network_id: str, asked: Asked, *, bridge: str = "") -> Joined:
+        """Join overlay ``asked.name`` for pycni network ``network_id``, whose containers are on
+        ``bridge`` here (see the module's docstring); idempotent for a network already
+        joined."""
         existing = self.get(network_id)
         if existing is not None:
             return existing
@@ -237,7 +248,7 @@ class Overlays:
             subnet = leases.claim(self.kv, asked.name, definition, Holder(self.underlay, mac),
                                   lease, avoid=self.vteps.host_routes())
             joined = Joined(network_id, asked.name, definition, subnet, lease, self.underlay, mac,
-                            ttl=self.ttl)
+                            ttl=self.ttl, bridge=bridge)
             undo.callback(self._quietly, leases.release, self.kv, asked.name, subnet,
                           joined.holder, 0)
             self._ensure_vtep(joined)
@@ -437,7 +448,8 @@ class Overlays:
 
     def _sync(self, joined: Joined) -> None:
         """Program the VTEP with the peers the store holds now, but those whose subnet collides
-        with a route of this host's: only routes pycni made are pycni's to take."""
+        with a route of this host's: only routes pycni made are pycni's to take. Note the
+        routes that lie inside this host's own subnet, but its bridge's."""
         found = leases.peers(self.kv, joined.name, joined.subnet)
         routes = self.vteps.host_routes()
         routed: list[Peer] = []
@@ -449,19 +461,29 @@ class Overlays:
             else:
                 clashes.append({"subnet": str(peer.subnet), "underlay": peer.underlay,
                                 "route": str(hit)})
+        intruders = [str(r) for r in routes
+                     if r.dst.overlaps(joined.subnet) and joined.bridge not in ("", r.dev)]
         self.vteps.sync(joined.vtep, [Entry(p.subnet, p.underlay, p.mac) for p in routed])
         with self._lock:
             current = self._joined.get(joined.network_id)
-            if current is None or (current.peers, current.clashes) == (routed, clashes):
+            if current is None or (current.peers, current.clashes, current.intruders) == (
+                    routed, clashes, intruders):
                 return
             new = [c for c in clashes if c not in current.clashes]
-            current.peers, current.clashes = routed, clashes
+            came = [r for r in intruders if r not in current.intruders]
+            peers_changed = current.peers != routed
+            current.peers, current.clashes, current.intruders = routed, clashes, intruders
             self._save(current)  # under the lock: a network left meanwhile gets no record back
         for clash in new:  # once: the record remembers it until it is gone
             log.warning("overlay %s: not routing %s (host %s): it collides with %s on this "
                         "host", joined.name, clash["subnet"], clash["underlay"], clash["route"])
-        log.info("overlay %s: peers %s", joined.name,
-                 ", ".join(f"{p.subnet} at {p.underlay}" for p in routed) or "none")
+        for route in came:
+            log.warning("overlay %s: %s lies inside this host's subnet %s: the overlay's "
+                        "containers here with addresses in it can't be reached", joined.name,
+                        route, joined.subnet)
+        if peers_changed:
+            log.info("overlay %s: peers %s", joined.name,
+                     ", ".join(f"{p.subnet} at {p.underlay}" for p in routed) or "none")
 
 
 def leave_locally(state_dir: str, network_id: str, vteps: Vteps | None = None) -> bool:

@@ -549,6 +549,36 @@ def test_a_peer_subnet_that_collides_is_not_routed_logged_once_and_told_by_docto
     assert read_records(a.state_dir)["neta"].clashes == []
 
 
+def test_a_network_made_inside_this_hosts_own_subnet_is_logged_once_and_told_by_doctor(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The overlay network's own bridge routes the subnet; any other route inside it (a Docker
+    network made later) cuts the overlay's containers with addresses there off."""
+    kv = FakeEtcd()
+    va = FakeVteps()
+    a = host(kv, tmp_path, "10.203.254.1", va)
+    ja = a.join("neta", asked(), bridge="pycni-ov")
+    va.routes.append(HostRoute(ja.subnet, "pycni-ov"))  # the overlay network's own
+    a.tick()
+    assert read_records(a.state_dir)["neta"].intruders == []
+    late = NET(f"{ja.subnet.network_address + 128}/25")
+    va.routes.append(HostRoute(late, "br-late"))
+    for _ in range(3):
+        a.tick()
+    said = [r.message for r in caplog.records if "lies inside" in r.message]
+    assert said == [(f"overlay ov: {late} dev br-late lies inside this host's subnet "
+                    f"{ja.subnet}: the overlay's containers here with addresses in it can't be "
+                    "reached")]
+    record = read_records(a.state_dir)["neta"]
+    assert record.bridge == "pycni-ov" and record.intruders == [f"{late} dev br-late"]
+    [finding] = [f for f in check_overlays({"neta": record}, Settings(etcd="http://e"),
+                                           lambda s: kv) if f.status == "FAIL"]
+    assert f"{late} dev br-late lies inside this host's overlay subnet {ja.subnet}" \
+        in finding.message
+    va.routes.pop()
+    a.tick()
+    assert read_records(a.state_dir)["neta"].intruders == []
+
+
 def test_overlapping_overlays_are_refused_as_etcd_holds_them() -> None:
     kv = FakeEtcd()
     leases.define(kv, asked(name="ov", subnet=NET("10.202.0.0/16")), 1450)
