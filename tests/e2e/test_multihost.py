@@ -441,7 +441,7 @@ def test_a_host_back_after_its_subnet_was_taken_says_so(
         rig.start_pycni(rig.b)
 
 
-@pytest.mark.lease
+@pytest.mark.once
 def test_a_stopped_pycni_keeps_its_host_routed_and_no_ping_is_lost(
         rig: Rig, e2e: Tracker, host_b: Made) -> None:
     """Host B's pycni stopped for minutes (an upgrade, a crash loop: ``PYCNI_STOP_SECONDS``,
