@@ -448,7 +448,7 @@ def test_a_stopped_pycni_keeps_its_host_routed_and_no_ping_is_lost(
     2 minutes here, longer than the 90 s lease TTL pycni once had; 10 minutes in ``make
     soak``): pings both ways, 5 a second, lose none, and host A keeps B's routes throughout."""
     seconds = int(os.environ.get("PYCNI_STOP_SECONDS", "120"))
-    ip_a, ip_b = two_containers(rig, e2e, host_b)
+    ip_a, ip_b = two_containers(rig, e2e, host_b, cmd=("sleep", str(seconds + 600)))
     a_exec = ["docker", "exec", "pycni-e2e-ova"]
     b_exec = [*rig.b.docker_cli(), "exec", "pycni-e2e-ovb"]
     eventually_pings(a_exec, ip_b)
