@@ -21,7 +21,6 @@ removes the network and the time until both have dropped the route is the sample
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim.overlay import leases
-from tests.multihost import UNDERLAY_A, Host, Rig
+from tests.multihost import UNDERLAY_A, Host, Rig, vtep_routes
 
 NET = "pycni-bench-p5"
 OVERLAY = "bench"
@@ -126,33 +125,17 @@ class RawVxlan:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _routed(host: Host | None, subnet: str) -> bool:
-    """Whether host A (None) or ``host`` routes ``subnet`` via the overlay's VTEP."""
-    netns = ("-n", host.netns) if host is not None else ()
-    out = subprocess.run(["ip", *netns, "-4", "route", "show", "dev", VTEP],
-                         capture_output=True, text=True, timeout=10, check=False).stdout
-    return subnet in out
-
-
 def _until(hosts: list[Host | None], subnet: str, routed: bool, since: float) -> float:
     """Seconds from ``since`` until every one of ``hosts`` routes ``subnet`` (or, with
     ``routed`` False, none does); each host's own moment, the latest counts."""
     latest = 0.0
     for host in hosts:
-        while _routed(host, subnet) != routed:
+        while (subnet in vtep_routes(host, VTEP)) != routed:
             if time.monotonic() - since > 30:
                 raise AssertionError(f"{subnet}: routed={routed} never held on "
                                      f"{host.label if host else 'host A'}")
         latest = max(latest, time.monotonic() - since)
     return latest
-
-
-def _subnet_of(rig: Rig, underlay: str) -> str:
-    assert rig.etcd is not None
-    for key, raw in rig.etcd.client().get_prefix(leases.leases_prefix(OVERLAY)).items():
-        if json.loads(raw)["underlay"] == underlay:
-            return key.rsplit("/", 1)[1].replace("-", "/")
-    raise AssertionError(f"no lease of {underlay}")
 
 
 def overlay(restart_server: Callable[[dict[str, str]], None], runs: int,
@@ -206,7 +189,7 @@ def overlay(restart_server: Callable[[dict[str, str]], None], runs: int,
         for _ in range(runs):
             rig.c.docker("network", "create", *CREATE, NET)
             created = time.monotonic()
-            subnet = _subnet_of(rig, rig.c.underlay)
+            subnet = rig.subnet_of(OVERLAY, rig.c.underlay)
             result.learnt.append(_until([None, rig.b], subnet, True, created))
             rig.c.docker("network", "rm", NET)
             removed = time.monotonic()

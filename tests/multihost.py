@@ -28,6 +28,7 @@ this machine would see the rig's links and namespaces come and go.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from shim.client import PluginClient
 from shim.errors import PycniError
+from shim.overlay import leases
 from tests import leaks
 from tests.etcd import EtcdServer
 
@@ -299,6 +301,19 @@ class Rig:
         assert self.etcd is not None
         host.start_pycni(self.etcd.url, **env_extra)
 
+    def leases(self, overlay: str) -> dict[str, str]:
+        """The per-host leases etcd holds for ``overlay``: key → holder."""
+        assert self.etcd is not None
+        return self.etcd.client().get_prefix(leases.leases_prefix(overlay))
+
+    def subnet_of(self, overlay: str, underlay: str) -> str:
+        """The per-host subnet etcd holds for the host at ``underlay`` on ``overlay``."""
+        held = self.leases(overlay)
+        for key, raw in held.items():
+            if json.loads(raw)["underlay"] == underlay:
+                return key.rsplit("/", 1)[1].replace("-", "/")
+        raise AssertionError(f"no lease of {underlay} in {held}")
+
     def logs(self) -> str:
         return "\n".join(h.logs() for h in self.hosts)
 
@@ -316,6 +331,12 @@ class Rig:
         while sh("iptables", "-D", *FORWARD_RULE, check=False).returncode == 0:
             pass
         shutil.rmtree(self.DATA, ignore_errors=True)
+
+
+def vtep_routes(host: Host | None, vtep: str) -> str:
+    """The routes via ``vtep`` on host A (None) or a namespaced host."""
+    netns = ("-n", host.netns) if host is not None else ()
+    return sh("ip", *netns, "-4", "route", "show", "dev", vtep, check=False, timeout=10).stdout
 
 
 def _stop_pid(pid: int, comm: str, sig: int = signal.SIGTERM) -> None:

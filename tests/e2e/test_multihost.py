@@ -22,7 +22,7 @@ from shim.overlay import leases
 from tests import leaks
 from tests.conftest import REPO, TEST_IMAGE, docker, run
 from tests.e2e.conftest import PycniServer, Tracker, not_with_plugin
-from tests.multihost import UNDERLAY_A, Host, Rig
+from tests.multihost import UNDERLAY_A, Host, Rig, vtep_routes
 
 pytestmark = [
     pytest.mark.e2e,
@@ -208,8 +208,7 @@ def test_restarts_of_either_pycni_and_of_etcd_keep_connectivity(
 
 
 def _leases(rig: Rig) -> dict[str, str]:
-    assert rig.etcd is not None
-    return {k: v for k, v in rig.etcd.client().get_prefix(leases.leases_prefix(OVERLAY)).items()}
+    return rig.leases(OVERLAY)
 
 
 def test_network_rm_on_both_hosts_leaves_nothing(rig: Rig, e2e: Tracker, host_b: Made) -> None:
@@ -345,8 +344,7 @@ def test_a_docker_network_inside_this_hosts_own_subnet_is_told_by_doctor(
 
 def routes(host: Host | None) -> str:
     """The routes via the overlay's VTEP on host A (None) or a namespaced host."""
-    command = ("ip", "-4", "route", "show", "dev", VTEP)
-    return (host.inside(*command, check=False) if host else run(*command, check=False)).stdout
+    return vtep_routes(host, VTEP)
 
 
 def until_routed(subnet: str, *hosts: Host | None, timeout: float) -> float:
@@ -361,10 +359,7 @@ def until_routed(subnet: str, *hosts: Host | None, timeout: float) -> float:
 
 def lease_of(rig: Rig, underlay: str) -> str:
     """The per-host subnet etcd holds for the host at ``underlay``."""
-    for key, raw in _leases(rig).items():
-        if json.loads(raw)["underlay"] == underlay:
-            return key.rsplit("/", 1)[1].replace("-", "/")
-    raise AssertionError(f"no lease of {underlay} in {_leases(rig)}")
+    return rig.subnet_of(OVERLAY, underlay)
 
 
 def test_a_third_host_is_routed_on_the_others_before_any_round(

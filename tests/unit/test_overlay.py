@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from shim.errors import InvalidRequest, OverlayError, StoreUnavailable, Unsupported
+from shim.health.findings import Finding
 from shim.health.overlays import check_overlays
 from shim.overlay import chain, leases
 from shim.overlay.leases import Asked, Holder
-from shim.overlay.manager import Overlays, read_records
+from shim.overlay.manager import Joined, Overlays, read_records
 from shim.overlay.vtep import Entry, HostRoute, mac_for
 from shim.protocol import ENABLE_IPV6, INTERNAL, CreateNetworkRequest
 from shim.settings import Settings
@@ -520,6 +521,12 @@ def test_a_claim_skips_subnets_that_collide_with_this_hosts_routes(tmp_path: Pat
                      avoid=[HostRoute(NET("10.212.0.0/22"), "br-docker2")])
 
 
+def doctor_fails(record: Joined, kv: FakeEtcd) -> list[Finding]:
+    """What ``pycni doctor`` FAILs for one overlay record."""
+    return [f for f in check_overlays({record.network_id: record}, Settings(etcd="http://e"),
+                                      lambda s: kv) if f.status == "FAIL"]
+
+
 def test_a_peer_subnet_that_collides_is_not_routed_logged_once_and_told_by_doctor(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A Docker network made on host A inside host B's subnet, after both joined: A stops
@@ -539,8 +546,7 @@ def test_a_peer_subnet_that_collides_is_not_routed_logged_once_and_told_by_docto
     assert said == [(f"overlay ov: not routing {jb.subnet} (host 10.203.254.2): it collides "
                      f"with {jb.subnet.network_address}/25 dev br-late on this host")]
     record = read_records(a.state_dir)["neta"]
-    [finding] = [f for f in check_overlays({"neta": record}, Settings(etcd="http://e"),
-                                           lambda s: kv) if f.status == "FAIL"]
+    [finding] = doctor_fails(record, kv)
     assert f"subnet {jb.subnet} collides with {jb.subnet.network_address}/25 dev br-late" \
         in finding.message
     va.routes.clear()
@@ -570,8 +576,7 @@ def test_a_network_made_inside_this_hosts_own_subnet_is_logged_once_and_told_by_
                     "reached")]
     record = read_records(a.state_dir)["neta"]
     assert record.bridge == "pycni-ov" and record.intruders == [f"{late} dev br-late"]
-    [finding] = [f for f in check_overlays({"neta": record}, Settings(etcd="http://e"),
-                                           lambda s: kv) if f.status == "FAIL"]
+    [finding] = doctor_fails(record, kv)
     assert f"{late} dev br-late lies inside this host's overlay subnet {ja.subnet}" \
         in finding.message
     va.routes.pop()
